@@ -1,0 +1,481 @@
+//! The contract between the Shoal coordinator and its agents.
+//!
+//! The coordinator serves a [`Plan`] on its metadata endpoint; every agent fetches it,
+//! validates the whole of it with [`Plan::from_json`] before it touches the host, and
+//! reports its progress as a [`NodeStatus`]. This crate does no I/O.
+//!
+//! Compatibility rules: unknown fields are ignored (a newer coordinator may add some),
+//! a larger [`SCHEMA_VERSION`] is refused, and every value is checked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+pub use validate::{is_dns_label, is_dns_name, PlanError};
+
+/// The plan schema this crate reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The largest plan document an agent accepts (a 1,000-node plan is far below this).
+pub const MAX_PLAN_BYTES: usize = 4 << 20;
+/// The largest status document the coordinator accepts.
+pub const MAX_STATUS_BYTES: usize = 64 << 10;
+/// The IANA port for VXLAN.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Bytes a VXLAN encapsulation adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Most nodes a plan may list.
+pub const MAX_NODES: usize = 4096;
+/// Most containers one node may run.
+pub const MAX_CONTAINERS_PER_NODE: usize = 64;
+
+/// Everything an agent needs to converge its node, and the whole cluster's layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Schema version, [`SCHEMA_VERSION`] for this crate.
+    pub schema: u32,
+    /// Cluster name (an RFC 1123 label).
+    pub cluster: String,
+    /// Increases every time the plan changes; agents long-poll for a larger one.
+    pub generation: u64,
+    /// DNS domain under which containers are named: `<container>-<node>.<cluster>.<domain>`.
+    pub domain: String,
+    /// The overlay network shared by every node.
+    pub network: NetworkPlan,
+    /// Every node of the cluster, in index order.
+    pub nodes: Vec<NodePlan>,
+}
+
+/// The cluster-wide overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    /// The overlay range every node's bridge network spans (e.g. `10.240.0.0/16`).
+    pub overlay: Ipv4Net,
+    /// VXLAN network identifier (1 to 16,777,215).
+    pub vni: u32,
+    /// UDP port of the VXLAN tunnel.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Overlay MTU; when absent the agent uses its underlay MTU minus [`VXLAN_OVERHEAD`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+
+/// How a container is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// On the cluster overlay with its own planned address.
+    #[default]
+    Overlay,
+    /// On the VM's own network stack (for clouds where UDP 4789 is closed).
+    Host,
+}
+
+/// One VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Node id, an RFC 1123 label unique in the cluster (e.g. `node-0`).
+    pub id: String,
+    /// Position of the node in the cluster, unique.
+    pub index: u32,
+    /// The VM's private (underlay) address: VXLAN `local` and its peers' FDB destination.
+    pub private_ip: Ipv4Addr,
+    /// The cloud's instance id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// This node's slice of the overlay, from which its containers get their addresses.
+    pub slice: Ipv4Net,
+    /// This node's own address on the overlay bridge, inside its slice.
+    pub gateway: Ipv4Addr,
+    /// Containers to run on this node.
+    #[serde(default)]
+    pub containers: Vec<ContainerPlan>,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    /// Name within the node (RFC 1123 label); the Docker container is named after the
+    /// first label of [`ContainerPlan::hostname`].
+    pub name: String,
+    /// Fully qualified name, unique in the cluster.
+    pub hostname: String,
+    /// Image reference.
+    pub image: String,
+    /// How it is attached.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Overlay address (required for [`NetworkMode::Overlay`], absent for host mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Command (arguments after the image's entrypoint); empty keeps the image's own.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bind mounts from the VM.
+    #[serde(default)]
+    pub volumes: Vec<VolumePlan>,
+    /// Ports published on the VM.
+    #[serde(default)]
+    pub ports: Vec<PortPlan>,
+    /// Credentials for pulling the image, when it is neither present nor baked in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// A bind mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePlan {
+    /// Absolute path on the VM.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPlan {
+    /// Port inside the container.
+    pub container: u16,
+    /// Port on the VM; the same as `container` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+    /// `tcp` or `udp`.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// Transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl PortProtocol {
+    /// The name Docker uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// Registry credentials. Never logged: `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    /// Registry host, e.g. `registry.example.com`.
+    pub server: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Parses and validates a plan document: the one way an agent should read a plan.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, PlanError> {
+        if bytes.len() > MAX_PLAN_BYTES {
+            return Err(PlanError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_PLAN_BYTES,
+            });
+        }
+        let plan: Plan =
+            serde_json::from_slice(bytes).map_err(|e| PlanError::Malformed(e.to_string()))?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks every rule of the plan; see the crate documentation.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        validate::plan(self)
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The node whose private address is `ip`.
+    pub fn node_by_ip(&self, ip: Ipv4Addr) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.private_ip == ip)
+    }
+
+    /// The private addresses of every node but `id`: the VXLAN replication list.
+    pub fn peers_of(&self, id: &str) -> Vec<Ipv4Addr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.private_ip)
+            .collect()
+    }
+
+    /// Host entries (`hostname`, address) for every container in the cluster: overlay
+    /// containers at their overlay address, host-mode ones at their node's address.
+    pub fn host_entries(&self) -> Vec<(String, Ipv4Addr)> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            for c in &node.containers {
+                let ip = match c.network {
+                    NetworkMode::Overlay => c.address.unwrap_or(node.private_ip),
+                    NetworkMode::Host => node.private_ip,
+                };
+                out.push((c.hostname.clone(), ip));
+            }
+        }
+        out
+    }
+
+    /// Whether any container of this node uses the overlay (else no overlay is built).
+    pub fn node_uses_overlay(&self, id: &str) -> bool {
+        self.node(id).is_some_and(|n| {
+            n.containers
+                .iter()
+                .any(|c| c.network == NetworkMode::Overlay)
+        })
+    }
+
+    /// Every image the plan names for node `id`, deduplicated, in plan order.
+    pub fn images_for(&self, id: &str) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.node(id)
+            .map(|n| {
+                n.containers
+                    .iter()
+                    .filter(|c| seen.insert(c.image.clone()))
+                    .map(|c| c.image.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl ContainerPlan {
+    /// The Docker container name: the first label of the hostname (`<container>-<node>`).
+    pub fn docker_name(&self) -> &str {
+        self.hostname.split('.').next().unwrap_or(&self.name)
+    }
+}
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The VM is requested but its agent has not reported.
+    Pending,
+    /// The VM runs (the provider reports it).
+    VmRunning,
+    /// The agent runs and polls for the plan.
+    AgentStarted,
+    /// The agent holds a valid plan.
+    PlanReceived,
+    /// The overlay network is being wired.
+    Network,
+    /// Images are being loaded or pulled.
+    Images,
+    /// Containers are being created and started.
+    Containers,
+    /// The node matches the plan.
+    Ready,
+    /// The node failed; see [`NodeStatus::error`].
+    Failed,
+}
+
+impl Phase {
+    /// The wire name, e.g. `plan-received`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::VmRunning => "vm-running",
+            Phase::AgentStarted => "agent-started",
+            Phase::PlanReceived => "plan-received",
+            Phase::Network => "network",
+            Phase::Images => "images",
+            Phase::Containers => "containers",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Phase> {
+        [
+            Phase::Pending,
+            Phase::VmRunning,
+            Phase::AgentStarted,
+            Phase::PlanReceived,
+            Phase::Network,
+            Phase::Images,
+            Phase::Containers,
+            Phase::Ready,
+            Phase::Failed,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stable reason codes an agent reports with [`Phase::Failed`].
+pub mod reason {
+    /// The plan failed validation; nothing on the host was changed.
+    pub const PLAN_INVALID: &str = "plan-invalid";
+    /// The plan does not list this node.
+    pub const NODE_NOT_IN_PLAN: &str = "node-not-in-plan";
+    /// The Docker engine could not be reached.
+    pub const DOCKER_UNREACHABLE: &str = "docker-unreachable";
+    /// Wiring the overlay failed (rolled back).
+    pub const NETWORK_FAILED: &str = "network-failed";
+    /// An image could neither be loaded nor pulled.
+    pub const IMAGE_FAILED: &str = "image-failed";
+    /// A container could not be created or did not stay running.
+    pub const CONTAINER_FAILED: &str = "container-failed";
+    /// The agent's configuration is unusable.
+    pub const CONFIG_INVALID: &str = "config-invalid";
+}
+
+/// A phase's timing, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: Phase,
+    /// When it began.
+    pub started_ms: u64,
+    /// How long it took (absent while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Why a node failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFailure {
+    /// A stable code from [`reason`].
+    pub reason: String,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// A container as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// Planned name.
+    pub name: String,
+    /// FQDN.
+    pub hostname: String,
+    /// Overlay address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Docker's state (`running`, `exited`, …).
+    pub state: String,
+}
+
+/// What an agent reports with `PUT /metadata/v1/{key}/nodes/{node}/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Current phase.
+    pub phase: Phase,
+    /// Generation of the plan being applied (0 before a plan is held).
+    #[serde(default)]
+    pub generation: u64,
+    /// Timings of the phases so far in this boot.
+    #[serde(default)]
+    pub timings: Vec<PhaseTiming>,
+    /// Set with [`Phase::Failed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NodeFailure>,
+    /// Containers of this node.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// The agent's version.
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+impl NodeStatus {
+    /// Checks the bounds a coordinator enforces on a report.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        validate::status(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Where the agent's configuration lives on a VM (written by cloud-init, mode 0600).
+pub const AGENT_CONFIG_PATH: &str = "/etc/shoal/agent.json";
+/// Where baked container image tarballs live on a VM image.
+pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/shoal/images";
+/// How long an agent keeps trying to reach the coordinator before it gives up.
+pub const DEFAULT_AGENT_DEADLINE_SECS: u64 = 900;
+
+/// The agent's configuration, as the user-data writes it to [`AGENT_CONFIG_PATH`].
+/// `Debug` hides the secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Base URL of the coordinator's metadata listener, e.g. `https://10.213.0.1:8787`.
+    pub metadata_url: String,
+    /// The cluster's secret key (64 hex digits).
+    pub cluster_key: String,
+    /// This node's id in the plan.
+    pub node_id: String,
+    /// Bearer token for this node's status writes.
+    pub node_token: String,
+    /// PEM certificate of the coordinator's CA; the agent trusts only it when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_pem: Option<String>,
+    /// Seconds the agent keeps trying to obtain a plan before it exits with a reason.
+    #[serde(default = "default_deadline")]
+    pub deadline_secs: u64,
+}
+
+fn default_deadline() -> u64 {
+    DEFAULT_AGENT_DEADLINE_SECS
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("metadata_url", &self.metadata_url)
+            .field("cluster_key", &"<redacted>")
+            .field("node_id", &self.node_id)
+            .field("node_token", &"<redacted>")
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<pem>"))
+            .field("deadline_secs", &self.deadline_secs)
+            .finish()
+    }
+}

@@ -1,0 +1,243 @@
+use super::*;
+
+fn container(name: &str, node: &str, ip: &str) -> ContainerPlan {
+    ContainerPlan {
+        name: name.into(),
+        hostname: format!("{name}-{node}.demo.shoal.internal"),
+        image: "shoal/demo:1".into(),
+        network: NetworkMode::Overlay,
+        address: Some(ip.parse().expect("test address")),
+        command: vec![],
+        env: BTreeMap::new(),
+        volumes: vec![],
+        ports: vec![],
+        registry_auth: None,
+    }
+}
+
+fn sample() -> Plan {
+    Plan {
+        schema: SCHEMA_VERSION,
+        cluster: "demo".into(),
+        generation: 1,
+        domain: "shoal.internal".into(),
+        network: NetworkPlan {
+            overlay: "10.240.0.0/16".parse().expect("cidr"),
+            vni: 42,
+            port: DEFAULT_VXLAN_PORT,
+            mtu: None,
+        },
+        nodes: (0..3)
+            .map(|i| NodePlan {
+                id: format!("node-{i}"),
+                index: i,
+                private_ip: format!("10.213.0.{}", 10 + i).parse().expect("ip"),
+                instance_id: None,
+                slice: format!("10.240.{}.0/24", i + 1).parse().expect("cidr"),
+                gateway: format!("10.240.{}.1", i + 1).parse().expect("ip"),
+                containers: vec![container(
+                    "agent",
+                    &format!("node-{i}"),
+                    &format!("10.240.{}.2", i + 1),
+                )],
+            })
+            .collect(),
+    }
+}
+
+fn field_of(err: PlanError) -> String {
+    match err {
+        PlanError::Invalid { field, .. } => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn sample_plan_round_trips_and_validates() {
+    let plan = sample();
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    let back = Plan::from_json(&bytes).expect("valid plan");
+    assert_eq!(back, plan);
+    assert_eq!(back.peers_of("node-1").len(), 2);
+    assert_eq!(back.host_entries().len(), 3);
+    assert_eq!(back.nodes[1].containers[0].docker_name(), "agent-node-1");
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let mut v = serde_json::to_value(sample()).expect("to value");
+    v["added_by_a_newer_coordinator"] = serde_json::json!({"x": 1});
+    v["nodes"][0]["future"] = serde_json::json!(true);
+    let bytes = serde_json::to_vec(&v).expect("serialize");
+    assert!(Plan::from_json(&bytes).is_ok());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let mut p = sample();
+    p.schema = 2;
+    let err = Plan::from_json(&serde_json::to_vec(&p).expect("ser")).unwrap_err();
+    assert!(matches!(err, PlanError::Schema { found: 2, .. }), "{err}");
+}
+
+#[test]
+fn malformed_and_oversized_documents_are_refused() {
+    assert!(matches!(
+        Plan::from_json(b"{\"schema\": 1"),
+        Err(PlanError::Malformed(_))
+    ));
+    assert!(matches!(
+        Plan::from_json(b"[1,2,3]"),
+        Err(PlanError::Malformed(_))
+    ));
+    let big = vec![b' '; MAX_PLAN_BYTES + 1];
+    assert!(matches!(
+        Plan::from_json(&big),
+        Err(PlanError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn overlapping_slices_are_refused() {
+    let mut p = sample();
+    p.nodes[2].slice = "10.240.0.0/22".parse().expect("cidr");
+    p.nodes[2].gateway = "10.240.0.1".parse().expect("ip");
+    p.nodes[2].containers[0].address = Some("10.240.0.2".parse().expect("ip"));
+    let err = p.validate().unwrap_err();
+    assert!(err.to_string().contains("overlaps"), "{err}");
+    assert_eq!(field_of(err), "nodes[2].slice");
+}
+
+#[test]
+fn address_outside_its_slice_is_refused() {
+    let mut p = sample();
+    p.nodes[1].containers[0].address = Some("10.240.3.9".parse().expect("ip"));
+    let err = p.validate().unwrap_err();
+    assert!(err.to_string().contains("outside the node's slice"), "{err}");
+    assert_eq!(field_of(err), "nodes[1].containers[0].address");
+}
+
+#[test]
+fn gateway_and_broadcast_addresses_are_refused() {
+    let mut p = sample();
+    p.nodes[0].containers[0].address = Some(p.nodes[0].gateway);
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    let mut p = sample();
+    p.nodes[0].containers[0].address = Some("10.240.1.255".parse().expect("ip"));
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    let mut p = sample();
+    p.nodes[0].gateway = "10.240.2.1".parse().expect("ip");
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].gateway");
+}
+
+#[test]
+fn underlay_inside_overlay_is_refused() {
+    let mut p = sample();
+    p.nodes[0].private_ip = "10.240.200.1".parse().expect("ip");
+    let err = p.validate().unwrap_err();
+    assert!(err.to_string().contains("must not overlap"), "{err}");
+}
+
+#[test]
+fn slice_outside_overlay_is_refused() {
+    let mut p = sample();
+    p.nodes[0].slice = "10.241.1.0/24".parse().expect("cidr");
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].slice");
+}
+
+#[test]
+fn bad_names_are_refused() {
+    for bad in ["Node-0", "-node", "node_0", "", &"a".repeat(64), "node.0"] {
+        let mut p = sample();
+        p.nodes[0].id = bad.to_string();
+        assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].id", "{bad:?}");
+    }
+    let mut p = sample();
+    p.cluster = "../etc".into();
+    assert_eq!(field_of(p.validate().unwrap_err()), "cluster");
+    let mut p = sample();
+    p.nodes[0].containers[0].hostname = "agent-node-0..demo".into();
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].hostname");
+}
+
+#[test]
+fn duplicates_are_refused() {
+    let mut p = sample();
+    p.nodes[1].id = "node-0".into();
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[1].id");
+    let mut p = sample();
+    p.nodes[1].private_ip = p.nodes[0].private_ip;
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[1].private_ip");
+    let mut p = sample();
+    let dup = p.nodes[0].containers[0].hostname.clone();
+    p.nodes[1].containers[0].hostname = dup;
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[1].containers[0].hostname");
+}
+
+#[test]
+fn vni_bounds_and_overlay_prefix_are_checked() {
+    for vni in [0, 1 << 24] {
+        let mut p = sample();
+        p.network.vni = vni;
+        assert_eq!(field_of(p.validate().unwrap_err()), "network.vni");
+    }
+    let mut p = sample();
+    p.network.overlay = "10.240.0.1/16".parse().expect("cidr");
+    assert_eq!(field_of(p.validate().unwrap_err()), "network.overlay");
+}
+
+#[test]
+fn host_mode_containers_carry_no_address() {
+    let mut p = sample();
+    p.nodes[0].containers[0].network = NetworkMode::Host;
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    p.nodes[0].containers[0].address = None;
+    p.validate().expect("host mode without address is valid");
+    assert_eq!(p.host_entries()[0].1, p.nodes[0].private_ip);
+}
+
+#[test]
+fn volume_path_tricks_are_refused() {
+    let mut p = sample();
+    p.nodes[0].containers[0].volumes.push(VolumePlan {
+        source: "/var/lib/../../etc".into(),
+        target: "/data".into(),
+        read_only: false,
+    });
+    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].volumes");
+}
+
+#[test]
+fn registry_password_is_not_in_debug_output() {
+    let auth = RegistryAuth {
+        server: "r.example".into(),
+        username: "u".into(),
+        password: "hunter2".into(),
+    };
+    assert!(!format!("{auth:?}").contains("hunter2"));
+}
+
+#[test]
+fn phase_names_round_trip() {
+    for p in [Phase::PlanReceived, Phase::Ready, Phase::Failed, Phase::VmRunning] {
+        let json = serde_json::to_string(&p).expect("ser");
+        assert_eq!(json, format!("\"{}\"", p.as_str()));
+        assert_eq!(Phase::parse(p.as_str()), Some(p));
+    }
+}
+
+#[test]
+fn status_reason_must_be_a_code() {
+    let s = NodeStatus {
+        phase: Phase::Failed,
+        generation: 1,
+        timings: vec![],
+        error: Some(NodeFailure {
+            reason: "Not A Code".into(),
+            message: "x".into(),
+        }),
+        containers: vec![],
+        agent_version: "0.1.0".into(),
+    };
+    assert!(s.validate().is_err());
+}

@@ -1,0 +1,380 @@
+//! Plan validation: every rule an agent checks before it changes its host.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    NetworkMode, NodeStatus, Plan, MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION,
+};
+
+/// Why a plan (or status report) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Larger than the limit.
+    #[error("plan document is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the document.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JSON of the plan's shape.
+    #[error("plan is not a valid document: {0}")]
+    Malformed(String),
+    /// Written for a schema this agent does not know.
+    #[error("plan schema {found} is not supported (this agent reads schema {supported})")]
+    Schema {
+        /// The plan's schema.
+        found: u32,
+        /// The supported one.
+        supported: u32,
+    },
+    /// A value breaks a rule.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// Where, e.g. `nodes[1].containers[0].address`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl PlanError {
+    fn invalid(field: impl Into<String>, problem: impl Into<String>) -> PlanError {
+        PlanError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// An RFC 1123 label: 1 to 63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 name: dot-separated labels, at most 253 characters.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_usable_host(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    net.contains(&ip) && ip != net.network() && ip != net.broadcast()
+}
+
+pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
+    if p.schema != SCHEMA_VERSION {
+        return Err(PlanError::Schema {
+            found: p.schema,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if !is_dns_label(&p.cluster) {
+        return Err(PlanError::invalid(
+            "cluster",
+            format!("{:?} is not an RFC 1123 label", p.cluster),
+        ));
+    }
+    if !is_dns_name(&p.domain) {
+        return Err(PlanError::invalid(
+            "domain",
+            format!("{:?} is not an RFC 1123 name", p.domain),
+        ));
+    }
+    let net = &p.network;
+    let overlay = net.overlay;
+    if overlay != overlay.trunc() {
+        return Err(PlanError::invalid(
+            "network.overlay",
+            format!("{overlay} has host bits set (the network is {})", overlay.trunc()),
+        ));
+    }
+    if !(8..=24).contains(&overlay.prefix_len()) {
+        return Err(PlanError::invalid(
+            "network.overlay",
+            format!("{overlay}: the prefix length must be between /8 and /24"),
+        ));
+    }
+    if net.vni == 0 || net.vni > 0x00ff_ffff {
+        return Err(PlanError::invalid(
+            "network.vni",
+            format!("{} is outside 1..=16777215", net.vni),
+        ));
+    }
+    if net.port == 0 {
+        return Err(PlanError::invalid("network.port", "must not be 0"));
+    }
+    if let Some(mtu) = net.mtu {
+        if !(576..=9000).contains(&mtu) {
+            return Err(PlanError::invalid(
+                "network.mtu",
+                format!("{mtu} is outside 576..=9000"),
+            ));
+        }
+    }
+    if p.nodes.is_empty() {
+        return Err(PlanError::invalid("nodes", "the plan lists no node"));
+    }
+    if p.nodes.len() > MAX_NODES {
+        return Err(PlanError::invalid(
+            "nodes",
+            format!("{} nodes, over the limit of {MAX_NODES}", p.nodes.len()),
+        ));
+    }
+
+    let mut ids = HashSet::new();
+    let mut indexes = HashSet::new();
+    let mut ips = HashSet::new();
+    let mut slices: Vec<(usize, Ipv4Net)> = Vec::new();
+    let mut hostnames = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, n) in p.nodes.iter().enumerate() {
+        let f = |rest: &str| format!("nodes[{i}].{rest}");
+        if !is_dns_label(&n.id) {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} is not an RFC 1123 label", n.id),
+            ));
+        }
+        if !ids.insert(n.id.as_str()) {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} appears twice", n.id),
+            ));
+        }
+        if !indexes.insert(n.index) {
+            return Err(PlanError::invalid(
+                f("index"),
+                format!("{} appears twice", n.index),
+            ));
+        }
+        if !ips.insert(n.private_ip) {
+            return Err(PlanError::invalid(
+                f("private_ip"),
+                format!("{} is used by two nodes", n.private_ip),
+            ));
+        }
+        if n.private_ip.is_unspecified()
+            || n.private_ip.is_broadcast()
+            || n.private_ip.is_multicast()
+            || n.private_ip.is_loopback()
+        {
+            return Err(PlanError::invalid(
+                f("private_ip"),
+                format!("{} is not a unicast host address", n.private_ip),
+            ));
+        }
+        if overlay.contains(&n.private_ip) {
+            return Err(PlanError::invalid(
+                f("private_ip"),
+                format!(
+                    "{} lies inside the overlay {overlay}: the underlay and the overlay must not overlap",
+                    n.private_ip
+                ),
+            ));
+        }
+        if n.slice != n.slice.trunc() {
+            return Err(PlanError::invalid(
+                f("slice"),
+                format!("{} has host bits set", n.slice),
+            ));
+        }
+        if !overlay.contains(&n.slice) || n.slice.prefix_len() < overlay.prefix_len() {
+            return Err(PlanError::invalid(
+                f("slice"),
+                format!("{} is not inside the overlay {overlay}", n.slice),
+            ));
+        }
+        if n.slice.prefix_len() > 29 {
+            return Err(PlanError::invalid(
+                f("slice"),
+                format!("{} is too small (at most /29)", n.slice),
+            ));
+        }
+        if let Some((j, other)) = slices
+            .iter()
+            .find(|(_, s)| s.contains(&n.slice) || n.slice.contains(s))
+        {
+            return Err(PlanError::invalid(
+                f("slice"),
+                format!("{} overlaps {other} of nodes[{j}]", n.slice),
+            ));
+        }
+        slices.push((i, n.slice));
+        if !is_usable_host(&n.slice, n.gateway) {
+            return Err(PlanError::invalid(
+                f("gateway"),
+                format!("{} is not a host address of the slice {}", n.gateway, n.slice),
+            ));
+        }
+        if let Some(id) = &n.instance_id {
+            if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                return Err(PlanError::invalid(f("instance_id"), "empty, too long or not printable"));
+            }
+        }
+        if n.containers.len() > MAX_CONTAINERS_PER_NODE {
+            return Err(PlanError::invalid(
+                f("containers"),
+                format!(
+                    "{} containers, over the limit of {MAX_CONTAINERS_PER_NODE}",
+                    n.containers.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut host_ports = HashSet::new();
+        for (k, c) in n.containers.iter().enumerate() {
+            let g = |rest: &str| format!("nodes[{i}].containers[{k}].{rest}");
+            if !is_dns_label(&c.name) {
+                return Err(PlanError::invalid(
+                    g("name"),
+                    format!("{:?} is not an RFC 1123 label", c.name),
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(PlanError::invalid(
+                    g("name"),
+                    format!("{:?} appears twice on node {}", c.name, n.id),
+                ));
+            }
+            if !is_dns_name(&c.hostname) {
+                return Err(PlanError::invalid(
+                    g("hostname"),
+                    format!("{:?} is not an RFC 1123 name", c.hostname),
+                ));
+            }
+            if !hostnames.insert(c.hostname.as_str()) {
+                return Err(PlanError::invalid(
+                    g("hostname"),
+                    format!("{:?} appears twice in the cluster", c.hostname),
+                ));
+            }
+            if c.image.is_empty()
+                || c.image.len() > 512
+                || c.image.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                return Err(PlanError::invalid(
+                    g("image"),
+                    format!("{:?} is not an image reference", c.image),
+                ));
+            }
+            match (c.network, c.address) {
+                (NetworkMode::Overlay, None) => {
+                    return Err(PlanError::invalid(
+                        g("address"),
+                        "an overlay container needs an address",
+                    ))
+                }
+                (NetworkMode::Overlay, Some(ip)) => {
+                    if !is_usable_host(&n.slice, ip) {
+                        return Err(PlanError::invalid(
+                            g("address"),
+                            format!("{ip} is outside the node's slice {}", n.slice),
+                        ));
+                    }
+                    if ip == n.gateway {
+                        return Err(PlanError::invalid(
+                            g("address"),
+                            format!("{ip} is the node's gateway"),
+                        ));
+                    }
+                    if !addresses.insert(ip) {
+                        return Err(PlanError::invalid(
+                            g("address"),
+                            format!("{ip} is used twice"),
+                        ));
+                    }
+                }
+                (NetworkMode::Host, Some(ip)) => {
+                    return Err(PlanError::invalid(
+                        g("address"),
+                        format!("{ip} given for a host-network container"),
+                    ))
+                }
+                (NetworkMode::Host, None) => {}
+            }
+            if c.command.len() > 256 || c.command.iter().any(|a| a.contains('\0')) {
+                return Err(PlanError::invalid(g("command"), "too long or holds a NUL byte"));
+            }
+            for (key, value) in &c.env {
+                if key.is_empty()
+                    || key.contains('=')
+                    || key.contains('\0')
+                    || value.contains('\0')
+                {
+                    return Err(PlanError::invalid(
+                        g("env"),
+                        format!("{key:?} is not a valid variable"),
+                    ));
+                }
+            }
+            for v in &c.volumes {
+                for path in [&v.source, &v.target] {
+                    if !path.starts_with('/')
+                        || path.contains('\0')
+                        || path.contains(':')
+                        || path.split('/').any(|part| part == "..")
+                    {
+                        return Err(PlanError::invalid(
+                            g("volumes"),
+                            format!("{path:?} must be an absolute path without '..' or ':'"),
+                        ));
+                    }
+                }
+            }
+            for port in &c.ports {
+                let host = port.host.unwrap_or(port.container);
+                if port.container == 0 || host == 0 {
+                    return Err(PlanError::invalid(g("ports"), "port 0"));
+                }
+                if !host_ports.insert((host, port.protocol)) {
+                    return Err(PlanError::invalid(
+                        g("ports"),
+                        format!(
+                            "host port {host}/{} is published twice on node {}",
+                            port.protocol.as_str(),
+                            n.id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
+    if s.timings.len() > 64 {
+        return Err(PlanError::invalid("timings", "more than 64 entries"));
+    }
+    if s.containers.len() > MAX_CONTAINERS_PER_NODE {
+        return Err(PlanError::invalid("containers", "too many entries"));
+    }
+    if s.agent_version.len() > 64 {
+        return Err(PlanError::invalid("agent_version", "too long"));
+    }
+    if let Some(e) = &s.error {
+        if e.reason.len() > 64 || !is_dns_label(&e.reason) {
+            return Err(PlanError::invalid(
+                "error.reason",
+                "not a reason code (lowercase letters, digits and '-')",
+            ));
+        }
+        if e.message.len() > 4096 {
+            return Err(PlanError::invalid("error.message", "longer than 4096 bytes"));
+        }
+    }
+    for c in &s.containers {
+        if c.name.len() > 253 || c.hostname.len() > 253 || c.state.len() > 64 {
+            return Err(PlanError::invalid("containers", "a field is too long"));
+        }
+    }
+    Ok(())
+}
