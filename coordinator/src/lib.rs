@@ -1,1 +1,16 @@
-//! coordinator
+//! `shoal`, the coordinator: it provisions VMs through each cloud's API, keeps cluster
+//! state in SQLite, serves each cluster's plan on the metadata endpoint, and is its own
+//! CLI. `main.rs` only parses the command line; everything lives in these modules.
+
+pub mod api;
+pub mod blueprint;
+pub mod cli;
+pub mod engine;
+pub mod keys;
+pub mod metadata;
+pub mod planner;
+pub mod providers;
+pub mod retry;
+pub mod server;
+pub mod store;
+pub mod userdata;

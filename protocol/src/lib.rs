@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub mod backoff;
 mod validate;
 
 pub use validate::{is_dns_label, is_dns_name, PlanError};
@@ -478,4 +479,23 @@ impl std::fmt::Debug for AgentConfig {
             .field("deadline_secs", &self.deadline_secs)
             .finish()
     }
+}
+
+/// The file name under which an image's `docker save` tarball is baked into a VM image's
+/// image directory: every character outside `[A-Za-z0-9._-]` of the reference becomes
+/// `_`, then `.tar` (`shoal/demo:1` → `shoal_demo_1.tar`). The baker, the local provider
+/// and the agent all use this one rule.
+pub fn image_tarball_name(image: &str) -> String {
+    let mut s: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.push_str(".tar");
+    s
 }

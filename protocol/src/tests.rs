@@ -241,3 +241,13 @@ fn status_reason_must_be_a_code() {
     };
     assert!(s.validate().is_err());
 }
+
+#[test]
+fn image_tarball_names_are_flat_file_names() {
+    assert_eq!(image_tarball_name("shoal/demo:1"), "shoal_demo_1.tar");
+    assert_eq!(
+        image_tarball_name("registry.example.com:5000/a/b:2.7"),
+        "registry.example.com_5000_a_b_2.7.tar"
+    );
+    assert!(!image_tarball_name("../../etc/passwd").contains('/'));
+}

@@ -1,0 +1,1 @@
+//! Azure provider: filled in by its own change.

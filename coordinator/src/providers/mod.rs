@@ -1,0 +1,186 @@
+//! Cloud providers: one trait, implemented by `local` (network namespaces on this
+//! machine), `aws` (EC2 Query API) and `azure` (Azure Resource Manager).
+//!
+//! A provider creates a cluster's VMs with the user-data the engine rendered for each
+//! node, describes them, and deletes everything the cluster owns. Every call must be
+//! safe to repeat: creation is idempotent (EC2 `ClientToken`, deterministic Azure and
+//! namespace names), and deletion finds what the cluster owns by its tags or names, so
+//! it works even after a coordinator crash lost track of a half-made creation.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub mod aws;
+pub mod azure;
+pub mod local;
+
+/// The cluster a provider call is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRef {
+    /// Cluster name (RFC 1123 label).
+    pub name: String,
+    /// A random id (12 hex digits) fixed at creation: it keeps the resources of a
+    /// deleted cluster apart from those of a new one with the same name. Used in tags,
+    /// idempotency tokens and resource names.
+    pub uid: String,
+}
+
+impl ClusterRef {
+    /// `<name>-<uid>`: the value of the `shoal:cluster` tag and the stem of resource names.
+    pub fn tag(&self) -> String {
+        format!("{}-{}", self.name, self.uid)
+    }
+}
+
+/// Provider settings of one cluster, from the command line or a template file; stored
+/// with the cluster so the reconciler can resume with the same ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderParams {
+    /// Region (`--region`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Machine image: an AMI id, an Azure marketplace reference or image id (`--image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Instance type or VM size (`--instance-type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Name of a stored credential (`--credential`, Azure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Ports the blueprint publishes, to open to the operator.
+    #[serde(default)]
+    pub exposed_ports: Vec<u16>,
+    /// The operator's address range allowed on exposed ports (e.g. `203.0.113.7/32`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_cidr: Option<String>,
+    /// Anything else a provider takes (`--set key=value`): existing VPC or subnet
+    /// ids, an endpoint override, a profile.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One VM to create.
+#[derive(Debug, Clone)]
+pub struct NodeRequest {
+    /// Node id in the plan (`node-0`, …).
+    pub node_id: String,
+    /// Node index.
+    pub index: u32,
+    /// Rendered user-data, possibly gzip-compressed (see `userdata`); providers encode
+    /// it as their API wants (base64 for EC2 and Azure).
+    pub user_data: Vec<u8>,
+}
+
+/// A VM's life as the provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Being created.
+    Pending,
+    /// Running.
+    Running,
+    /// Stopping, stopped, or being deleted.
+    Stopped,
+    /// Gone.
+    Terminated,
+    /// The provider reports a failure.
+    Failed,
+}
+
+/// A VM as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id (from the request, or read back from the VM's tags).
+    pub node_id: String,
+    /// The provider's id of the VM.
+    pub instance_id: String,
+    /// Private address, once assigned.
+    pub private_ip: Option<Ipv4Addr>,
+    /// State.
+    pub state: VmState,
+    /// Provider-specific facts worth showing (local: namespace and Docker socket).
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+}
+
+/// A provider's failure. `Api` carries the cloud's own code and message verbatim.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The cloud refused a call.
+    #[error("{provider} {operation} failed: {code}: {message}")]
+    Api {
+        /// `aws`, `azure`, `local`.
+        provider: &'static str,
+        /// The API operation, e.g. `RunInstances`.
+        operation: String,
+        /// The cloud's error code, e.g. `AuthFailure`.
+        code: String,
+        /// The cloud's message.
+        message: String,
+    },
+    /// A required setting or credential is missing or wrong.
+    #[error("{provider}: {message}")]
+    Config {
+        /// Provider.
+        provider: &'static str,
+        /// What is missing and how to give it.
+        message: String,
+    },
+    /// The endpoint could not be reached, or kept failing until the deadline.
+    #[error("{provider}: {message}")]
+    Unavailable {
+        /// Provider.
+        provider: &'static str,
+        /// What failed, with the endpoint.
+        message: String,
+    },
+    /// Setting up a local VM failed.
+    #[error("local: {0}")]
+    Local(String),
+}
+
+/// What every provider does. Methods return boxed futures so the engine can hold
+/// `Arc<dyn Provider>`.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// `local`, `aws` or `azure`.
+    fn name(&self) -> &'static str;
+
+    /// The largest user-data (after any compression) the provider's API accepts.
+    fn user_data_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// The metadata base URL this provider's VMs reach the coordinator at, when the
+    /// provider knows it (the local provider's VPC gateway); clouds use the
+    /// coordinator's `--advertise-url`.
+    fn metadata_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Creates the VMs (idempotently: a repeated call with the same cluster and nodes
+    /// creates nothing twice) and returns them as far as known.
+    fn create_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+        nodes: &'a [NodeRequest],
+    ) -> BoxFuture<'a, Result<Vec<NodeInfo>, ProviderError>>;
+
+    /// Describes the cluster's VMs.
+    fn describe_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+    ) -> BoxFuture<'a, Result<Vec<NodeInfo>, ProviderError>>;
+
+    /// Deletes everything the cluster owns and waits until it is gone. Safe to repeat.
+    fn delete_cluster<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+}
