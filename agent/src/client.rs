@@ -1,1 +1,268 @@
-//! client
+//! The metadata client: long-polls the plan and reports status.
+//!
+//! Only connection errors, 429 and 5xx are retried (with capped, jittered backoff under
+//! the configured deadline); any other answer fails at once with its status and body.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use shoal_protocol::{AgentConfig, NodeStatus, Plan, PlanError, MAX_PLAN_BYTES};
+
+use crate::retry;
+
+/// How long each long-poll asks the coordinator to hold the request.
+pub const LONG_POLL_SECS: u64 = 30;
+/// Header carrying the plan's generation.
+pub const GENERATION_HEADER: &str = "shoal-generation";
+
+/// A failure to obtain the plan.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Nothing but retryable failures until the deadline.
+    #[error("could not reach the coordinator at {url} within {secs}s; last error: {last}")]
+    Unreachable {
+        /// The metadata base URL.
+        url: String,
+        /// The deadline.
+        secs: u64,
+        /// The last failure.
+        last: String,
+    },
+    /// A final answer (unknown key: 404; bad token: 401).
+    #[error("the coordinator at {url} refused the request: HTTP {status}: {body}")]
+    Refused {
+        /// The metadata base URL.
+        url: String,
+        /// Status.
+        status: u16,
+        /// Body (truncated).
+        body: String,
+    },
+}
+
+/// What a poll returned.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A plan that passed validation.
+    Plan(Plan),
+    /// A plan that did not; `generation` is from the answer's header, so the agent waits
+    /// for a newer one instead of fetching this one again.
+    Invalid {
+        /// Generation of the bad plan.
+        generation: u64,
+        /// Why.
+        error: PlanError,
+    },
+}
+
+/// Client setup errors.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the HTTP client: {0}")]
+pub struct ClientError(String);
+
+enum Attempt {
+    Retry(String),
+    Fatal(u16, String),
+}
+
+/// The metadata client of one node.
+#[derive(Debug, Clone)]
+pub struct MetadataClient {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    node: String,
+    token: String,
+}
+
+impl MetadataClient {
+    /// Builds a client; with a CA certificate in the configuration, only that CA is
+    /// trusted.
+    pub fn new(cfg: &AgentConfig) -> Result<MetadataClient, ClientError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(LONG_POLL_SECS + 15))
+            .user_agent(concat!("shoal-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &cfg.ca_cert_pem {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| ClientError(format!("ca_cert_pem: {e}")))?;
+            b = b.tls_certs_only([cert]);
+        }
+        Ok(MetadataClient {
+            http: b.build().map_err(|e| ClientError(e.to_string()))?,
+            base: cfg.metadata_url.trim_end_matches('/').to_string(),
+            key: cfg.cluster_key.clone(),
+            node: cfg.node_id.clone(),
+            token: cfg.node_token.clone(),
+        })
+    }
+
+    /// The metadata base URL (no secret in it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn plan_url(&self) -> String {
+        format!("{}/metadata/v1/{}", self.base, self.key)
+    }
+
+    async fn poll_once(&self, after: u64, wait: u64) -> Result<Option<Fetched>, Attempt> {
+        let resp = self
+            .http
+            .get(self.plan_url())
+            .query(&[("wait", wait), ("after", after)])
+            .send()
+            .await
+            // The URL holds the key: never let reqwest's error print it.
+            .map_err(|e| Attempt::Retry(describe(&e)))?;
+        let status = resp.status();
+        let generation = resp
+            .headers()
+            .get(GENERATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        match status {
+            StatusCode::OK => {
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| Attempt::Retry(describe(&e)))?;
+                if body.len() > MAX_PLAN_BYTES {
+                    return Ok(Some(Fetched::Invalid {
+                        generation,
+                        error: PlanError::TooLarge {
+                            size: body.len(),
+                            limit: MAX_PLAN_BYTES,
+                        },
+                    }));
+                }
+                Ok(Some(match Plan::from_json(&body) {
+                    Ok(p) => Fetched::Plan(p),
+                    Err(error) => Fetched::Invalid { generation, error },
+                }))
+            }
+            StatusCode::NO_CONTENT => Ok(None),
+            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+                Err(Attempt::Retry(format!("HTTP {}", s.as_u16())))
+            }
+            s => {
+                let body = resp.text().await.unwrap_or_default();
+                Err(Attempt::Fatal(s.as_u16(), truncate(&body)))
+            }
+        }
+    }
+
+    /// Waits for a plan newer than `after`. With a deadline, gives up with
+    /// [`FetchError::Unreachable`] when nothing but retryable failures came until then;
+    /// without one (resident mode), retries for ever.
+    pub async fn wait_for_plan(
+        &self,
+        after: u64,
+        deadline: Option<Duration>,
+    ) -> Result<Fetched, FetchError> {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.poll_once(after, LONG_POLL_SECS).await {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    attempt = 0;
+                }
+                Err(Attempt::Fatal(status, body)) => {
+                    return Err(FetchError::Refused {
+                        url: self.base.clone(),
+                        status,
+                        body,
+                    })
+                }
+                Err(Attempt::Retry(last)) => {
+                    attempt += 1;
+                    let d = retry::delay(&retry::COORDINATOR, attempt);
+                    if let Some(limit) = deadline {
+                        if start.elapsed() + d > limit {
+                            return Err(FetchError::Unreachable {
+                                url: self.base.clone(),
+                                secs: limit.as_secs(),
+                                last,
+                            });
+                        }
+                    }
+                    tracing::info!(attempt, delay_ms = d.as_millis() as u64, error = %last, "coordinator not reachable yet; retrying");
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    /// Reports this node's status; retries retryable failures briefly (a report is
+    /// re-sent with the next phase anyway).
+    pub async fn report(&self, status: &NodeStatus) -> Result<(), FetchError> {
+        let url = format!("{}/metadata/v1/{}/nodes/{}/status", self.base, self.key, self.node);
+        let mut last = String::new();
+        for attempt in 1..=5u32 {
+            let r = self
+                .http
+                .put(&url)
+                .bearer_auth(&self.token)
+                .timeout(Duration::from_secs(10))
+                .json(status)
+                .send()
+                .await;
+            match r {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp)
+                    if resp.status() == StatusCode::TOO_MANY_REQUESTS
+                        || resp.status().is_server_error() =>
+                {
+                    last = format!("HTTP {}", resp.status().as_u16());
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(FetchError::Refused {
+                        url: self.base.clone(),
+                        status,
+                        body: truncate(&body),
+                    });
+                }
+                Err(e) => last = describe(&e),
+            }
+            tokio::time::sleep(retry::delay(&retry::COORDINATOR, attempt)).await;
+        }
+        Err(FetchError::Unreachable {
+            url: self.base.clone(),
+            secs: 0,
+            last,
+        })
+    }
+}
+
+/// A reqwest error without its URL (which carries the cluster key).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "reading the answer failed"
+    } else {
+        "request failed"
+    };
+    let mut msg = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn truncate(s: &str) -> String {
+    let mut t: String = s.chars().take(512).collect();
+    if t.len() < s.len() {
+        t.push('…');
+    }
+    t
+}

@@ -1,8 +1,32 @@
 //! The boot sequence and the resident loop.
+//!
+//! 1. Read the configuration; report `agent-started`.
+//! 2. Long-poll the plan until one is ready, within the configured deadline (after it:
+//!    exit [`exit::UNREACHABLE`] with what could not be reached).
+//! 3. Validate the whole plan and find this node before touching anything; a bad plan
+//!    is reported (`plan-invalid`) and the agent waits for a newer one.
+//! 4. Converge: network (overlay), images, containers; each phase reported with its
+//!    timing; `ready` at the end, or `failed` with a stable reason code.
+//! 5. Stay resident: converge again on every newer plan, on Docker events that show
+//!    something of the cluster was lost (a container died, a daemon restarted), and
+//!    after a failure (with backoff).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use shoal_protocol::{
+    reason, AgentConfig, ContainerStatus, NodeFailure, NodeStatus, Phase, PhaseTiming, Plan,
+};
+use tokio::sync::mpsc;
+
+use crate::client::{FetchError, Fetched, MetadataClient};
+use crate::{config, containers, docker, images, overlay, retry};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
-    /// Clean stop (SIGTERM).
+    /// Clean stop (SIGTERM), or `--once` and the node converged.
     pub const OK: i32 = 0;
     /// Bad command line, or the configuration file is missing or invalid.
     pub const CONFIG: i32 = 2;
@@ -10,11 +34,386 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 3;
     /// The coordinator refused the agent (unknown cluster key: 404; bad node token: 401/403).
     pub const REFUSED: i32 = 4;
-    /// The plan failed validation, or does not list this node; nothing was changed.
+    /// The plan failed validation, or does not list this node; nothing was changed
+    /// (`--once` only: a resident agent waits for a newer plan).
     pub const PLAN_INVALID: i32 = 5;
-    /// The Docker engine could not be reached.
+    /// The Docker engine could not be reached at boot within its deadline.
     pub const DOCKER: i32 = 6;
-    /// Converging the node failed (network, images or containers); reported to the
-    /// coordinator with its reason code.
+    /// Converging the node failed (network, images or containers) (`--once` only: a
+    /// resident agent reports it and retries with backoff).
     pub const CONVERGE: i32 = 7;
+}
+
+/// Options of `shoal-agent run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Configuration file.
+    pub config: PathBuf,
+    /// Docker endpoint (`unix:///var/run/docker.sock`).
+    pub docker_host: String,
+    /// Baked image tarballs.
+    pub image_dir: PathBuf,
+    /// Converge once and exit instead of staying resident.
+    pub once: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a convergence failed: the stable reason and the message.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    opts: RunOptions,
+    client: MetadataClient,
+    timings: Vec<PhaseTiming>,
+    docker: Option<Docker>,
+    converged_once: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("node", &self.cfg.node_id).finish()
+    }
+}
+
+impl Agent {
+    /// Closes the running phase's timing and opens `phase`'s.
+    fn enter(&mut self, phase: Phase) {
+        let now = now_ms();
+        if let Some(last) = self.timings.last_mut() {
+            if last.duration_ms.is_none() {
+                last.duration_ms = Some(now.saturating_sub(last.started_ms));
+            }
+        }
+        // Ready and failed are moments, not spans.
+        let duration_ms = matches!(phase, Phase::Ready | Phase::Failed).then_some(0);
+        self.timings.push(PhaseTiming {
+            phase,
+            started_ms: now,
+            duration_ms,
+        });
+        if self.timings.len() > 48 {
+            self.timings.drain(..self.timings.len() - 48);
+        }
+    }
+
+    async fn report(
+        &mut self,
+        phase: Phase,
+        generation: u64,
+        error: Option<NodeFailure>,
+        containers: Vec<ContainerStatus>,
+    ) {
+        self.enter(phase);
+        let status = NodeStatus {
+            phase,
+            generation,
+            timings: self.timings.clone(),
+            error,
+            containers,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        if let Err(e) = self.client.report(&status).await {
+            tracing::warn!(%phase, error = %e, "status report not delivered");
+        }
+    }
+
+    async fn docker(&mut self) -> Result<Docker, Failure> {
+        if let Some(d) = &self.docker {
+            if d.ping().await.is_ok() {
+                return Ok(d.clone());
+            }
+        }
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match docker::connect(&self.opts.docker_host).await {
+                Ok(d) => {
+                    self.docker = Some(d.clone());
+                    return Ok(d);
+                }
+                Err(e) => {
+                    let wait = retry::delay(&retry::DOCKER, attempt);
+                    if start.elapsed() + wait > retry::DOCKER.deadline {
+                        return Err(Failure::new(reason::DOCKER_UNREACHABLE, e.to_string()));
+                    }
+                    tracing::info!(attempt, error = %e, "Docker not reachable yet; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Brings the node to the plan. Nothing is changed before the plan is known valid
+    /// and lists this node.
+    async fn converge(&mut self, plan: &Plan) -> Result<Vec<ContainerStatus>, Failure> {
+        let node_id = self.cfg.node_id.clone();
+        if plan.node(&node_id).is_none() {
+            return Err(Failure::new(
+                reason::NODE_NOT_IN_PLAN,
+                format!(
+                    "the plan (generation {}) does not list node {node_id}",
+                    plan.generation
+                ),
+            ));
+        }
+        let g = plan.generation;
+        let docker = self.docker().await?;
+
+        self.report(Phase::Network, g, None, vec![]).await;
+        if plan.node_uses_overlay(&node_id) {
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| {
+                Failure::new(reason::NETWORK_FAILED, format!("opening netlink: {e}"))
+            })?;
+            let task = tokio::spawn(conn);
+            let r = overlay::converge(&docker, &handle, plan, &node_id).await;
+            task.abort();
+            let report = r.map_err(|e| Failure::new(e.reason(), e.to_string()))?;
+            tracing::info!(?report, "overlay converged");
+        }
+
+        self.report(Phase::Images, g, None, vec![]).await;
+        let wanted: Vec<_> = plan
+            .node(&node_id)
+            .map(|n| {
+                let mut seen = std::collections::HashSet::new();
+                n.containers
+                    .iter()
+                    .filter(|c| seen.insert(c.image.clone()))
+                    .map(|c| (c.image.clone(), c.registry_auth.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let report = images::ensure(&docker, &wanted, &self.opts.image_dir)
+            .await
+            .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
+        tracing::info!(?report, "images present");
+
+        self.report(Phase::Containers, g, None, vec![]).await;
+        let report = containers::converge(&docker, plan, &node_id)
+            .await
+            .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
+        Ok(report.statuses)
+    }
+
+    /// Converges and reports the outcome; returns whether it succeeded.
+    async fn converge_and_report(&mut self, plan: &Plan) -> Result<(), Failure> {
+        match self.converge(plan).await {
+            Ok(statuses) => {
+                self.converged_once = true;
+                self.report(Phase::Ready, plan.generation, None, statuses).await;
+                tracing::info!(generation = plan.generation, "node ready");
+                Ok(())
+            }
+            Err(f) => {
+                tracing::error!(reason = f.reason, message = %f.message, "convergence failed");
+                let error = NodeFailure {
+                    reason: f.reason.to_string(),
+                    message: f.message.clone(),
+                };
+                self.report(Phase::Failed, plan.generation, Some(error), vec![])
+                    .await;
+                Err(f)
+            }
+        }
+    }
+}
+
+/// Watches Docker for events that mean part of the cluster was lost, and signals a
+/// reconvergence; a broken stream (daemon restart) signals one too once it is back.
+fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        let mut broken = false;
+        loop {
+            let Ok(d) = docker::connect(&docker_host).await else {
+                broken = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            if broken {
+                let _ = tx.try_send(());
+            }
+            let filters = std::collections::HashMap::from([
+                ("type", vec!["container", "network"]),
+                ("event", vec!["die", "destroy", "oom"]),
+            ]);
+            let opts = bollard::query_parameters::EventsOptionsBuilder::new()
+                .filters(&filters)
+                .build();
+            let mut events = d.events(Some(opts));
+            while let Some(ev) = events.next().await {
+                let Ok(ev) = ev else {
+                    break;
+                };
+                let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+                let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
+                    || attrs.get("name").map(String::as_str) == Some("shoal");
+                if ours {
+                    let _ = tx.try_send(());
+                }
+            }
+            broken = true;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+/// Runs the agent; returns the process exit code.
+pub async fn run(opts: RunOptions) -> i32 {
+    let cfg = match config::load(&opts.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("shoal-agent: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let client = match MetadataClient::new(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal-agent: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shoal-agent: cannot handle SIGTERM: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let boot = Instant::now();
+    let deadline = Duration::from_secs(cfg.deadline_secs);
+    tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
+    let mut agent = Agent {
+        cfg,
+        opts,
+        client,
+        timings: Vec::new(),
+        docker: None,
+        converged_once: false,
+    };
+    agent.report(Phase::AgentStarted, 0, None, vec![]).await;
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(4);
+    let mut watching = false;
+    let mut current: Option<Plan> = None;
+    let mut after = 0u64;
+    let mut failures = 0u32;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+
+    loop {
+        // Before the first plan the deadline runs; afterwards the agent waits for ever.
+        let limit = current
+            .is_none()
+            .then(|| deadline.saturating_sub(boot.elapsed()));
+        let retry_sleep = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut reconverge = false;
+        tokio::select! {
+            fetched = agent.client.wait_for_plan(after, limit) => match fetched {
+                Err(e @ FetchError::Unreachable { .. }) => {
+                    tracing::error!("{e}");
+                    eprintln!("shoal-agent: {e}");
+                    return exit::UNREACHABLE;
+                }
+                Err(e @ FetchError::Refused { .. }) => {
+                    tracing::error!("{e}");
+                    eprintln!("shoal-agent: {e}");
+                    return exit::REFUSED;
+                }
+                Ok(Fetched::Invalid { generation, error }) => {
+                    tracing::error!(generation, %error, "the plan is invalid; nothing was changed");
+                    after = generation.max(after);
+                    let f = NodeFailure { reason: reason::PLAN_INVALID.into(), message: error.to_string() };
+                    agent.report(Phase::Failed, generation, Some(f), vec![]).await;
+                    if agent.opts.once {
+                        return exit::PLAN_INVALID;
+                    }
+                }
+                Ok(Fetched::Plan(plan)) => {
+                    tracing::info!(generation = plan.generation, "plan received");
+                    after = plan.generation;
+                    agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
+                    if !watching && !agent.opts.once {
+                        watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());
+                        watching = true;
+                    }
+                    current = Some(plan);
+                    failures = 0;
+                    reconverge = true;
+                }
+            },
+            Some(()) = ev_rx.recv(), if current.is_some() => {
+                // Let a burst of events (a daemon restart) settle first.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                while ev_rx.try_recv().is_ok() {}
+                tracing::info!("Docker reported a change to the cluster's containers; converging again");
+                reconverge = true;
+            }
+            () = retry_sleep => {
+                reconverge = true;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping (containers keep running)");
+                return exit::OK;
+            }
+        }
+        if !reconverge {
+            continue;
+        }
+        let Some(plan) = current.clone() else {
+            continue;
+        };
+        retry_at = None;
+        match agent.converge_and_report(&plan).await {
+            Ok(()) => {
+                failures = 0;
+                if agent.opts.once {
+                    return exit::OK;
+                }
+            }
+            Err(f) => {
+                if agent.opts.once {
+                    return match f.reason {
+                        reason::NODE_NOT_IN_PLAN => exit::PLAN_INVALID,
+                        reason::DOCKER_UNREACHABLE => exit::DOCKER,
+                        _ => exit::CONVERGE,
+                    };
+                }
+                if f.reason == reason::DOCKER_UNREACHABLE && !agent.converged_once {
+                    eprintln!("shoal-agent: {}", f.message);
+                    return exit::DOCKER;
+                }
+                failures += 1;
+                let d = retry::delay(&retry::RECONVERGE, failures);
+                tracing::info!(delay_ms = d.as_millis() as u64, "converging again after a delay");
+                retry_at = Some(tokio::time::Instant::now() + d);
+            }
+        }
+    }
 }

@@ -1,1 +1,459 @@
-//! blueprint
+//! Blueprints: what a cluster runs, in TOML. Host groups take nodes (a fixed count, or
+//! "the rest"); each group lists its containers. Environment values may name other
+//! containers: `${fqdn:NAME}` is the FQDN of the first container called NAME (lowest
+//! node index), `${cluster}` and `${domain}` what they say.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{is_dns_label, is_dns_name, NetworkMode, PortPlan};
+
+/// The default DNS domain of container names.
+pub const DEFAULT_DOMAIN: &str = "shoal.internal";
+
+/// Blueprints shipped with Shoal, by name.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("demo", include_str!("../blueprints/demo.toml")),
+    ("ambari", include_str!("../blueprints/ambari.toml")),
+];
+
+/// The built-in blueprint used when none is given.
+pub const DEFAULT_BLUEPRINT: &str = "demo";
+
+/// A blueprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blueprint {
+    /// Name.
+    pub name: String,
+    /// For people.
+    #[serde(default)]
+    pub description: String,
+    /// DNS domain of container names.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Overlay range (default `10.240.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Ipv4Net>,
+    /// Host groups, in the order they take nodes.
+    #[serde(rename = "group")]
+    pub groups: Vec<HostGroup>,
+}
+
+fn default_domain() -> String {
+    DEFAULT_DOMAIN.to_string()
+}
+
+/// A set of nodes running the same containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostGroup {
+    /// Name.
+    pub name: String,
+    /// How many nodes.
+    pub count: GroupCount,
+    /// What each of its nodes runs.
+    #[serde(rename = "container", default)]
+    pub containers: Vec<ContainerSpec>,
+}
+
+/// A group's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroupCount {
+    /// Exactly this many nodes.
+    Fixed(u32),
+    /// `"rest"`: every node the fixed groups leave.
+    Rest(RestMarker),
+}
+
+/// The literal `"rest"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestMarker {
+    /// `"rest"`.
+    Rest,
+}
+
+/// A container of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Name (RFC 1123 label), unique in its group.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Command; empty keeps the image's.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment; values may use `${fqdn:NAME}`, `${cluster}`, `${domain}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bind mounts, `SOURCE:TARGET[:ro]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortPlan>,
+    /// `overlay` (default) or `host`.
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// Why a blueprint is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum BlueprintError {
+    /// Not TOML of the blueprint's shape.
+    #[error("blueprint {source_name}: {message}")]
+    Parse {
+        /// File or built-in name.
+        source_name: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A rule is broken.
+    #[error("blueprint {name}: {message}")]
+    Invalid {
+        /// Blueprint name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Neither a built-in name nor a readable file.
+    #[error("no blueprint {0:?}: it is neither a built-in one (demo, ambari) nor a readable file")]
+    NotFound(String),
+}
+
+impl Blueprint {
+    /// Parses TOML text.
+    pub fn parse(source_name: &str, text: &str) -> Result<Blueprint, BlueprintError> {
+        let bp: Blueprint = toml::from_str(text).map_err(|e| BlueprintError::Parse {
+            source_name: source_name.to_string(),
+            message: e.to_string(),
+        })?;
+        bp.check()?;
+        Ok(bp)
+    }
+
+    /// A built-in blueprint by name.
+    pub fn built_in(name: &str) -> Option<Result<Blueprint, BlueprintError>> {
+        BUILT_IN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Blueprint::parse(n, text))
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> BlueprintError {
+        BlueprintError::Invalid {
+            name: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks the rules that do not depend on the cluster size.
+    pub fn check(&self) -> Result<(), BlueprintError> {
+        if !is_dns_label(&self.name) {
+            return Err(self.invalid("the name must be an RFC 1123 label"));
+        }
+        if !is_dns_name(&self.domain) {
+            return Err(self.invalid(format!("domain {:?} is not an RFC 1123 name", self.domain)));
+        }
+        if self.groups.is_empty() {
+            return Err(self.invalid("no [[group]]"));
+        }
+        let rest = self
+            .groups
+            .iter()
+            .filter(|g| matches!(g.count, GroupCount::Rest(_)))
+            .count();
+        if rest > 1 {
+            return Err(self.invalid("only one group may take \"rest\""));
+        }
+        let mut group_names = HashSet::new();
+        let mut all_containers = HashSet::new();
+        for g in &self.groups {
+            if !is_dns_label(&g.name) || !group_names.insert(g.name.as_str()) {
+                return Err(self.invalid(format!(
+                    "group {:?}: names must be unique RFC 1123 labels",
+                    g.name
+                )));
+            }
+            let mut names = HashSet::new();
+            for c in &g.containers {
+                if !is_dns_label(&c.name) || c.name.len() > 40 {
+                    return Err(self.invalid(format!(
+                        "group {}: container {:?} must be an RFC 1123 label of at most 40 characters",
+                        g.name, c.name
+                    )));
+                }
+                if !names.insert(c.name.as_str()) {
+                    return Err(self.invalid(format!(
+                        "group {}: container {:?} appears twice",
+                        g.name, c.name
+                    )));
+                }
+                all_containers.insert(c.name.clone());
+                for v in &c.volumes {
+                    parse_volume(v).map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
+                }
+            }
+        }
+        // Every ${fqdn:NAME} must name a container of the blueprint.
+        for g in &self.groups {
+            for c in &g.containers {
+                for value in c.env.values() {
+                    for reference in template_refs(value)
+                        .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?
+                    {
+                        if let Template::Fqdn(name) = &reference {
+                            if !all_containers.contains(name) {
+                                return Err(self.invalid(format!(
+                                    "container {}: ${{fqdn:{name}}} names no container of this blueprint",
+                                    c.name
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which group each of `nodes` nodes belongs to (by index), or why the blueprint
+    /// cannot be laid on that many.
+    pub fn assign(&self, nodes: u32) -> Result<Vec<&HostGroup>, BlueprintError> {
+        let fixed: u32 = self
+            .groups
+            .iter()
+            .map(|g| match g.count {
+                GroupCount::Fixed(n) => n,
+                GroupCount::Rest(_) => 0,
+            })
+            .sum();
+        let has_rest = self
+            .groups
+            .iter()
+            .any(|g| matches!(g.count, GroupCount::Rest(_)));
+        if fixed > nodes || (!has_rest && fixed != nodes) {
+            return Err(self.invalid(format!(
+                "it places {fixed} node(s){}, the cluster has {nodes}",
+                if has_rest { " plus the rest" } else { "" }
+            )));
+        }
+        let mut out = Vec::with_capacity(nodes as usize);
+        for g in &self.groups {
+            if let GroupCount::Fixed(n) = g.count {
+                out.extend(std::iter::repeat_n(g, n as usize));
+            }
+        }
+        if let Some(rest) = self
+            .groups
+            .iter()
+            .find(|g| matches!(g.count, GroupCount::Rest(_)))
+        {
+            out.extend(std::iter::repeat_n(rest, (nodes - fixed) as usize));
+        }
+        Ok(out)
+    }
+
+    /// Every port the blueprint publishes (for cloud firewall rules).
+    pub fn exposed_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.containers)
+            .flat_map(|c| &c.ports)
+            .map(|p| p.host.unwrap_or(p.container))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// Resolves a blueprint argument: a built-in name, or a TOML file.
+pub fn load(arg: &str) -> Result<Blueprint, BlueprintError> {
+    if let Some(bp) = Blueprint::built_in(arg) {
+        return bp;
+    }
+    let text =
+        std::fs::read_to_string(arg).map_err(|_| BlueprintError::NotFound(arg.to_string()))?;
+    Blueprint::parse(arg, &text)
+}
+
+/// A `${…}` reference in an environment value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Template {
+    /// `${fqdn:NAME}`.
+    Fqdn(String),
+    /// `${cluster}`.
+    Cluster,
+    /// `${domain}`.
+    Domain,
+}
+
+/// The references in `value`, in order.
+pub fn template_refs(value: &str) -> Result<Vec<Template>, String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
+        let inner = &after[..end];
+        out.push(match inner {
+            "cluster" => Template::Cluster,
+            "domain" => Template::Domain,
+            _ => match inner.strip_prefix("fqdn:") {
+                Some(name) => Template::Fqdn(name.to_string()),
+                None => return Err(format!("unknown reference ${{{inner}}} in {value:?}")),
+            },
+        });
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// Substitutes references; `fqdn` resolves container names.
+pub fn expand(
+    value: &str,
+    cluster: &str,
+    domain: &str,
+    fqdn: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
+        let inner = &after[..end];
+        match inner {
+            "cluster" => out.push_str(cluster),
+            "domain" => out.push_str(domain),
+            _ => {
+                let name = inner
+                    .strip_prefix("fqdn:")
+                    .ok_or_else(|| format!("unknown reference ${{{inner}}}"))?;
+                let f = fqdn(name).ok_or_else(|| {
+                    format!("${{fqdn:{name}}}: no container {name:?} in this cluster")
+                })?;
+                out.push_str(&f);
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses `SOURCE:TARGET[:ro|:rw]`.
+pub fn parse_volume(v: &str) -> Result<(String, String, bool), String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, ro) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => return Err(format!("volume {v:?} is not SOURCE:TARGET[:ro]")),
+    };
+    if !src.starts_with('/') || !dst.starts_with('/') {
+        return Err(format!("volume {v:?}: both paths must be absolute"));
+    }
+    Ok((src.to_string(), dst.to_string(), ro))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_ins_parse() {
+        for (name, _) in BUILT_IN {
+            let bp = Blueprint::built_in(name).expect("exists").expect("valid");
+            assert_eq!(bp.name, *name);
+        }
+    }
+
+    #[test]
+    fn groups_take_fixed_counts_then_the_rest() {
+        let bp = load("demo").expect("demo");
+        let groups = bp.assign(3).expect("3 nodes");
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["server", "workers", "workers"]);
+        assert_eq!(bp.assign(1).expect("1 node").len(), 1);
+        assert!(bp.assign(0).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_references_are_refused() {
+        let err = Blueprint::parse("t", "name = \"x\"\ncolour = 1\n[[group]]\nname=\"a\"\ncount=1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let text = r#"
+name = "x"
+[[group]]
+name = "a"
+count = 1
+[[group.container]]
+name = "c"
+image = "i"
+env = { S = "${fqdn:nope}" }
+"#;
+        let err = Blueprint::parse("t", text).unwrap_err();
+        assert!(err.to_string().contains("names no container"), "{err}");
+    }
+
+    #[test]
+    fn two_rest_groups_are_refused() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "a"
+count = "rest"
+[[group]]
+name = "b"
+count = "rest"
+"#;
+        assert!(Blueprint::parse("t", text).is_err());
+    }
+
+    #[test]
+    fn fixed_groups_must_fit() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "a"
+count = 2
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        assert!(bp.assign(2).is_ok());
+        let err = bp.assign(3).unwrap_err();
+        assert!(err.to_string().contains("places 2 node(s), the cluster has 3"), "{err}");
+    }
+
+    #[test]
+    fn templates_expand() {
+        let v = expand("http://${fqdn:server}:8080/${cluster}", "demo", "d", |n| {
+            (n == "server").then(|| "server-node-0.demo.d".to_string())
+        })
+        .expect("expand");
+        assert_eq!(v, "http://server-node-0.demo.d:8080/demo");
+        assert!(expand("${fqdn:x}", "c", "d", |_| None).is_err());
+        assert!(expand("${oops", "c", "d", |_| None).is_err());
+    }
+
+    #[test]
+    fn volumes_parse() {
+        assert_eq!(
+            parse_volume("/a:/b:ro").expect("ok"),
+            ("/a".into(), "/b".into(), true)
+        );
+        assert!(parse_volume("a:/b").is_err());
+        assert!(parse_volume("/a").is_err());
+    }
+}

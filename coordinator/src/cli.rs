@@ -1,1 +1,492 @@
-//! cli
+//! The command line: `shoal serve` runs the coordinator; every other command talks to
+//! a running one over the operator API.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use shoal_protocol::Phase;
+
+use crate::api::ClusterView;
+use crate::engine::CreateRequest;
+use crate::providers::ProviderParams;
+use crate::server::ApiInfo;
+use crate::store::ClusterState;
+
+/// Shoal: container clusters on cloud VMs, up in seconds.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// State directory (database, tokens, local VMs). Default: /var/lib/shoal for root,
+    /// else ~/.local/state/shoal.
+    #[arg(long, env = "SHOAL_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Operator API URL of a coordinator (with SHOAL_TOKEN), instead of the state dir's.
+    #[arg(long, env = "SHOAL_COORDINATOR", global = true)]
+    pub coordinator: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator (operator API on loopback, metadata API facing the VMs).
+    Serve(ServeArgs),
+    /// Create, list, show and delete clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Print the cloud-init user-data of a cluster's node.
+    UserData {
+        /// Cluster name.
+        cluster: String,
+        /// Node id (default node-0).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// `shoal serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Operator API address (keep it on loopback).
+    #[arg(long, default_value = crate::server::DEFAULT_API_LISTEN)]
+    pub api_listen: std::net::SocketAddr,
+    /// Metadata API address. Default: the local VPC gateway, port 8787.
+    #[arg(long)]
+    pub metadata_listen: Option<std::net::SocketAddr>,
+    /// Metadata base URL that cloud VMs reach this coordinator at.
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// The shoal-agent binary local VMs run. Default: beside this binary.
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Container image tarballs local VMs treat as baked in. Default: <state-dir>/images.
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// Address range of the local provider's VPC.
+    #[arg(long, default_value = crate::providers::local::DEFAULT_VPC)]
+    pub local_vpc: ipnet::Ipv4Net,
+    /// Prefix of the local provider's namespace and link names.
+    #[arg(long, default_value = crate::providers::local::DEFAULT_PREFIX)]
+    pub local_prefix: String,
+    /// Seconds a creation may take before the cluster is FAILED.
+    #[arg(long, default_value_t = 900)]
+    pub create_timeout: u64,
+}
+
+/// `shoal cluster …`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster.
+    Create(CreateArgs),
+    /// List clusters.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a cluster and its nodes.
+    Show {
+        /// Cluster name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a cluster and every resource it owns (safe to repeat).
+    Delete {
+        /// Cluster name.
+        name: String,
+        /// Wait until it is gone.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `shoal cluster create` options.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Cluster name (1 to 40 of a-z, 0-9, '-').
+    pub name: String,
+    /// Provider: local, aws or azure.
+    #[arg(long, default_value = "local")]
+    pub provider: String,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub nodes: u32,
+    /// Blueprint: a built-in name (demo, ambari) or a TOML file.
+    #[arg(long)]
+    pub blueprint: Option<String>,
+    /// Wait until the cluster is AVAILABLE (exit 1 if it fails), showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Cloud region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Machine image (AMI id, Azure image reference or id).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Instance type or VM size.
+    #[arg(long)]
+    pub instance_type: Option<String>,
+    /// Stored credential name (Azure).
+    #[arg(long)]
+    pub credential: Option<String>,
+    /// Address range allowed on the blueprint's published ports.
+    #[arg(long)]
+    pub operator_cidr: Option<String>,
+    /// Provider-specific setting KEY=VALUE (repeatable), e.g. vpc-id=vpc-123.
+    #[arg(long = "set", value_parser = parse_kv)]
+    pub set: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// The default state directory.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("shoal")
+}
+
+/// A CLI failure: printed as `shoal: <message>`, exit status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn cli_err(msg: impl Into<String>) -> CliError {
+    CliError(msg.into())
+}
+
+/// A client of the operator API.
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Finds the coordinator: `--coordinator` with `SHOAL_TOKEN`, or the state dir's
+    /// `api.json` and `token`.
+    pub fn discover(state_dir: &Path, coordinator: Option<&str>) -> Result<Client, CliError> {
+        let token = match std::env::var("SHOAL_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => std::fs::read_to_string(state_dir.join("token"))
+                .map(|t| t.trim().to_string())
+                .map_err(|e| {
+                    cli_err(format!(
+                        "cannot read the operator token {}: {e}. Run this as the user who runs `shoal serve`, point --state-dir at its state directory, or set SHOAL_TOKEN",
+                        state_dir.join("token").display()
+                    ))
+                })?,
+        };
+        let base = match coordinator {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let path = state_dir.join("api.json");
+                let text = std::fs::read_to_string(&path).map_err(|_| {
+                    cli_err(format!(
+                        "no coordinator is running for state dir {} (no {}): start one with `shoal serve --state-dir {}`, or give --coordinator URL",
+                        state_dir.display(),
+                        path.display(),
+                        state_dir.display()
+                    ))
+                })?;
+                let info: ApiInfo = serde_json::from_str(&text)
+                    .map_err(|e| cli_err(format!("{}: {e}", path.display())))?;
+                info.url
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| cli_err(format!("HTTP client: {e}")))?;
+        Ok(Client { base, token, http })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            cli_err(format!(
+                "cannot reach the coordinator at {}: {e}. Is `shoal serve` running?",
+                self.base
+            ))
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        Err(cli_err(format!("{message} (HTTP {})", status.as_u16())))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, CliError> {
+        self.call(method, path, body)
+            .await?
+            .json()
+            .await
+            .map_err(|e| cli_err(format!("unexpected answer from the coordinator: {e}")))
+    }
+
+    /// One cluster.
+    pub async fn show(&self, name: &str) -> Result<ClusterView, CliError> {
+        self.json(reqwest::Method::GET, &format!("/v1/clusters/{name}"), None)
+            .await
+    }
+}
+
+/// Runs a client command; returns the process exit status.
+pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let client = Client::discover(&state_dir, cli.coordinator.as_deref())?;
+    match &cli.command {
+        Command::Serve(_) => Err(cli_err("serve is not a client command")),
+        Command::UserData { cluster, node } => {
+            let mut path = format!("/v1/clusters/{cluster}/user-data");
+            if let Some(n) = node {
+                path.push_str(&format!("?node={n}"));
+            }
+            let text = client
+                .call(reqwest::Method::GET, &path, None)
+                .await?
+                .text()
+                .await
+                .map_err(|e| cli_err(e.to_string()))?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::List { json }) => {
+            let list: Vec<ClusterView> = client
+                .json(reqwest::Method::GET, "/v1/clusters", None)
+                .await?;
+            if *json {
+                println!("{}", to_json(&list)?);
+            } else {
+                println!("{:<20} {:<10} {:<8} {:>5}  BLUEPRINT", "NAME", "STATE", "PROVIDER", "NODES");
+                for c in &list {
+                    println!(
+                        "{:<20} {:<10} {:<8} {:>5}  {}",
+                        c.name, c.state, c.provider, c.node_count, c.blueprint
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Show { name, json }) => {
+            let c = client.show(name).await?;
+            if *json {
+                println!("{}", to_json(&c)?);
+            } else {
+                print_cluster(&c);
+            }
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Create(a)) => {
+            let (blueprint, blueprint_toml) = match &a.blueprint {
+                None => (None, None),
+                Some(b) if crate::blueprint::Blueprint::built_in(b).is_some() => {
+                    (Some(b.clone()), None)
+                }
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        cli_err(format!(
+                            "--blueprint {path:?} is neither a built-in blueprint (demo, ambari) nor a readable file: {e}"
+                        ))
+                    })?;
+                    (None, Some(text))
+                }
+            };
+            let req = CreateRequest {
+                name: a.name.clone(),
+                provider: a.provider.clone(),
+                nodes: a.nodes,
+                blueprint,
+                blueprint_toml,
+                params: ProviderParams {
+                    region: a.region.clone(),
+                    image: a.image.clone(),
+                    instance_type: a.instance_type.clone(),
+                    credential: a.credential.clone(),
+                    exposed_ports: vec![],
+                    operator_cidr: a.operator_cidr.clone(),
+                    extra: a.set.iter().cloned().collect(),
+                },
+            };
+            let body = serde_json::to_value(&req).map_err(|e| cli_err(e.to_string()))?;
+            let c: ClusterView = client
+                .json(reqwest::Method::POST, "/v1/clusters", Some(&body))
+                .await?;
+            eprintln!(
+                "cluster {} requested: {} node(s) on {}",
+                c.name, c.node_count, c.provider
+            );
+            if !a.wait {
+                return Ok(0);
+            }
+            let c = wait_for(&client, &a.name, &[ClusterState::Available, ClusterState::Failed]).await?;
+            print_cluster(&c);
+            if c.state == ClusterState::Available {
+                Ok(0)
+            } else {
+                eprintln!(
+                    "shoal: cluster {} FAILED: {}",
+                    c.name,
+                    c.reason.as_deref().unwrap_or("no reason recorded")
+                );
+                for n in c.nodes.iter().filter(|n| n.phase == Phase::Failed) {
+                    if let Some(e) = &n.error {
+                        eprintln!("  {}: {}: {}", n.id, e.reason, e.message);
+                    }
+                }
+                Ok(1)
+            }
+        }
+        Command::Cluster(ClusterCommand::Delete { name, wait }) => {
+            let c: ClusterView = client
+                .json(reqwest::Method::DELETE, &format!("/v1/clusters/{name}"), None)
+                .await?;
+            eprintln!("cluster {} is {}", c.name, c.state);
+            if !wait {
+                return Ok(0);
+            }
+            let c = wait_for(&client, name, &[ClusterState::Deleted]).await?;
+            if c.state != ClusterState::Deleted {
+                eprintln!(
+                    "shoal: deleting {} failed: {}",
+                    c.name,
+                    c.reason.as_deref().unwrap_or("no reason recorded")
+                );
+                return Ok(1);
+            }
+            eprintln!("cluster {} is {}", c.name, c.state);
+            Ok(0)
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v).map_err(|e| cli_err(e.to_string()))
+}
+
+/// Polls until the cluster reaches one of `states`, printing each node's phase changes
+/// (a line per change; the elapsed time since the wait began).
+async fn wait_for(
+    client: &Client,
+    name: &str,
+    states: &[ClusterState],
+) -> Result<ClusterView, CliError> {
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut seen: HashMap<String, Phase> = HashMap::new();
+    let mut last_state = None;
+    loop {
+        let c = client.show(name).await?;
+        if last_state != Some(c.state) {
+            eprintln!("{:>7.1}s  cluster {:<8} {}", start.elapsed().as_secs_f64(), c.name, c.state);
+            last_state = Some(c.state);
+        }
+        for n in &c.nodes {
+            if seen.get(&n.id) != Some(&n.phase) {
+                seen.insert(n.id.clone(), n.phase);
+                let ip = n.private_ip.map(|i| i.to_string()).unwrap_or_default();
+                eprintln!(
+                    "{:>7.1}s  {:<16} {:<15} {}",
+                    start.elapsed().as_secs_f64(),
+                    n.id,
+                    ip,
+                    n.phase
+                );
+            }
+        }
+        if tty {
+            let ready = c.nodes.iter().filter(|n| n.phase == Phase::Ready).count();
+            eprint!("\r  [{ready}/{}] ready, {:.1}s \r", c.nodes.len(), start.elapsed().as_secs_f64());
+        }
+        let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
+        if states.contains(&c.state) || delete_failed {
+            if tty {
+                eprint!("\r{:40}\r", "");
+            }
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints a cluster for a person.
+pub fn print_cluster(c: &ClusterView) {
+    let avail = c
+        .time_to_available_ms
+        .map(|ms| format!("  (available in {:.1}s)", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    println!(
+        "cluster {}  {}  provider {}  blueprint {}  generation {}{avail}",
+        c.name, c.state, c.provider, c.blueprint, c.generation
+    );
+    if let Some(r) = &c.reason {
+        println!("reason: {r}");
+    }
+    println!("metadata {}  overlay {}", c.metadata_url, c.overlay);
+    println!("{:<8} {:<15} {:<14} {:<34} CONTAINERS", "NODE", "ADDRESS", "PHASE", "INSTANCE");
+    for n in &c.nodes {
+        let containers = n
+            .containers
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {} {}",
+                    k.hostname,
+                    k.address.map(|a| a.to_string()).unwrap_or_else(|| "host".into()),
+                    k.state
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "{:<8} {:<15} {:<14} {:<34} {}",
+            n.id,
+            n.private_ip.map(|i| i.to_string()).unwrap_or_default(),
+            n.phase.as_str(),
+            n.instance_id.as_deref().unwrap_or(""),
+            containers
+        );
+        if let Some(e) = &n.error {
+            println!("         error {}: {}", e.reason, e.message);
+        }
+    }
+}

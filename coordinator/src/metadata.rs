@@ -1,1 +1,227 @@
-//! metadata
+//! The metadata API, facing the VMs:
+//!
+//! - `GET /metadata/v1/{key}`: 204 while the plan is not ready, 200 with the plan once
+//!   it is. With `?wait=SECONDS&after=GENERATION` the request is held until the plan's
+//!   generation passes `after` (answered at once then) or the wait runs out (204).
+//! - `PUT /metadata/v1/{key}/nodes/{node}/status` with `Authorization: Bearer <node
+//!   token>`: the agent's report.
+//!
+//! Unknown keys get 404, as fast as known ones: lookups go through an in-memory map,
+//! never the database, and a key that is not shaped like one is refused before it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use serde::Deserialize;
+use shoal_protocol::{NodeStatus, MAX_STATUS_BYTES};
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::keys::{constant_time_eq, is_secret_shaped};
+
+/// The longest a long-poll is held.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Header carrying the plan's generation on every answer about a known key.
+pub const GENERATION_HEADER: &str = "shoal-generation";
+
+/// A served plan: its generation and its JSON bytes, shared by every response.
+#[derive(Debug, Clone)]
+pub struct PlanDoc {
+    /// Generation.
+    pub generation: u64,
+    /// The JSON document.
+    pub bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct Entry {
+    cluster: String,
+    plan: watch::Sender<Option<PlanDoc>>,
+}
+
+/// The plans being served, by cluster key.
+#[derive(Debug, Default)]
+pub struct Hub {
+    by_key: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+impl Hub {
+    /// Starts serving `cluster` under `key` (204 until a plan is published).
+    pub fn register(&self, key: &str, cluster: &str) {
+        let (tx, _) = watch::channel(None);
+        if let Ok(mut map) = self.by_key.write() {
+            map.entry(key.to_string()).or_insert_with(|| {
+                Arc::new(Entry {
+                    cluster: cluster.to_string(),
+                    plan: tx,
+                })
+            });
+        }
+    }
+
+    /// Publishes a plan: every held long-poll with a smaller `after` answers now.
+    pub fn publish(&self, key: &str, generation: u64, bytes: Bytes) {
+        if let Some(e) = self.entry(key) {
+            e.plan.send_replace(Some(PlanDoc { generation, bytes }));
+        }
+    }
+
+    /// Stops serving `key` (404 from now on).
+    pub fn remove(&self, key: &str) {
+        if let Ok(mut map) = self.by_key.write() {
+            map.remove(key);
+        }
+    }
+
+    fn entry(&self, key: &str) -> Option<Arc<Entry>> {
+        self.by_key.read().ok()?.get(key).cloned()
+    }
+
+    /// Long-polls in flight (receivers beyond the sender's own).
+    pub fn waiting(&self) -> usize {
+        self.by_key
+            .read()
+            .map(|m| m.values().map(|e| e.plan.receiver_count()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The metadata router.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/metadata/v1/{key}", get(get_plan))
+        .route("/metadata/v1/{key}/nodes/{node}/status", put(put_status))
+        .layer(DefaultBodyLimit::max(MAX_STATUS_BYTES))
+        .with_state(engine)
+}
+
+#[derive(Debug, Deserialize)]
+struct PollQuery {
+    wait: Option<u64>,
+    after: Option<u64>,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "unknown cluster key")
+}
+
+async fn get_plan(
+    State(engine): State<Arc<Engine>>,
+    Path(key): Path<String>,
+    query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "wait and after must be whole numbers",
+        );
+    };
+    if !is_secret_shaped(&key) {
+        return not_found();
+    }
+    let Some(entry) = engine.hub.entry(&key) else {
+        return not_found();
+    };
+    let after = q.after.unwrap_or(0);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let mut rx = entry.plan.subscribe();
+    let newer = |p: &Option<PlanDoc>| p.as_ref().is_some_and(|d| d.generation > after);
+    let doc = if newer(&rx.borrow()) || wait.is_zero() {
+        rx.borrow().clone()
+    } else {
+        let waited = match tokio::time::timeout(wait, rx.wait_for(newer)).await {
+            Ok(Ok(d)) => Some(d.clone()),
+            // Timed out, or the cluster went away while we waited.
+            _ => None,
+        };
+        waited.unwrap_or_else(|| rx.borrow().clone())
+    };
+    match doc {
+        Some(d) if d.generation > after => {
+            let mut resp = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                d.bytes,
+            )
+                .into_response();
+            insert_generation(resp.headers_mut(), d.generation);
+            resp
+        }
+        other => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            insert_generation(resp.headers_mut(), other.map_or(0, |d| d.generation));
+            resp
+        }
+    }
+}
+
+fn insert_generation(h: &mut HeaderMap, generation: u64) {
+    if let Ok(v) = HeaderValue::from_str(&generation.to_string()) {
+        h.insert(GENERATION_HEADER, v);
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn put_status(
+    State(engine): State<Arc<Engine>>,
+    Path((key, node)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_secret_shaped(&key) {
+        return not_found();
+    }
+    let Some(entry) = engine.hub.entry(&key) else {
+        return not_found();
+    };
+    let Ok(Some(row)) = engine.store.nodes(&entry.cluster).map(|nodes| {
+        nodes.into_iter().find(|n| n.id == node)
+    }) else {
+        return error(StatusCode::NOT_FOUND, "unknown node");
+    };
+    let authorized = bearer(&headers)
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), row.token.as_bytes()));
+    if !authorized {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "a node may write only its own status, with its own token",
+        );
+    }
+    let status: NodeStatus = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed status: {e}")),
+    };
+    if let Err(e) = status.validate() {
+        return error(StatusCode::BAD_REQUEST, &format!("invalid status: {e}"));
+    }
+    match engine.on_status(&entry.cluster, &node, &status) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::error!(cluster = %entry.cluster, %node, error = %e, "recording a status failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "could not record the status")
+        }
+    }
+}

@@ -29,8 +29,10 @@ pub enum UserDataError {
 
 /// Renders the `#cloud-config` document for one node.
 pub fn render(cfg: &AgentConfig) -> String {
-    let _ = cfg;
-    String::new()
+    // Interim renderer: JSON strings are valid YAML scalars.
+    let json = serde_json::to_string(cfg).unwrap_or_default();
+    let quoted = serde_json::to_string(&json).unwrap_or_default();
+    format!("#cloud-config\nwrite_files:\n  - path: {}\n    permissions: \"0600\"\n    content: {quoted}\n", shoal_protocol::AGENT_CONFIG_PATH)
 }
 
 /// Renders and, when a limit is given and the plain document exceeds it, gzip-compresses
@@ -47,6 +49,11 @@ pub fn render_for(
 /// Reads the agent configuration back out of rendered (possibly gzipped) user-data:
 /// how the local provider boots its VMs from the very document a cloud VM gets.
 pub fn agent_config(user_data: &[u8]) -> Result<AgentConfig, UserDataError> {
-    let _ = user_data;
-    Err(UserDataError::Invalid("not implemented".into()))
+    let text = std::str::from_utf8(user_data).map_err(|e| UserDataError::Invalid(e.to_string()))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("content: "))
+        .ok_or_else(|| UserDataError::Invalid("no content".into()))?;
+    let json: String = serde_json::from_str(line).map_err(|e| UserDataError::Invalid(e.to_string()))?;
+    serde_json::from_str(&json).map_err(|e| UserDataError::Invalid(e.to_string()))
 }
