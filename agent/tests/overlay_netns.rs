@@ -550,3 +550,315 @@ async fn a_failed_step_leaves_nothing_behind() {
 
     host.verify();
 }
+
+/// A dockerd of its own inside a namespace, as a VM runs it (started through
+/// `nsenter --net=`, since `ip netns exec` remounts /sys and dockerd then fails).
+/// Dropping it removes its containers, stops it and removes every trace.
+struct TestDockerd {
+    child: std::process::Child,
+    /// Data root and log (on disk).
+    root: std::path::PathBuf,
+    /// Exec root, pid file and socket (short paths: a socket path must stay < 108 bytes).
+    run_dir: std::path::PathBuf,
+}
+
+impl TestDockerd {
+    fn start(ns: &TestNetns) -> TestDockerd {
+        let name = unique_name("sd");
+        let root = std::env::temp_dir().join(format!("shoal-test-{name}"));
+        let run_dir = std::path::PathBuf::from(format!("/run/shoal-test-{name}"));
+        std::fs::create_dir_all(root.join("data")).expect("data root");
+        std::fs::create_dir_all(&run_dir).expect("exec root");
+        let log = std::fs::File::create(root.join("dockerd.log")).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(run_dir.join("e"))
+            .arg("--pidfile")
+            .arg(run_dir.join("d.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", run_dir.join("d.sock").display()))
+            .arg("--iptables=true")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let dockerd = TestDockerd {
+            child,
+            root,
+            run_dir,
+        };
+        let ready = (0..120).any(|_| {
+            let up = dockerd
+                .cli()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !up {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            up
+        });
+        assert!(
+            ready,
+            "dockerd did not answer within 30 s: {}",
+            std::fs::read_to_string(dockerd.root.join("dockerd.log")).unwrap_or_default()
+        );
+        dockerd
+    }
+
+    /// The endpoint, as the agent's configuration names it.
+    fn host(&self) -> String {
+        format!("unix://{}", self.run_dir.join("d.sock").display())
+    }
+
+    /// The docker CLI, pointed at this engine.
+    fn cli(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H").arg(self.host());
+        c
+    }
+
+    /// `docker network inspect shoal`, or `None` if there is no such network.
+    fn network(&self) -> Option<Value> {
+        let out = self
+            .cli()
+            .args(["network", "inspect", overlay::NETWORK_NAME])
+            .output()
+            .expect("docker network inspect");
+        if !out.status.success() {
+            return None;
+        }
+        let list: Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+        Some(list[0].clone())
+    }
+
+    /// Imports a one-binary image (Debian's static busybox), as no registry is reachable.
+    fn import_busybox(&self, tag: &str) {
+        let rootfs = self.root.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+        std::fs::copy(
+            shoal_e2e::which("busybox").expect("busybox"),
+            rootfs.join("bin/busybox"),
+        )
+        .expect("copy busybox");
+        let tarball = self.root.join("rootfs.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."));
+        run(self.cli().arg("import").arg(&tarball).arg(tag));
+    }
+}
+
+impl Drop for TestDockerd {
+    fn drop(&mut self) {
+        // Containers first (they may ignore SIGTERM: `rm -f` kills them).
+        if let Ok(out) = self.cli().args(["ps", "-aq"]).output() {
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            for id in ids.split_whitespace() {
+                let _ = self.cli().args(["rm", "-f", id]).output();
+            }
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let stopped = (0..80).any(|_| {
+            let done = matches!(self.child.try_wait(), Ok(Some(_)));
+            if !done {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            done
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // dockerd leaves mounts (overlay layers, netns files) when it dies hard.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| {
+                m.starts_with(&*self.root.to_string_lossy())
+                    || m.starts_with(&*self.run_dir.to_string_lossy())
+            })
+            .collect();
+        ours.sort_unstable_by(|a, b| b.cmp(a));
+        for mount in ours {
+            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+fn two_node_plan(mtu: Option<u32>) -> shoal_protocol::Plan {
+    let mut network = serde_json::json!({
+        "overlay": "10.240.0.0/16", "vni": VNI, "port": 4789
+    });
+    if let Some(mtu) = mtu {
+        network["mtu"] = mtu.into();
+    }
+    let plan = serde_json::json!({
+        "schema": 1,
+        "cluster": "demo",
+        "generation": 1,
+        "domain": "shoal.test",
+        "network": network,
+        "nodes": [
+            {"id": "node-0", "index": 0, "private_ip": "192.0.2.1",
+             "slice": "10.240.1.0/24", "gateway": "10.240.1.1"},
+            {"id": "node-1", "index": 1, "private_ip": "192.0.2.2",
+             "slice": "10.240.2.0/24", "gateway": "10.240.2.1"}
+        ]
+    });
+    shoal_protocol::Plan::from_json(plan.to_string().as_bytes()).expect("valid plan")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, ip, bridge, nsenter, busybox, tar, dockerd and docker"]
+async fn converge_with_a_real_dockerd_builds_the_network_and_the_tunnel() {
+    require_privileges(&[
+        "ip", "bridge", "nsenter", "busybox", "tar", "dockerd", "docker",
+    ]);
+    let host = HostCheck::start();
+    let a = TestNetns::new("ova");
+    let b = TestNetns::new("ovb");
+    link_pair(&a, "192.0.2.1/24", &b, "192.0.2.2/24");
+    let dockerd = TestDockerd::start(&a);
+    let docker = shoal_agent::docker::connect(&dockerd.host())
+        .await
+        .expect("connect to the test dockerd");
+    let (ha, hb) = (handle_in(&a).await, handle_in(&b).await);
+
+    let plan = two_node_plan(None);
+    let report = overlay::converge(&docker, &ha, &plan, "node-0")
+        .await
+        .expect("converge node-0");
+    assert!(
+        report.changed && report.network_created && report.vxlan_created,
+        "{report:?}"
+    );
+    assert_eq!(report.fdb_added, ips(&["192.0.2.2"]));
+    assert_eq!(report.mtu, 1450);
+
+    // What an operator sees: the Docker network…
+    let network = dockerd.network().expect("network shoal");
+    assert_eq!(network["Driver"], "bridge");
+    let ipam = &network["IPAM"]["Config"][0];
+    assert_eq!(ipam["Subnet"], "10.240.0.0/16", "{network}");
+    assert_eq!(ipam["IPRange"], "10.240.1.0/24", "{network}");
+    assert_eq!(ipam["Gateway"], "10.240.1.1", "{network}");
+    assert_eq!(
+        network["Options"]["com.docker.network.bridge.name"],
+        "shoal0"
+    );
+    assert_eq!(network["Options"]["com.docker.network.driver.mtu"], "1450");
+    assert_eq!(network["Labels"]["io.shoal.cluster"], "demo");
+    // …its bridge carrying the tunnel, and the tunnel's replication list.
+    assert_vxlan(&a, "192.0.2.1", 1450);
+    let ports = a.ip_json(&["link", "show", "master", "shoal0"]);
+    assert!(
+        ports
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["ifname"] == "shoal-vx"),
+        "{ports}"
+    );
+    assert_eq!(zero_entries(&a), ["192.0.2.2"]);
+
+    // The other node (a plain bridge standing in for its Docker) reaches a container
+    // started on node-0's Docker network, across the tunnel, at its planned address.
+    add_bridge(&b, "10.240.2.1/16");
+    overlay::converge_link(
+        &hb,
+        &spec("192.0.2.2", None),
+        "shoal0",
+        &ips(&["192.0.2.1"]),
+    )
+    .await
+    .expect("converge the peer");
+    dockerd.import_busybox("shoal-test/busybox:1");
+    run(dockerd.cli().args([
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "shoal",
+        "--ip",
+        "10.240.1.10",
+        "shoal-test/busybox:1",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]));
+    assert!(
+        pings(&b, "10.240.1.1"),
+        "node-0's gateway is unreachable over the overlay"
+    );
+    assert!(
+        pings(&b, "10.240.1.10"),
+        "the container is unreachable over the overlay"
+    );
+
+    // A rerun with the same plan changes nothing.
+    let again = overlay::converge(&docker, &ha, &plan, "node-0")
+        .await
+        .expect("rerun");
+    assert!(
+        !again.changed && !again.network_created && !again.vxlan_created,
+        "{again:?}"
+    );
+    assert!(again.fdb_added.is_empty() && again.fdb_removed.is_empty());
+
+    // A new MTU: the network is recreated (its container removed, for the container
+    // step to recreate), the tunnel kept, resized and attached to the new bridge.
+    let resized = overlay::converge(&docker, &ha, &two_node_plan(Some(1400)), "node-0")
+        .await
+        .expect("converge with a new MTU");
+    assert!(
+        resized.changed && resized.network_created && !resized.vxlan_created,
+        "{resized:?}"
+    );
+    assert_eq!(resized.mtu, 1400);
+    let network = dockerd.network().expect("network shoal");
+    assert_eq!(network["Options"]["com.docker.network.driver.mtu"], "1400");
+    let left = dockerd
+        .cli()
+        .args(["ps", "-aq"])
+        .output()
+        .expect("docker ps");
+    assert!(
+        left.stdout.is_empty(),
+        "the old network's container was not removed"
+    );
+    assert_vxlan(&a, "192.0.2.1", 1400);
+    // Docker gave the new bridge a new random MAC: the peer's ARP entry for node-0's
+    // gateway is stale until the kernel re-probes (tens of seconds). Containers keep
+    // their IP-derived MACs, so only the gateway address is affected; see
+    // docs/network.md.
+    b.ip(&["neigh", "flush", "dev", "shoal0"]);
+    assert!(
+        pings(&b, "10.240.1.1"),
+        "the recreated bridge is not on the overlay"
+    );
+
+    // Teardown removes both, and is safe to repeat.
+    overlay::teardown(&docker, &ha).await.expect("teardown");
+    assert!(!has_link(&a, "shoal-vx") && !has_link(&a, "shoal0"));
+    assert!(dockerd.network().is_none());
+    overlay::teardown(&docker, &ha)
+        .await
+        .expect("second teardown");
+
+    host.verify();
+}
