@@ -454,9 +454,7 @@ pub async fn fdb_zero_entries(
             RouteNetlinkMessage::NewNeighbour(n)
                 if n.header.ifindex == vxlan.index
                     && n.header.flags.contains(NeighbourFlags::Own)
-                    && n.attributes.iter().any(|a| {
-                        matches!(a, NeighbourAttribute::LinkLayerAddress(mac) if mac[..] == ZERO_MAC)
-                    }) =>
+                    && n.attributes.iter().any(is_zero_mac) =>
             {
                 n.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(dst) => ipv4_of(dst),
@@ -469,6 +467,10 @@ pub async fn fdb_zero_entries(
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+fn is_zero_mac(attribute: &NeighbourAttribute) -> bool {
+    matches!(attribute, NeighbourAttribute::LinkLayerAddress(mac) if mac[..] == ZERO_MAC)
 }
 
 /// In a bridge-family message the kernel's 4-byte `NDA_DST` is not decoded as IPv4.

@@ -295,11 +295,20 @@ pub async fn converge_link(
         Some(link) if params.matches(&link) => link,
         existing => {
             if let Some(stale) = existing {
-                tracing::info!(device = %stale.name, "VXLAN device has other settings: recreating it");
+                tracing::info!(
+                    device = %stale.name,
+                    "VXLAN device has other settings: recreating it"
+                );
                 netlink::delete_link(handle, &stale).await?;
             }
             let link = netlink::create_vxlan(handle, &params).await?;
-            tracing::info!(device = %link.name, vni = spec.vni, local = %spec.local, underlay = %underlay.name, "created VXLAN device");
+            tracing::info!(
+                device = %link.name,
+                vni = spec.vni,
+                local = %spec.local,
+                underlay = %underlay.name,
+                "created VXLAN device"
+            );
             report.vxlan_created = true;
             report.changed = true;
             link
@@ -495,16 +504,18 @@ fn parsed<T: std::str::FromStr>(value: &Option<String>) -> Option<T> {
 }
 
 /// Makes the Docker network [`NETWORK_NAME`] match `spec`. Returns whether it was
-/// (re)created. A network with other settings is removed, after force-removing the
-/// containers attached to it (the container step recreates them), and created anew.
-pub async fn ensure_network(docker: &Docker, spec: &NetworkSpec) -> Result<bool, OverlayError> {
+/// (re)created. A network with other settings (or any, with `recreate`) is removed,
+/// after force-removing the containers attached to it (the container step recreates
+/// them), and created anew.
+pub async fn ensure_network(
+    docker: &Docker,
+    spec: &NetworkSpec,
+    recreate: bool,
+) -> Result<bool, OverlayError> {
     match docker.inspect_network(NETWORK_NAME, None).await {
-        Ok(existing) if spec.matches(&existing) => return Ok(false),
+        Ok(existing) if spec.matches(&existing) && !recreate => return Ok(false),
         Ok(existing) => {
-            tracing::info!(
-                network = NETWORK_NAME,
-                "Docker network has other settings: recreating it"
-            );
+            tracing::info!(network = NETWORK_NAME, "recreating the Docker network");
             let containers: Vec<String> = existing
                 .containers
                 .unwrap_or_default()
@@ -534,7 +545,14 @@ pub async fn ensure_network(docker: &Docker, spec: &NetworkSpec) -> Result<bool,
         .create_network(spec.create_request())
         .await
         .map_err(|e| docker_error("create it", e))?;
-    tracing::info!(network = NETWORK_NAME, subnet = %spec.subnet, ip_range = %spec.ip_range, gateway = %spec.gateway, mtu = spec.mtu, "created Docker network");
+    tracing::info!(
+        network = NETWORK_NAME,
+        subnet = %spec.subnet,
+        ip_range = %spec.ip_range,
+        gateway = %spec.gateway,
+        mtu = spec.mtu,
+        "created Docker network"
+    );
     Ok(true)
 }
 
@@ -570,7 +588,16 @@ pub async fn converge(
         gateway: node.gateway,
         mtu,
     };
-    let network_created = ensure_network(docker, &network).await?;
+    let mut network_created = ensure_network(docker, &network, false).await?;
+    if !network_created && netlink::link_by_name(handle, BRIDGE_NAME).await?.is_none() {
+        // The network is there but its bridge is gone (deleted by hand, or lost): Docker
+        // only makes the device when it creates the network, so recreate it.
+        tracing::warn!(
+            bridge = BRIDGE_NAME,
+            "bridge of the Docker network is missing"
+        );
+        network_created = ensure_network(docker, &network, true).await?;
+    }
 
     let spec = VxlanSpec {
         name: VXLAN_NAME.to_string(),

@@ -852,6 +852,17 @@ async fn converge_with_a_real_dockerd_builds_the_network_and_the_tunnel() {
         "the recreated bridge is not on the overlay"
     );
 
+    // The bridge deleted behind Docker's back: the network is recreated to get it back.
+    a.ip(&["link", "del", "shoal0"]);
+    let healed = overlay::converge(&docker, &ha, &two_node_plan(Some(1400)), "node-0")
+        .await
+        .expect("converge without a bridge");
+    assert!(
+        healed.network_created && !healed.vxlan_created,
+        "{healed:?}"
+    );
+    assert_vxlan(&a, "192.0.2.1", 1400);
+
     // Teardown removes both, and is safe to repeat.
     overlay::teardown(&docker, &ha).await.expect("teardown");
     assert!(!has_link(&a, "shoal-vx") && !has_link(&a, "shoal0"));
