@@ -335,6 +335,7 @@ async fn images_that_cannot_be_found_are_reported_by_name() {
     let err = images::ensure(&env.docker, &[(absent.to_string(), None)], &env.image_dir)
         .await
         .expect_err("an absent image cannot be pulled without a network");
+    eprintln!("absent image: {err}");
     assert!(matches!(err, ImageError::Pull { .. }), "{err:?}");
     assert_eq!(err.reason(), reason::IMAGE_FAILED);
     let text = err.to_string();
@@ -348,6 +349,7 @@ async fn images_that_cannot_be_found_are_reported_by_name() {
     let err = images::ensure(&env.docker, &[(other.to_string(), None)], &env.image_dir)
         .await
         .expect_err("the tarball holds another image");
+    eprintln!("wrong tarball: {err}");
     assert!(matches!(err, ImageError::NotInTarball { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -362,6 +364,7 @@ async fn images_that_cannot_be_found_are_reported_by_name() {
     let err = images::ensure(&env.docker, &[(junk.to_string(), None)], &env.image_dir)
         .await
         .expect_err("junk is not an image");
+    eprintln!("junk tarball: {err}");
     assert!(
         matches!(
             err,
@@ -385,6 +388,7 @@ async fn a_container_that_exits_at_once_is_reported_with_its_exit_code() {
     let err = containers::converge(&env.docker, &plan, NODE)
         .await
         .expect_err("a command that exits at once");
+    eprintln!("exits at once: {err}");
     match &err {
         ContainerError::Exited {
             container,
