@@ -345,19 +345,21 @@ mod tests {
             std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))
                 .expect("applet link");
         }
-        let tar = Command::new("tar")
+        let archive = dir.with_extension("tar");
+        run(Command::new("tar")
             .arg("-C")
             .arg(&dir)
-            .args(["-cf", "-", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tar");
+            .arg("-cf")
+            .arg(&archive)
+            .arg("."));
         let out = d
             .docker_command()
-            .args(["import", "-", tag])
-            .stdin(tar.stdout.expect("tar stdout"))
+            .arg("import")
+            .arg(&archive)
+            .arg(tag)
             .output()
             .expect("docker import");
+        let _ = std::fs::remove_file(&archive);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             out.status.success(),
