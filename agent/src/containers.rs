@@ -1,28 +1,799 @@
-//! Placeholder until the containers change lands (same signatures).
-use bollard::Docker;
-use shoal_protocol::{ContainerStatus, Plan};
+//! Running the node's planned containers through the Docker API, and nothing else.
+//!
+//! Every container Shoal makes carries four labels: [`LABEL_CLUSTER`], [`LABEL_NODE`],
+//! [`LABEL_CONTAINER`] and [`LABEL_SPEC`], a hash of everything the container was
+//! created from. [`converge`] keeps a container whose labels still match the plan
+//! (starting it if it stopped), replaces one whose spec changed, creates missing ones,
+//! and removes containers of the cluster the plan no longer lists for this node.
+//! Started containers must then stay running for a moment: one that exits at once is
+//! reported with its exit code and the end of its log.
 
-/// Container failure.
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointIpamConfig,
+    EndpointSettings, HostConfig, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::Serialize;
+use shoal_protocol::{reason, ContainerPlan, ContainerStatus, NetworkMode, NodePlan, Plan};
+
+/// Label: the cluster a container belongs to.
+pub const LABEL_CLUSTER: &str = "io.shoal.cluster";
+/// Label: the node (plan id) a container was created for.
+pub const LABEL_NODE: &str = "io.shoal.node";
+/// Label: the container's name within its node.
+pub const LABEL_CONTAINER: &str = "io.shoal.container";
+/// Label: hash of the container's planned spec; a different hash means "replace".
+pub const LABEL_SPEC: &str = "io.shoal.spec";
+/// The Docker network overlay containers are attached to (made by the overlay module).
+pub const OVERLAY_NETWORK: &str = "shoal";
+
+/// Bumped when the way a spec becomes a container changes, so agents of a new version
+/// replace containers made by older ones.
+const SPEC_FORMAT: u32 = 1;
+/// Seconds a container is given to stop before it is killed, when it is replaced.
+const REPLACE_STOP_SECS: i32 = 10;
+/// Seconds a container is given to stop before it is killed, by [`remove_all`].
+const REMOVE_ALL_STOP_SECS: i32 = 5;
+/// How long a started container may take to be running.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a started container must stay up (without a restart) to count as running:
+/// a command that exits at once is caught, even though the restart policy revives it.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How long a container that restarted during [`SETTLE`] is watched for its next exit.
+const RESTART_PROBE: Duration = Duration::from_secs(3);
+/// Interval between inspections of a starting container.
+const POLL: Duration = Duration::from_millis(100);
+/// Log lines quoted when a container fails.
+const LOG_TAIL_LINES: &str = "20";
+/// Most bytes of log quoted in an error (status messages are capped at 4 KiB).
+const LOG_TAIL_BYTES: usize = 1500;
+
+/// What [`converge`] did. Every list holds Docker container names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainersReport {
+    /// The node's containers as they are now.
+    pub statuses: Vec<ContainerStatus>,
+    /// Created because they did not exist.
+    pub created: Vec<String>,
+    /// Already matching the plan (started if they were stopped).
+    pub kept: Vec<String>,
+    /// Removed and created again because their spec changed.
+    pub replaced: Vec<String>,
+    /// Removed because the plan no longer lists them for this node.
+    pub removed: Vec<String>,
+}
+
+/// Why the node's containers could not be converged.
 #[derive(Debug, thiserror::Error)]
-#[error("containers: {0}")]
-pub struct ContainerError(String);
+pub enum ContainerError {
+    /// The plan has no such node.
+    #[error("node {node} is not in the plan of cluster {cluster}")]
+    NodeNotInPlan {
+        /// The node id.
+        node: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// The engine did not answer.
+    #[error("cannot reach the Docker engine while handling {target}: {message}")]
+    Unreachable {
+        /// The container (or cluster) being handled.
+        target: String,
+        /// The client's error.
+        message: String,
+    },
+    /// The engine refused an operation.
+    #[error("cannot {action} container {container}: {message}")]
+    Engine {
+        /// What was attempted (`create`, `start`, `remove`, …).
+        action: &'static str,
+        /// The Docker container name.
+        container: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The container stopped (or keeps restarting) right after it was started.
+    #[error("container {container} exited with code {exit_code} right after it started (state {state}); last log lines: {logs}")]
+    Exited {
+        /// The Docker container name.
+        container: String,
+        /// Its exit code (-1 when the engine did not keep it).
+        exit_code: i64,
+        /// Docker's state (`exited`, `restarting`, …).
+        state: String,
+        /// The end of its log.
+        logs: String,
+    },
+    /// The container did not reach `running` in time.
+    #[error(
+        "container {container} is not running {waited:?} after it was started (state {state})"
+    )]
+    NotRunning {
+        /// The Docker container name.
+        container: String,
+        /// Docker's state.
+        state: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+}
+
 impl ContainerError {
-    /// Reason code.
+    /// The stable reason code reported to the coordinator.
     pub fn reason(&self) -> &'static str {
-        shoal_protocol::reason::CONTAINER_FAILED
+        match self {
+            ContainerError::NodeNotInPlan { .. } => reason::NODE_NOT_IN_PLAN,
+            ContainerError::Unreachable { .. } => reason::DOCKER_UNREACHABLE,
+            _ => reason::CONTAINER_FAILED,
+        }
     }
 }
-/// Report.
-#[derive(Debug, Default)]
-pub struct ContainersReport {
-    /// Statuses.
-    pub statuses: Vec<ContainerStatus>,
+
+/// Whether a client error means the engine did not answer (rather than refused).
+pub fn engine_unreachable(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::IOError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::SocketNotFoundError(_)
+    )
 }
-/// Converges containers.
+
+/// The engine's own words for an error: its message for refusals, else the client
+/// error with its causes.
+pub fn engine_message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        BollardError::DockerStreamError { error } => error.trim().to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn engine_error(action: &'static str, container: &str, e: BollardError) -> ContainerError {
+    if engine_unreachable(&e) {
+        ContainerError::Unreachable {
+            target: container.to_string(),
+            message: engine_message(&e),
+        }
+    } else {
+        ContainerError::Engine {
+            action,
+            container: container.to_string(),
+            message: engine_message(&e),
+        }
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The `/etc/hosts` entries of container `c`: every container of the cluster by FQDN
+/// and by short name, as `name:ip`.
+///
+/// `hostname -f` looks the short hostname up and prints the first matching line's first
+/// name, so `c`'s own short name must only appear on a line that starts with its FQDN.
+/// On an overlay network Docker writes such a line itself (`ip fqdn short`, after ours),
+/// so `c`'s own short name is left out. On the host network Docker writes none, so `c`
+/// gets one entry naming both (`fqdn short:ip`): Docker writes an entry's name part
+/// verbatim, which makes it one line with both names.
+pub fn extra_hosts(plan: &Plan, c: &ContainerPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    for (fqdn, ip) in plan.host_entries() {
+        let short = fqdn.split('.').next().unwrap_or(&fqdn).to_string();
+        if fqdn == c.hostname && c.network == NetworkMode::Host && short != fqdn {
+            out.push(format!("{fqdn} {short}:{ip}"));
+            continue;
+        }
+        out.push(format!("{fqdn}:{ip}"));
+        if short != fqdn && fqdn != c.hostname {
+            out.push(format!("{short}:{ip}"));
+        }
+    }
+    out
+}
+
+/// What the spec hash covers: the container's plan (without its registry credentials)
+/// and the host entries it is created with.
+#[derive(Serialize)]
+struct SpecInput<'a> {
+    format: u32,
+    container: &'a ContainerPlan,
+    extra_hosts: &'a [String],
+}
+
+/// The [`LABEL_SPEC`] value of container `c`: FNV-1a (64 bits) over the canonical JSON of
+/// its plan and host entries. Stable across runs and agent restarts (struct fields
+/// serialize in declaration order, the environment is a sorted map). Credentials are
+/// left out: a label is readable by anyone who can inspect the container.
+pub fn spec_hash(plan: &Plan, c: &ContainerPlan) -> String {
+    let mut container = c.clone();
+    container.registry_auth = None;
+    let hosts = extra_hosts(plan, c);
+    let input = SpecInput {
+        format: SPEC_FORMAT,
+        container: &container,
+        extra_hosts: &hosts,
+    };
+    // Serializing plain structs, strings and maps cannot fail.
+    let bytes = serde_json::to_vec(&input).unwrap_or_default();
+    format!("fnv1a64-{:016x}", fnv1a64(&bytes))
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The labels container `c` of node `node_id` is created with.
+pub fn labels(plan: &Plan, node_id: &str, c: &ContainerPlan) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_CLUSTER.to_string(), plan.cluster.clone()),
+        (LABEL_NODE.to_string(), node_id.to_string()),
+        (LABEL_CONTAINER.to_string(), c.name.clone()),
+        (LABEL_SPEC.to_string(), spec_hash(plan, c)),
+    ])
+}
+
+/// The create request for container `c`.
+fn create_body(plan: &Plan, node_id: &str, c: &ContainerPlan) -> ContainerCreateBody {
+    let (short, domain) = match c.hostname.split_once('.') {
+        Some((short, domain)) => (short.to_string(), Some(domain.to_string())),
+        None => (c.hostname.clone(), None),
+    };
+    let env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let binds: Vec<String> = c
+        .volumes
+        .iter()
+        .map(|v| {
+            let mode = if v.read_only { "ro" } else { "rw" };
+            format!("{}:{}:{mode}", v.source, v.target)
+        })
+        .collect();
+    let mut host_config = HostConfig {
+        binds: (!binds.is_empty()).then_some(binds),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        extra_hosts: Some(extra_hosts(plan, c)),
+        ..Default::default()
+    };
+    let mut body = ContainerCreateBody {
+        image: Some(c.image.clone()),
+        cmd: (!c.command.is_empty()).then(|| c.command.clone()),
+        env: Some(env),
+        hostname: Some(short),
+        domainname: domain,
+        labels: Some(labels(plan, node_id, c)),
+        ..Default::default()
+    };
+    match c.network {
+        NetworkMode::Overlay => {
+            host_config.network_mode = Some(OVERLAY_NETWORK.to_string());
+            body.networking_config = Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    OVERLAY_NETWORK.to_string(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: c.address.map(|a| a.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            });
+            if !c.ports.is_empty() {
+                let mut bindings = HashMap::new();
+                let mut exposed = Vec::new();
+                for p in &c.ports {
+                    let key = format!("{}/{}", p.container, p.protocol.as_str());
+                    exposed.push(key.clone());
+                    bindings.insert(
+                        key,
+                        Some(vec![PortBinding {
+                            host_ip: None,
+                            host_port: Some(p.host.unwrap_or(p.container).to_string()),
+                        }]),
+                    );
+                }
+                host_config.port_bindings = Some(bindings);
+                body.exposed_ports = Some(exposed);
+            }
+        }
+        // On the host's stack a container's ports are the host's: nothing to publish.
+        NetworkMode::Host => host_config.network_mode = Some("host".to_string()),
+    }
+    body.host_config = Some(host_config);
+    body
+}
+
+fn label<'a>(info: &'a ContainerInspectResponse, key: &str) -> Option<&'a str> {
+    info.config
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn state_of(info: &ContainerInspectResponse) -> String {
+    info.state
+        .as_ref()
+        .and_then(|s| s.status)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn is_running(info: &ContainerInspectResponse) -> bool {
+    info.state
+        .as_ref()
+        .is_some_and(|s| s.status == Some(ContainerStateStatusEnum::RUNNING))
+}
+
+/// Inspects a container by name: `None` when it does not exist.
+async fn inspect(
+    docker: &Docker,
+    name: &str,
+) -> Result<Option<ContainerInspectResponse>, ContainerError> {
+    match docker.inspect_container(name, None).await {
+        Ok(info) => Ok(Some(info)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(engine_error("inspect", name, e)),
+    }
+}
+
+/// Stops (giving it `stop_secs` before the kill) and removes a container.
+async fn remove(docker: &Docker, name: &str, stop_secs: i32) -> Result<(), ContainerError> {
+    let stop = StopContainerOptionsBuilder::default().t(stop_secs).build();
+    match docker.stop_container(name, Some(stop)).await {
+        Ok(()) => {}
+        // 304: already stopped; 404: already gone.
+        Err(BollardError::DockerResponseServerError {
+            status_code: 304 | 404,
+            ..
+        }) => {}
+        Err(e) if engine_unreachable(&e) => return Err(engine_error("stop", name, e)),
+        // A stop that fails is settled by the forced removal below.
+        Err(e) => tracing::warn!(container = %name, "stop failed: {}", engine_message(&e)),
+    }
+    let rm = RemoveContainerOptionsBuilder::default().force(true).build();
+    match docker.remove_container(name, Some(rm)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(engine_error("remove", name, e)),
+    }
+}
+
+async fn create_and_start(
+    docker: &Docker,
+    plan: &Plan,
+    node_id: &str,
+    c: &ContainerPlan,
+) -> Result<(), ContainerError> {
+    let name = c.docker_name();
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    docker
+        .create_container(Some(options), create_body(plan, node_id, c))
+        .await
+        .map_err(|e| engine_error("create", name, e))?;
+    docker
+        .start_container(name, None)
+        .await
+        .map_err(|e| engine_error("start", name, e))
+}
+
+/// Containers of `cluster` on this engine: (Docker name, labels).
+async fn cluster_containers(
+    docker: &Docker,
+    cluster: &str,
+) -> Result<Vec<(String, HashMap<String, String>)>, ContainerError> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_CLUSTER}={cluster}")])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| engine_error("list", &format!("of cluster {cluster}"), e))?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            // Docker lists names with a leading slash.
+            let name = c.names?.first()?.trim_start_matches('/').to_string();
+            Some((name, c.labels.unwrap_or_default()))
+        })
+        .collect())
+}
+
+/// The last lines of a container's log, shortened for an error message.
+async fn log_tail(docker: &Docker, name: &str) -> String {
+    let options = LogsOptionsBuilder::default()
+        .stdout(true)
+        .stderr(true)
+        .tail(LOG_TAIL_LINES)
+        .build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&chunk.to_string());
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return "(none)".to_string();
+    }
+    if text.len() <= LOG_TAIL_BYTES {
+        return text.to_string();
+    }
+    let mut start = text.len() - LOG_TAIL_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+/// Whether a container has stopped, or waits to be restarted by its policy.
+fn has_stopped(info: &ContainerInspectResponse) -> bool {
+    info.state.as_ref().is_some_and(|s| {
+        s.restarting == Some(true)
+            || matches!(
+                s.status,
+                Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+            )
+    })
+}
+
+/// Waits until a just-started container is running and has stayed up for [`SETTLE`]
+/// without a restart.
+async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(), ContainerError> {
+    let mut baseline: Option<i64> = None;
+    let mut restart_seen: Option<Instant> = None;
+    loop {
+        let info = inspect(docker, name)
+            .await?
+            .ok_or_else(|| ContainerError::Engine {
+                action: "wait for",
+                container: name.to_string(),
+                message: "it disappeared right after it was started".to_string(),
+            })?;
+        let restarts = info.restart_count.unwrap_or(0);
+        let base = *baseline.get_or_insert(restarts);
+        if has_stopped(&info) {
+            // While it is down (or waiting for its restart) Docker keeps the exit code.
+            return Err(ContainerError::Exited {
+                container: name.to_string(),
+                exit_code: info.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1),
+                state: state_of(&info),
+                logs: log_tail(docker, name).await,
+            });
+        }
+        if restarts != base {
+            // It died and its restart policy revived it, which resets the exit code:
+            // watch a little longer to catch the next exit and read its code.
+            let seen = *restart_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= RESTART_PROBE {
+                return Err(ContainerError::Exited {
+                    container: name.to_string(),
+                    exit_code: -1,
+                    state: format!("restarted {} times", restarts - base),
+                    logs: log_tail(docker, name).await,
+                });
+            }
+        } else if is_running(&info) && started.elapsed() >= SETTLE {
+            return Ok(());
+        }
+        if started.elapsed() >= START_TIMEOUT {
+            return Err(ContainerError::NotRunning {
+                container: name.to_string(),
+                state: state_of(&info),
+                waited: START_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn node_of<'a>(plan: &'a Plan, node_id: &str) -> Result<&'a NodePlan, ContainerError> {
+    plan.node(node_id)
+        .ok_or_else(|| ContainerError::NodeNotInPlan {
+            node: node_id.to_string(),
+            cluster: plan.cluster.clone(),
+        })
+}
+
+/// Brings node `node_id`'s containers in line with the plan: removes the cluster's
+/// containers the plan no longer lists for this node (first, so their addresses and
+/// ports are free), keeps matching ones (starting them if stopped), replaces changed
+/// ones, creates missing ones, then waits until every started container runs.
 pub async fn converge(
-    _docker: &Docker,
-    _plan: &Plan,
-    _node_id: &str,
+    docker: &Docker,
+    plan: &Plan,
+    node_id: &str,
 ) -> Result<ContainersReport, ContainerError> {
-    Ok(ContainersReport::default())
+    let node = node_of(plan, node_id)?;
+    let mut report = ContainersReport::default();
+
+    let planned: HashSet<&str> = node.containers.iter().map(|c| c.docker_name()).collect();
+    for (name, _) in cluster_containers(docker, &plan.cluster).await? {
+        if !planned.contains(name.as_str()) {
+            tracing::info!(container = %name, "removing a container the plan no longer lists");
+            remove(docker, &name, REPLACE_STOP_SECS).await?;
+            report.removed.push(name);
+        }
+    }
+
+    let mut started: Vec<(&str, Instant)> = Vec::new();
+    for c in &node.containers {
+        let name = c.docker_name();
+        let want = labels(plan, node_id, c);
+        match inspect(docker, name).await? {
+            Some(info)
+                if [LABEL_CLUSTER, LABEL_NODE, LABEL_SPEC]
+                    .iter()
+                    .all(|k| label(&info, k) == want.get(*k).map(String::as_str)) =>
+            {
+                if !is_running(&info) {
+                    tracing::info!(container = %name, state = %state_of(&info), "starting a stopped container");
+                    docker
+                        .start_container(name, None)
+                        .await
+                        .map_err(|e| engine_error("start", name, e))?;
+                    started.push((name, Instant::now()));
+                }
+                report.kept.push(name.to_string());
+            }
+            Some(_) => {
+                tracing::info!(container = %name, "replacing a container whose spec changed");
+                remove(docker, name, REPLACE_STOP_SECS).await?;
+                create_and_start(docker, plan, node_id, c).await?;
+                started.push((name, Instant::now()));
+                report.replaced.push(name.to_string());
+            }
+            None => {
+                tracing::info!(container = %name, image = %c.image, "creating container");
+                create_and_start(docker, plan, node_id, c).await?;
+                started.push((name, Instant::now()));
+                report.created.push(name.to_string());
+            }
+        }
+    }
+    // Started together, checked one after the other: the settle periods overlap.
+    for (name, at) in started {
+        wait_running(docker, name, at).await?;
+    }
+    report.statuses = statuses(docker, plan, node_id).await;
+    Ok(report)
+}
+
+/// The node's planned containers as the engine sees them: state `missing` when absent,
+/// `unknown` when the engine cannot say; the address is the one Docker gave on the
+/// overlay network.
+pub async fn statuses(docker: &Docker, plan: &Plan, node_id: &str) -> Vec<ContainerStatus> {
+    let Some(node) = plan.node(node_id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(node.containers.len());
+    for c in &node.containers {
+        let (state, address) = match docker.inspect_container(c.docker_name(), None).await {
+            Ok(info) => {
+                let address = info
+                    .network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .and_then(|n| n.get(OVERLAY_NETWORK))
+                    .and_then(|e| e.ip_address.as_deref())
+                    .and_then(|ip| ip.parse().ok());
+                (state_of(&info), address)
+            }
+            Err(e) if is_not_found(&e) => ("missing".to_string(), None),
+            Err(_) => ("unknown".to_string(), None),
+        };
+        out.push(ContainerStatus {
+            name: c.name.clone(),
+            hostname: c.hostname.clone(),
+            address,
+            state,
+        });
+    }
+    out
+}
+
+/// Removes every container of `cluster` on this engine (each gets
+/// [`REMOVE_ALL_STOP_SECS`] to stop, then is killed). Returns their names. Tries them
+/// all and reports the first failure.
+pub async fn remove_all(docker: &Docker, cluster: &str) -> Result<Vec<String>, ContainerError> {
+    let mut removed = Vec::new();
+    let mut first_error = None;
+    for (name, _) in cluster_containers(docker, cluster).await? {
+        match remove(docker, &name, REMOVE_ALL_STOP_SECS).await {
+            Ok(()) => removed.push(name),
+            Err(e) => {
+                tracing::warn!(container = %name, "cannot remove: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use shoal_protocol::{NetworkPlan, RegistryAuth, SCHEMA_VERSION};
+
+    use super::*;
+
+    fn container(name: &str, ip: &str) -> ContainerPlan {
+        ContainerPlan {
+            name: name.into(),
+            hostname: format!("{name}-node-0.demo.shoal.internal"),
+            image: "shoal/demo:1".into(),
+            network: NetworkMode::Overlay,
+            address: Some(ip.parse().expect("ip")),
+            command: vec!["/usr/local/bin/shoal-demo".into(), name.into()],
+            env: BTreeMap::new(),
+            volumes: vec![],
+            ports: vec![],
+            registry_auth: None,
+        }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            schema: SCHEMA_VERSION,
+            cluster: "demo".into(),
+            generation: 1,
+            domain: "shoal.internal".into(),
+            network: NetworkPlan {
+                overlay: "10.240.0.0/16".parse().expect("cidr"),
+                vni: 42,
+                port: 4789,
+                mtu: None,
+            },
+            nodes: vec![NodePlan {
+                id: "node-0".into(),
+                index: 0,
+                private_ip: "10.213.0.10".parse().expect("ip"),
+                instance_id: None,
+                slice: "10.240.1.0/24".parse().expect("cidr"),
+                gateway: "10.240.1.1".parse().expect("ip"),
+                containers: vec![
+                    container("server", "10.240.1.2"),
+                    container("agent", "10.240.1.3"),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn spec_hash_is_stable_and_tracks_what_matters() {
+        let p = plan();
+        let c = &p.nodes[0].containers[0];
+        let h = spec_hash(&p, c);
+        assert_eq!(h, spec_hash(&p.clone(), &c.clone()));
+        assert!(
+            h.starts_with("fnv1a64-") && h.len() == "fnv1a64-".len() + 16,
+            "{h}"
+        );
+
+        let mut env = p.clone();
+        env.nodes[0].containers[0]
+            .env
+            .insert("A".into(), "1".into());
+        assert_ne!(spec_hash(&env, &env.nodes[0].containers[0]), h);
+
+        // Another container's address changes this one's /etc/hosts, so its spec.
+        let mut hosts = p.clone();
+        hosts.nodes[0].containers[1].address = Some("10.240.1.9".parse().expect("ip"));
+        assert_ne!(spec_hash(&hosts, &hosts.nodes[0].containers[0]), h);
+
+        // A new generation alone, or new credentials, change nothing.
+        let mut same = p.clone();
+        same.generation = 7;
+        same.nodes[0].containers[0].registry_auth = Some(RegistryAuth {
+            server: "r.example.com".into(),
+            username: "u".into(),
+            password: "secret".into(),
+        });
+        assert_eq!(spec_hash(&same, &same.nodes[0].containers[0]), h);
+    }
+
+    #[test]
+    fn host_entries_leave_out_the_containers_own_short_name() {
+        let p = plan();
+        let hosts = extra_hosts(&p, &p.nodes[0].containers[0]);
+        assert_eq!(
+            hosts,
+            vec![
+                "server-node-0.demo.shoal.internal:10.240.1.2",
+                "agent-node-0.demo.shoal.internal:10.240.1.3",
+                "agent-node-0:10.240.1.3",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_mode_container_gets_one_line_with_both_of_its_names() {
+        let mut p = plan();
+        p.nodes[0].containers[0].network = NetworkMode::Host;
+        p.nodes[0].containers[0].address = None;
+        let hosts = extra_hosts(&p, &p.nodes[0].containers[0]);
+        assert_eq!(
+            hosts,
+            vec![
+                "server-node-0.demo.shoal.internal server-node-0:10.213.0.10",
+                "agent-node-0.demo.shoal.internal:10.240.1.3",
+                "agent-node-0:10.240.1.3",
+            ]
+        );
+        let body = create_body(&p, "node-0", &p.nodes[0].containers[0]);
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert!(body.networking_config.is_none());
+    }
+
+    #[test]
+    fn create_body_sets_names_address_and_policy() {
+        let p = plan();
+        let body = create_body(&p, "node-0", &p.nodes[0].containers[0]);
+        assert_eq!(body.hostname.as_deref(), Some("server-node-0"));
+        assert_eq!(body.domainname.as_deref(), Some("demo.shoal.internal"));
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some(OVERLAY_NETWORK));
+        assert_eq!(
+            hc.restart_policy.and_then(|r| r.name),
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        let ep = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .and_then(|mut e| e.remove(OVERLAY_NETWORK))
+            .expect("endpoint");
+        assert_eq!(
+            ep.ipam_config.and_then(|i| i.ipv4_address).as_deref(),
+            Some("10.240.1.2")
+        );
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels.get(LABEL_CLUSTER).map(String::as_str), Some("demo"));
+        assert_eq!(
+            labels.get(LABEL_CONTAINER).map(String::as_str),
+            Some("server")
+        );
+    }
 }
