@@ -792,7 +792,7 @@ async fn a_given_network_is_used_and_never_deleted() {
     let still = |action: &'static str, key: &'static str, id: String| {
         let ec2 = &cloud.ec2;
         async move {
-            ec2.call(action, &Params::new().list(key, &[id.clone()]))
+            ec2.call(action, &Params::new().list(key, std::slice::from_ref(&id)))
                 .await
                 .unwrap_or_else(|e| panic!("{id} must survive the cluster's deletion: {e}"));
         }

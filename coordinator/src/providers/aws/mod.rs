@@ -138,7 +138,7 @@ impl AwsProvider {
             EC2_API_VERSION,
             settings.credentials,
         )?
-        .with_backoff(self.timing.api.clone()))
+        .with_backoff(self.timing.api))
     }
 }
 
@@ -320,45 +320,104 @@ async fn describe_ids(
         .collect())
 }
 
-/// Finds the one resource tagged for the cluster, or creates it; both inside one retry
-/// loop, so a create whose answer was lost (timeout) is found by the next attempt
-/// instead of being made twice. Returns the id, the extra field, and whether this call
-/// created it.
-#[allow(clippy::too_many_arguments)]
-async fn find_or_create(
-    client: &QueryClient,
-    cluster: &ClusterRef,
-    describe: &str,
-    set: &str,
-    id_field: &str,
-    other_field: &str,
-    extra_filters: &[(&str, &[&str])],
-    create: &str,
-    create_params: &Params,
-) -> Result<(String, Option<String>, bool), AwsError> {
-    let tag = cluster.tag();
-    let tag_value = [tag.as_str()];
-    let mut filters: Vec<(&str, &[&str])> = vec![("tag:shoal:cluster", &tag_value)];
-    filters.extend_from_slice(extra_filters);
-    let find_params = Params::new().filters(&filters);
-    retry(client.backoff(), create, classify, || async {
-        let found = describe_ids(client, describe, set, id_field, other_field, &find_params).await?;
-        if let Some((id, other)) = found.first() {
-            if found.len() > 1 {
-                tracing::warn!(cluster = %tag, %describe, count = found.len(), using = %id, "several resources carry this cluster's tag");
+/// A kind of network resource: how to list it, read its id, and create it.
+#[derive(Debug)]
+struct Kind {
+    describe: &'static str,
+    /// The answer's list element.
+    set: &'static str,
+    id: &'static str,
+    /// A second field worth reading (the VPC, or the VPC's range).
+    other: &'static str,
+    create: &'static str,
+}
+
+const VPC: Kind = Kind {
+    describe: "DescribeVpcs",
+    set: "vpcSet",
+    id: "vpcId",
+    other: "cidrBlock",
+    create: "CreateVpc",
+};
+const SUBNET: Kind = Kind {
+    describe: "DescribeSubnets",
+    set: "subnetSet",
+    id: "subnetId",
+    other: "vpcId",
+    create: "CreateSubnet",
+};
+const SECURITY_GROUP: Kind = Kind {
+    describe: "DescribeSecurityGroups",
+    set: "securityGroupInfo",
+    id: "groupId",
+    other: "vpcId",
+    create: "CreateSecurityGroup",
+};
+const GATEWAY: Kind = Kind {
+    describe: "DescribeInternetGateways",
+    set: "internetGatewaySet",
+    id: "internetGatewayId",
+    other: "ownerId",
+    create: "CreateInternetGateway",
+};
+
+impl Kind {
+    /// `(id, other field)` of each resource matching `params`, in one attempt.
+    async fn list_once(
+        &self,
+        client: &QueryClient,
+        params: &Params,
+    ) -> Result<Vec<(String, Option<String>)>, AwsError> {
+        describe_ids(client, self.describe, self.set, self.id, self.other, params).await
+    }
+
+    /// The same, with retries.
+    async fn list(
+        &self,
+        client: &QueryClient,
+        params: &Params,
+    ) -> Result<Vec<(String, Option<String>)>, AwsError> {
+        retry(client.backoff(), self.describe, classify, || {
+            self.list_once(client, params)
+        })
+        .await
+    }
+
+    /// Finds the one resource tagged for the cluster, or creates it; both inside one
+    /// retry loop, so a create whose answer was lost (timeout) is found by the next
+    /// attempt instead of being made twice. Returns the id, the other field, and
+    /// whether this call created it.
+    async fn find_or_create(
+        &self,
+        client: &QueryClient,
+        cluster: &ClusterRef,
+        extra_filters: &[(&str, &[&str])],
+        create_params: &Params,
+    ) -> Result<(String, Option<String>, bool), AwsError> {
+        let tag = cluster.tag();
+        let tag_value = [tag.as_str()];
+        let mut filters: Vec<(&str, &[&str])> = vec![("tag:shoal:cluster", &tag_value)];
+        filters.extend_from_slice(extra_filters);
+        let find_params = Params::new().filters(&filters);
+        retry(client.backoff(), self.create, classify, || async {
+            let found = self.list_once(client, &find_params).await?;
+            if let Some((id, other)) = found.first() {
+                if found.len() > 1 {
+                    tracing::warn!(cluster = %tag, describe = self.describe, count = found.len(), using = %id, "several resources carry this cluster's tag");
+                }
+                return Ok((id.clone(), other.clone(), false));
             }
-            return Ok((id.clone(), other.clone(), false));
-        }
-        let body = client.call_once(create, create_params).await?;
-        let id = id_in(client, create, &body, id_field)?;
-        let doc = parse(create, client.endpoint(), &body)?;
-        let other = find(doc.root_element(), other_field)
-            .and_then(|n| n.text())
-            .map(|t| t.trim().to_string());
-        tracing::info!(cluster = %tag, %create, %id, "created");
-        Ok((id, other, true))
-    })
-    .await
+            let body = client.call_once(self.create, create_params).await?;
+            let id = id_in(client, self.create, &body, self.id)?;
+            let doc = parse(self.create, client.endpoint(), &body)?;
+            let other = find(doc.root_element(), self.other)
+                .and_then(|n| n.text())
+                .map(|t| t.trim().to_string());
+            tracing::info!(cluster = %tag, create = self.create, %id, "created");
+            Ok((id, other, true))
+        })
+        .await
+    }
 }
 
 /// Calls `action` and counts the listed "already so" codes as success.
@@ -436,15 +495,9 @@ impl AwsProvider {
 
         let subnet_vpc = match given_subnet {
             Some(s) => {
-                let found = describe_ids(
-                    client,
-                    "DescribeSubnets",
-                    "subnetSet",
-                    "subnetId",
-                    "vpcId",
-                    &Params::new().list("SubnetId", &[s]),
-                )
-                .await?;
+                let found = SUBNET
+                    .list(client, &Params::new().list("SubnetId", &[s]))
+                    .await?;
                 let vpc = found
                     .into_iter()
                     .next()
@@ -466,15 +519,7 @@ impl AwsProvider {
                 )))
             }
             (Some(v), _) => {
-                let found = describe_ids(
-                    client,
-                    "DescribeVpcs",
-                    "vpcSet",
-                    "vpcId",
-                    "cidrBlock",
-                    &Params::new().list("VpcId", &[v]),
-                )
-                .await?;
+                let found = VPC.list(client, &Params::new().list("VpcId", &[v])).await?;
                 if found.is_empty() {
                     return Err(config(format!("VPC {v} (from --set vpc-id) was not found")));
                 }
@@ -488,20 +533,16 @@ impl AwsProvider {
                         "--set vpc-cidr={cidr} is not an IPv4 CIDR (e.g. {DEFAULT_VPC_CIDR})"
                     )));
                 }
-                let (id, found_cidr, created) = find_or_create(
-                    client,
-                    cluster,
-                    "DescribeVpcs",
-                    "vpcSet",
-                    "vpcId",
-                    "cidrBlock",
-                    &[],
-                    "CreateVpc",
-                    &Params::new()
-                        .set("CidrBlock", cidr)
-                        .tag_spec(1, "vpc", &base_tags),
-                )
-                .await?;
+                let (id, found_cidr, created) = VPC
+                    .find_or_create(
+                        client,
+                        cluster,
+                        &[],
+                        &Params::new()
+                            .set("CidrBlock", cidr)
+                            .tag_spec(1, "vpc", &base_tags),
+                    )
+                    .await?;
                 if created {
                     made.vpcs.push(id.clone());
                 }
@@ -534,18 +575,9 @@ impl AwsProvider {
                     create = create.set("AvailabilityZone", zone);
                 }
                 let vpc_filter = [vpc.as_str()];
-                let (id, _, created) = find_or_create(
-                    client,
-                    cluster,
-                    "DescribeSubnets",
-                    "subnetSet",
-                    "subnetId",
-                    "vpcId",
-                    &[("vpc-id", &vpc_filter)],
-                    "CreateSubnet",
-                    &create,
-                )
-                .await?;
+                let (id, _, created) = SUBNET
+                    .find_or_create(client, cluster, &[("vpc-id", &vpc_filter)], &create)
+                    .await?;
                 if created {
                     made.subnets.push(id.clone());
                 }
@@ -565,42 +597,33 @@ impl AwsProvider {
             }
         };
 
-        let security_group = match given_sg {
-            Some(g) => {
-                let found = describe_ids(
-                    client,
-                    "DescribeSecurityGroups",
-                    "securityGroupInfo",
-                    "groupId",
-                    "vpcId",
-                    &Params::new().list("GroupId", &[g]),
-                )
-                .await?;
-                match found.first() {
-                    Some((_, Some(v))) if *v != vpc => {
-                        return Err(config(format!(
-                            "security group {g} is in {v}, not in the cluster's VPC {vpc}"
-                        )))
-                    }
-                    Some(_) => g.to_string(),
-                    None => {
-                        return Err(config(format!(
-                            "security group {g} (from --set security-group-id) was not found"
-                        )))
+        let security_group =
+            match given_sg {
+                Some(g) => {
+                    let found = SECURITY_GROUP
+                        .list(client, &Params::new().list("GroupId", &[g]))
+                        .await?;
+                    match found.first() {
+                        Some((_, Some(v))) if *v != vpc => {
+                            return Err(config(format!(
+                                "security group {g} is in {v}, not in the cluster's VPC {vpc}"
+                            )))
+                        }
+                        Some(_) => g.to_string(),
+                        None => {
+                            return Err(config(format!(
+                                "security group {g} (from --set security-group-id) was not found"
+                            )))
+                        }
                     }
                 }
-            }
-            None => {
-                let vpc_filter = [vpc.as_str()];
-                let (id, _, created) = find_or_create(
+                None => {
+                    let vpc_filter = [vpc.as_str()];
+                    let (id, _, created) = SECURITY_GROUP
+                    .find_or_create(
                     client,
                     cluster,
-                    "DescribeSecurityGroups",
-                    "securityGroupInfo",
-                    "groupId",
-                    "vpcId",
                     &[("vpc-id", &vpc_filter)],
-                    "CreateSecurityGroup",
                     &Params::new()
                         .set("GroupName", format!("shoal-{tag}"))
                         .set(
@@ -611,13 +634,13 @@ impl AwsProvider {
                         .tag_spec(1, "security-group", &base_tags),
                 )
                 .await?;
-                if created {
-                    made.security_groups.push(id.clone());
+                    if created {
+                        made.security_groups.push(id.clone());
+                    }
+                    self.authorize(client, &id, params).await?;
+                    id
                 }
-                self.authorize(client, &id, params).await?;
-                id
-            }
-        };
+            };
 
         Ok(Network {
             subnet,
@@ -636,22 +659,18 @@ impl AwsProvider {
         made: &mut Resources,
     ) -> Result<(), ProviderError> {
         let tag = cluster.tag();
-        let (igw, _, created) = find_or_create(
-            client,
-            cluster,
-            "DescribeInternetGateways",
-            "internetGatewaySet",
-            "internetGatewayId",
-            "ownerId",
-            &[],
-            "CreateInternetGateway",
-            &Params::new().tag_spec(
-                1,
-                "internet-gateway",
-                &[(TAG_CLUSTER, tag.as_str()), ("Name", tag.as_str())],
-            ),
-        )
-        .await?;
+        let (igw, _, created) = GATEWAY
+            .find_or_create(
+                client,
+                cluster,
+                &[],
+                &Params::new().tag_spec(
+                    1,
+                    "internet-gateway",
+                    &[(TAG_CLUSTER, tag.as_str()), ("Name", tag.as_str())],
+                ),
+            )
+            .await?;
         if created {
             made.gateways.push((igw.clone(), Vec::new()));
         }
@@ -667,14 +686,18 @@ impl AwsProvider {
         if let Some((_, vpcs)) = made.gateways.iter_mut().find(|(g, _)| *g == igw) {
             vpcs.push(vpc.to_string());
         }
-        let tables = describe_ids(
-            client,
-            "DescribeRouteTables",
-            "routeTableSet",
-            "routeTableId",
-            "vpcId",
-            &Params::new().filters(&[("vpc-id", &[vpc]), ("association.main", &["true"])]),
-        )
+        let main_table =
+            Params::new().filters(&[("vpc-id", &[vpc]), ("association.main", &["true"])]);
+        let tables = retry(client.backoff(), "DescribeRouteTables", classify, || {
+            describe_ids(
+                client,
+                "DescribeRouteTables",
+                "routeTableSet",
+                "routeTableId",
+                "vpcId",
+                &main_table,
+            )
+        })
         .await?;
         let Some((table, _)) = tables.first() else {
             return Err(ProviderError::Api {
@@ -915,19 +938,9 @@ impl AwsProvider {
             .into_iter()
             .map(|i| i.id)
             .collect();
-        let describe = |action: &'static str, set: &'static str, id: &'static str| {
-            let by_tag = &by_tag;
-            async move {
-                retry(client.backoff(), action, classify, || {
-                    describe_ids(client, action, set, id, "vpcId", by_tag)
-                })
-                .await
-            }
-        };
-        let security_groups =
-            ids(describe("DescribeSecurityGroups", "securityGroupInfo", "groupId").await?);
-        let subnets = ids(describe("DescribeSubnets", "subnetSet", "subnetId").await?);
-        let vpcs = ids(describe("DescribeVpcs", "vpcSet", "vpcId").await?);
+        let security_groups = ids(SECURITY_GROUP.list(client, &by_tag).await?);
+        let subnets = ids(SUBNET.list(client, &by_tag).await?);
+        let vpcs = ids(VPC.list(client, &by_tag).await?);
         let body = client.call("DescribeInternetGateways", &by_tag).await?;
         let doc = parse("DescribeInternetGateways", client.endpoint(), &body)
             .map_err(ProviderError::from)?;
