@@ -1,1 +1,0 @@
-//! AWS provider: filled in by its own change.
