@@ -6,6 +6,8 @@
 //! `--include-ignored` where root and the tools are present; once asked to run, a test
 //! whose prerequisites are missing fails loudly through [`require_privileges`].
 
+pub mod fake_arm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -297,7 +297,13 @@ impl ArmClient {
         api_version: &str,
     ) -> Result<Option<Value>, ProviderError> {
         let r = self
-            .call(operation, Method::GET, &self.url(path, api_version), None, true)
+            .call(
+                operation,
+                Method::GET,
+                &self.url(path, api_version),
+                None,
+                true,
+            )
             .await?;
         Ok((r.status != 404).then_some(r.body))
     }
@@ -348,9 +354,7 @@ impl ArmClient {
         let deadline = Instant::now() + self.settings.lro_timeout;
         let mut wait = self.poll_delay(&first.headers);
         loop {
-            let r = self
-                .call(operation, Method::GET, &url, None, false)
-                .await?;
+            let r = self.call(operation, Method::GET, &url, None, false).await?;
             if is_terminal(&r.body) {
                 return check_provisioned(operation, path, r.body);
             }
@@ -408,8 +412,7 @@ impl ArmClient {
                     _ => wait = self.poll_delay(&r.headers),
                 }
             }
-        } else if let Some(location) = first.header("location").filter(|_| first.status == 202)
-        {
+        } else if let Some(location) = first.header("location").filter(|_| first.status == 202) {
             loop {
                 self.sleep_until_poll(operation, wait, deadline).await?;
                 let r = self

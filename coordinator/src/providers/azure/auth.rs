@@ -110,7 +110,10 @@ fn is_loopback(url: &Url) -> bool {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// Whether `url` has the same scheme, host and port as `base`: a bearer token is only
@@ -461,7 +464,10 @@ mod tests {
     #[test]
     fn endpoints_default_to_the_public_cloud_and_refuse_clear_text_off_loopback() {
         let mut extra = BTreeMap::new();
-        extra.insert("authority-host".to_string(), "https://login.example.cn/".into());
+        extra.insert(
+            "authority-host".to_string(),
+            "https://login.example.cn/".into(),
+        );
         extra.insert("arm-endpoint".to_string(), "http://127.0.0.1:8080".into());
         let e = Endpoints::resolve(&extra).expect("valid");
         assert_eq!(e.authority_host, "https://login.example.cn");

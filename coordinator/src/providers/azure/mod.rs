@@ -96,7 +96,9 @@ impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef, ProviderError> {
         let s = s.trim();
         if s.starts_with("/subscriptions/") {
-            if s.to_ascii_lowercase().contains("/providers/microsoft.compute/") {
+            if s.to_ascii_lowercase()
+                .contains("/providers/microsoft.compute/")
+            {
                 return Ok(ImageRef::Id(s.to_string()));
             }
             return Err(config(format!(
@@ -220,8 +222,17 @@ impl CreateSettings {
 fn check_admin_user(user: &str) -> Result<(), ProviderError> {
     // Azure refuses these as admin user names on Linux.
     const RESERVED: &[&str] = &[
-        "root", "admin", "administrator", "guest", "sys", "user", "test", "adm", "daemon",
-        "bin", "nobody",
+        "root",
+        "admin",
+        "administrator",
+        "guest",
+        "sys",
+        "user",
+        "test",
+        "adm",
+        "daemon",
+        "bin",
+        "nobody",
     ];
     let ok = !user.is_empty()
         && user.len() <= 32
@@ -249,7 +260,13 @@ fn ssh_public_key(params: &ProviderParams) -> Result<String, ProviderError> {
         let mut parts = s.split_whitespace();
         matches!(
             parts.next(),
-            Some("ssh-rsa" | "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521")
+            Some(
+                "ssh-rsa"
+                    | "ssh-ed25519"
+                    | "ecdsa-sha2-nistp256"
+                    | "ecdsa-sha2-nistp384"
+                    | "ecdsa-sha2-nistp521"
+            )
         ) && parts.next().is_some_and(|b| STANDARD.decode(b).is_ok())
     };
     let text = if looks_like_key(given) {
@@ -411,7 +428,10 @@ impl AzureProvider {
                 )));
             }
             if !shoal_protocol::is_dns_label(&n.node_id) {
-                return Err(config(format!("node id {:?} is not an RFC 1123 label", n.node_id)));
+                return Err(config(format!(
+                    "node id {:?} is not an RFC 1123 label",
+                    n.node_id
+                )));
             }
         }
         let (arm, subscription) = self.client(params)?;
@@ -867,7 +887,8 @@ mod tests {
         assert!(e.to_string().contains("ssh-public-key"));
         p.extra.insert(
             "ssh-public-key".into(),
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q me".into(),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q me"
+                .into(),
         );
         let s = CreateSettings::from_params(&p).expect("complete");
         assert_eq!(s.location, "westeurope");
