@@ -71,7 +71,8 @@ impl ArmResponse {
     }
 }
 
-/// The `Retry-After` delay of an answer, in seconds (the form ARM uses).
+/// The `Retry-After` delay of an answer, in seconds (the form ARM uses; an HTTP date
+/// is not understood, and the caller then falls back to its own schedule).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get("retry-after")
