@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod blueprint;
+pub mod credentials;
 pub mod cli;
 pub mod engine;
 pub mod keys;

@@ -7,6 +7,7 @@
 //! whose prerequisites are missing fails loudly through [`require_privileges`].
 
 pub mod dockerd;
+pub mod fake_arm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

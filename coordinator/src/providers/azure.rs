@@ -1,1 +1,0 @@
-//! Azure provider: filled in by its own change.
