@@ -22,7 +22,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
-use crate::{config, containers, docker, images, overlay, retry};
+use crate::{config, containers, docker, images, netns, overlay, retry};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
@@ -182,7 +182,7 @@ impl Agent {
 
         self.report(Phase::Network, g, None, vec![]).await;
         if plan.node_uses_overlay(&node_id) {
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| {
+            let (conn, handle) = netns::connect().map_err(|e| {
                 Failure::new(reason::NETWORK_FAILED, format!("opening netlink: {e}"))
             })?;
             let task = tokio::spawn(conn);
@@ -193,17 +193,7 @@ impl Agent {
         }
 
         self.report(Phase::Images, g, None, vec![]).await;
-        let wanted: Vec<_> = plan
-            .node(&node_id)
-            .map(|n| {
-                let mut seen = std::collections::HashSet::new();
-                n.containers
-                    .iter()
-                    .filter(|c| seen.insert(c.image.clone()))
-                    .map(|c| (c.image.clone(), c.registry_auth.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let wanted = images::wanted(plan, &node_id);
         let report = images::ensure(&docker, &wanted, &self.opts.image_dir)
             .await
             .map_err(|e| Failure::new(e.reason(), e.to_string()))?;

@@ -39,6 +39,9 @@ pub enum Command {
     /// Create, list, show and delete clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage cloud credentials kept in the state directory.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Print the cloud-init user-data of a cluster's node.
     UserData {
         /// Cluster name.
@@ -76,6 +79,40 @@ pub struct ServeArgs {
     /// Seconds a creation may take before the cluster is FAILED.
     #[arg(long, default_value_t = 900)]
     pub create_timeout: u64,
+}
+
+/// `shoal credential …`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Create a credential.
+    #[command(subcommand)]
+    Create(CredentialCreate),
+    /// List stored credentials.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `shoal credential create …`.
+#[derive(Debug, Subcommand)]
+pub enum CredentialCreate {
+    /// Generate a key pair and certificate for an Azure app registration (upload the
+    /// certificate; the private key never leaves the state directory).
+    Azure {
+        /// Credential name.
+        name: String,
+        /// Directory (tenant) id.
+        #[arg(long)]
+        tenant_id: String,
+        /// Application (client) id of the app registration.
+        #[arg(long)]
+        client_id: String,
+        /// Subscription id.
+        #[arg(long)]
+        subscription_id: String,
+    },
 }
 
 /// `shoal cluster …`.
@@ -270,12 +307,63 @@ impl Client {
     }
 }
 
+/// Runs a credential command (local to the state directory; no server needed).
+pub async fn run_credential(state_dir: &Path, cmd: &CredentialCommand) -> Result<i32, CliError> {
+    match cmd {
+        CredentialCommand::Create(CredentialCreate::Azure {
+            name,
+            tenant_id,
+            client_id,
+            subscription_id,
+        }) => {
+            let (dir, name, tenant, client, sub) = (
+                state_dir.to_path_buf(),
+                name.clone(),
+                tenant_id.clone(),
+                client_id.clone(),
+                subscription_id.clone(),
+            );
+            // RSA key generation is CPU work: keep it off the async workers.
+            let cred = tokio::task::spawn_blocking(move || {
+                crate::credentials::create_azure(&dir, &name, &tenant, &client, &sub)
+            })
+            .await
+            .map_err(|e| cli_err(e.to_string()))?
+            .map_err(|e| cli_err(e.to_string()))?;
+            println!("{}", cred.instructions());
+            Ok(0)
+        }
+        CredentialCommand::List { json } => {
+            let list = crate::credentials::list(state_dir).map_err(|e| cli_err(e.to_string()))?;
+            if *json {
+                println!("{}", to_json(&list)?);
+            } else {
+                println!("{:<8} {:<24} STATUS", "PROVIDER", "NAME");
+                for c in &list {
+                    println!(
+                        "{:<8} {:<24} {}",
+                        c.provider,
+                        c.name,
+                        c.problem.as_deref().unwrap_or("ok")
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
 /// Runs a client command; returns the process exit status.
 pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    if let Command::Credential(cmd) = &cli.command {
+        return run_credential(&state_dir, cmd).await;
+    }
     let client = Client::discover(&state_dir, cli.coordinator.as_deref())?;
     match &cli.command {
-        Command::Serve(_) => Err(cli_err("serve is not a client command")),
+        Command::Serve(_) | Command::Credential(_) => {
+            Err(cli_err("not a client command"))
+        }
         Command::UserData { cluster, node } => {
             let mut path = format!("/v1/clusters/{cluster}/user-data");
             if let Some(n) = node {

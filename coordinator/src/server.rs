@@ -130,14 +130,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             unavailable.insert("local".to_string(), why);
         }
     }
-    unavailable.insert(
-        "aws".to_string(),
-        "not built into this coordinator yet".to_string(),
-    );
-    unavailable.insert(
-        "azure".to_string(),
-        "not built into this coordinator yet".to_string(),
-    );
+    providers.push(Arc::new(crate::providers::aws::AwsProvider::new()));
+    match crate::providers::azure::AzureProvider::new(opts.state_dir.clone()) {
+        Ok(p) => providers.push(Arc::new(p)),
+        Err(e) => {
+            unavailable.insert("azure".to_string(), e.to_string());
+        }
+    }
 
     let metadata_addr = match (opts.metadata_listen, &local) {
         (Some(a), _) => a,
