@@ -198,7 +198,10 @@ impl MetadataClient {
     /// Reports this node's status; retries retryable failures briefly (a report is
     /// re-sent with the next phase anyway).
     pub async fn report(&self, status: &NodeStatus) -> Result<(), FetchError> {
-        let url = format!("{}/metadata/v1/{}/nodes/{}/status", self.base, self.key, self.node);
+        let url = format!(
+            "{}/metadata/v1/{}/nodes/{}/status",
+            self.base, self.key, self.node
+        );
         let mut last = String::new();
         for attempt in 1..=5u32 {
             let r = self

@@ -41,7 +41,10 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError::Invalid {
             path: p,
-            message: format!("{} bytes, over the {MAX_CONFIG_BYTES}-byte limit", meta.len()),
+            message: format!(
+                "{} bytes, over the {MAX_CONFIG_BYTES}-byte limit",
+                meta.len()
+            ),
         });
     }
     if meta.permissions().mode() & 0o077 != 0 {
@@ -66,7 +69,10 @@ pub fn check(cfg: &AgentConfig) -> Result<(), String> {
         return Err("cluster_key is not 64 hex digits".into());
     }
     if !is_dns_label(&cfg.node_id) {
-        return Err(format!("node_id {:?} is not an RFC 1123 label", cfg.node_id));
+        return Err(format!(
+            "node_id {:?} is not an RFC 1123 label",
+            cfg.node_id
+        ));
     }
     if cfg.node_token.is_empty() || cfg.node_token.len() > 256 {
         return Err("node_token is empty or too long".into());

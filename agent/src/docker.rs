@@ -31,7 +31,7 @@ pub async fn connect(host: &str) -> Result<Docker, DockerError> {
         host: host.to_string(),
         source,
     };
-    let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
-        .map_err(unreachable)?;
+    let docker =
+        Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION).map_err(unreachable)?;
     docker.negotiate_version().await.map_err(unreachable)
 }

@@ -38,7 +38,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::CONFIG as u8 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                exit::CONFIG as u8
+            } else {
+                0
+            });
         }
     };
     tracing_subscriber::fmt()

@@ -91,7 +91,9 @@ struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("node", &self.cfg.node_id).finish()
+        f.debug_struct("Agent")
+            .field("node", &self.cfg.node_id)
+            .finish()
     }
 }
 
@@ -211,7 +213,8 @@ impl Agent {
         match self.converge(plan).await {
             Ok(statuses) => {
                 self.converged_once = true;
-                self.report(Phase::Ready, plan.generation, None, statuses).await;
+                self.report(Phase::Ready, plan.generation, None, statuses)
+                    .await;
                 tracing::info!(generation = plan.generation, "node ready");
                 Ok(())
             }
@@ -401,7 +404,10 @@ pub async fn run(opts: RunOptions) -> i32 {
                 }
                 failures += 1;
                 let d = retry::delay(&retry::RECONVERGE, failures);
-                tracing::info!(delay_ms = d.as_millis() as u64, "converging again after a delay");
+                tracing::info!(
+                    delay_ms = d.as_millis() as u64,
+                    "converging again after a delay"
+                );
                 retry_at = Some(tokio::time::Instant::now() + d);
             }
         }

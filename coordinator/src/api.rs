@@ -241,7 +241,9 @@ async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
             )
         })
         .collect();
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "providers": providers }))
+    Json(
+        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "providers": providers }),
+    )
 }
 
 async fn list(State(s): State<ApiState>) -> Result<Json<Vec<ClusterView>>, ApiError> {
@@ -283,7 +285,10 @@ fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
     Ok(ClusterView::new(&c, &nodes))
 }
 
-async fn show(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<ClusterView>, ApiError> {
+async fn show(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterView>, ApiError> {
     view(&s, &name).map(Json)
 }
 

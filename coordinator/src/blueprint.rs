@@ -195,7 +195,8 @@ impl Blueprint {
                 }
                 all_containers.insert(c.name.clone());
                 for v in &c.volumes {
-                    parse_volume(v).map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
+                    parse_volume(v)
+                        .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
                 }
             }
         }
@@ -391,8 +392,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_references_are_refused() {
-        let err = Blueprint::parse("t", "name = \"x\"\ncolour = 1\n[[group]]\nname=\"a\"\ncount=1\n")
-            .unwrap_err();
+        let err = Blueprint::parse(
+            "t",
+            "name = \"x\"\ncolour = 1\n[[group]]\nname=\"a\"\ncount=1\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         let text = r#"
 name = "x"
@@ -433,7 +437,11 @@ count = 2
         let bp = Blueprint::parse("t", text).expect("valid");
         assert!(bp.assign(2).is_ok());
         let err = bp.assign(3).unwrap_err();
-        assert!(err.to_string().contains("places 2 node(s), the cluster has 3"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("places 2 node(s), the cluster has 3"),
+            "{err}"
+        );
     }
 
     #[test]

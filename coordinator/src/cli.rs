@@ -361,9 +361,7 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
     }
     let client = Client::discover(&state_dir, cli.coordinator.as_deref())?;
     match &cli.command {
-        Command::Serve(_) | Command::Credential(_) => {
-            Err(cli_err("not a client command"))
-        }
+        Command::Serve(_) | Command::Credential(_) => Err(cli_err("not a client command")),
         Command::UserData { cluster, node } => {
             let mut path = format!("/v1/clusters/{cluster}/user-data");
             if let Some(n) = node {
@@ -385,7 +383,10 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
             if *json {
                 println!("{}", to_json(&list)?);
             } else {
-                println!("{:<20} {:<10} {:<8} {:>5}  BLUEPRINT", "NAME", "STATE", "PROVIDER", "NODES");
+                println!(
+                    "{:<20} {:<10} {:<8} {:>5}  BLUEPRINT",
+                    "NAME", "STATE", "PROVIDER", "NODES"
+                );
                 for c in &list {
                     println!(
                         "{:<20} {:<10} {:<8} {:>5}  {}",
@@ -446,7 +447,12 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
             if !a.wait {
                 return Ok(0);
             }
-            let c = wait_for(&client, &a.name, &[ClusterState::Available, ClusterState::Failed]).await?;
+            let c = wait_for(
+                &client,
+                &a.name,
+                &[ClusterState::Available, ClusterState::Failed],
+            )
+            .await?;
             print_cluster(&c);
             if c.state == ClusterState::Available {
                 Ok(0)
@@ -466,7 +472,11 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
         }
         Command::Cluster(ClusterCommand::Delete { name, wait }) => {
             let c: ClusterView = client
-                .json(reqwest::Method::DELETE, &format!("/v1/clusters/{name}"), None)
+                .json(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/clusters/{name}"),
+                    None,
+                )
                 .await?;
             eprintln!("cluster {} is {}", c.name, c.state);
             if !wait {
@@ -505,7 +515,12 @@ async fn wait_for(
     loop {
         let c = client.show(name).await?;
         if last_state != Some(c.state) {
-            eprintln!("{:>7.1}s  cluster {:<8} {}", start.elapsed().as_secs_f64(), c.name, c.state);
+            eprintln!(
+                "{:>7.1}s  cluster {:<8} {}",
+                start.elapsed().as_secs_f64(),
+                c.name,
+                c.state
+            );
             last_state = Some(c.state);
         }
         for n in &c.nodes {
@@ -523,7 +538,11 @@ async fn wait_for(
         }
         if tty {
             let ready = c.nodes.iter().filter(|n| n.phase == Phase::Ready).count();
-            eprint!("\r  [{ready}/{}] ready, {:.1}s \r", c.nodes.len(), start.elapsed().as_secs_f64());
+            eprint!(
+                "\r  [{ready}/{}] ready, {:.1}s \r",
+                c.nodes.len(),
+                start.elapsed().as_secs_f64()
+            );
         }
         let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
         if states.contains(&c.state) || delete_failed {
@@ -550,7 +569,10 @@ pub fn print_cluster(c: &ClusterView) {
         println!("reason: {r}");
     }
     println!("metadata {}  overlay {}", c.metadata_url, c.overlay);
-    println!("{:<8} {:<15} {:<14} {:<34} CONTAINERS", "NODE", "ADDRESS", "PHASE", "INSTANCE");
+    println!(
+        "{:<8} {:<15} {:<14} {:<34} CONTAINERS",
+        "NODE", "ADDRESS", "PHASE", "INSTANCE"
+    );
     for n in &c.nodes {
         let containers = n
             .containers
@@ -559,7 +581,9 @@ pub fn print_cluster(c: &ClusterView) {
                 format!(
                     "{} {} {}",
                     k.hostname,
-                    k.address.map(|a| a.to_string()).unwrap_or_else(|| "host".into()),
+                    k.address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "host".into()),
                     k.state
                 )
             })

@@ -198,7 +198,9 @@ impl Engine {
             }
             (_, Some(text)) => Blueprint::parse("(uploaded)", text)?,
             (name, None) => {
-                let name = name.as_deref().unwrap_or(crate::blueprint::DEFAULT_BLUEPRINT);
+                let name = name
+                    .as_deref()
+                    .unwrap_or(crate::blueprint::DEFAULT_BLUEPRINT);
                 Blueprint::built_in(name).ok_or_else(|| {
                     EngineError::BadRequest(format!(
                         "no built-in blueprint {name:?} (built-in: demo, ambari); upload a file instead"
@@ -325,7 +327,10 @@ impl Engine {
         tracing::warn!(cluster = %name, %reason, "cluster failed");
         if let Ok(Some(c)) = self.store.cluster(name) {
             if matches!(c.state, ClusterState::Requested | ClusterState::Creating) {
-                if let Err(e) = self.store.set_state(name, ClusterState::Failed, Some(reason)) {
+                if let Err(e) = self
+                    .store
+                    .set_state(name, ClusterState::Failed, Some(reason))
+                {
                     tracing::error!(cluster = %name, error = %e, "cannot record the failure");
                 }
             }
@@ -425,7 +430,12 @@ impl Engine {
     }
 
     /// Records an agent's report and moves the cluster on.
-    pub fn on_status(&self, cluster: &str, node: &str, status: &NodeStatus) -> Result<(), EngineError> {
+    pub fn on_status(
+        &self,
+        cluster: &str,
+        node: &str,
+        status: &NodeStatus,
+    ) -> Result<(), EngineError> {
         self.store.set_node_status(cluster, node, status)?;
         let Some(c) = self.store.cluster(cluster)? else {
             return Ok(());
@@ -446,10 +456,13 @@ impl Engine {
         let all_ready = c.generation > 0
             && nodes.iter().all(|n| {
                 n.phase == Phase::Ready
-                    && n.status.as_ref().is_some_and(|s| s.generation == c.generation)
+                    && n.status
+                        .as_ref()
+                        .is_some_and(|s| s.generation == c.generation)
             });
         if all_ready {
-            self.store.set_state(cluster, ClusterState::Available, None)?;
+            self.store
+                .set_state(cluster, ClusterState::Available, None)?;
             tracing::info!(
                 cluster = %cluster,
                 elapsed_ms = now_ms().saturating_sub(c.created_ms),
@@ -535,7 +548,10 @@ impl Engine {
             tokio::time::sleep(engine.settings.create_timeout).await;
             if let Ok(Some(c)) = engine.store.cluster(&n) {
                 if c.state == ClusterState::Creating {
-                    engine.fail(&n, "not every node was ready in time after a coordinator restart");
+                    engine.fail(
+                        &n,
+                        "not every node was ready in time after a coordinator restart",
+                    );
                 }
             }
         });
@@ -551,7 +567,11 @@ impl Engine {
         let n = nodes.iter().find(|n| n.id == node).ok_or_else(|| {
             EngineError::NotFound(format!(
                 "{name}/{node} (its nodes are {})",
-                nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>().join(", ")
+                nodes
+                    .iter()
+                    .map(|n| n.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         Ok(userdata::render(&AgentConfig {
@@ -569,7 +589,11 @@ impl Engine {
         self.providers
             .keys()
             .map(|k| (k.clone(), None))
-            .chain(self.unavailable.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+            .chain(
+                self.unavailable
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
+            )
             .collect()
     }
 }

@@ -42,7 +42,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Whether `s` looks like a secret made by [`random_secret`] (so malformed keys are
 /// refused before any lookup).
 pub fn is_secret_shaped(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Writes `contents` to `path` atomically with mode 0600: a temporary file in the same

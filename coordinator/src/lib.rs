@@ -4,8 +4,8 @@
 
 pub mod api;
 pub mod blueprint;
-pub mod credentials;
 pub mod cli;
+pub mod credentials;
 pub mod engine;
 pub mod keys;
 pub mod metadata;

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         .init();
     // One TLS crypto provider for the whole process (reqwest and the listeners).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shoal: cannot start the async runtime: {e}");
@@ -37,7 +40,10 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|| "shoal-agent".into())
                 });
                 let opts = ServeOptions {
-                    image_dir: a.image_dir.clone().unwrap_or_else(|| state_dir.join("images")),
+                    image_dir: a
+                        .image_dir
+                        .clone()
+                        .unwrap_or_else(|| state_dir.join("images")),
                     state_dir,
                     api_listen: a.api_listen,
                     metadata_listen: a.metadata_listen,

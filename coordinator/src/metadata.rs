@@ -197,13 +197,15 @@ async fn put_status(
     let Some(entry) = engine.hub.entry(&key) else {
         return not_found();
     };
-    let Ok(Some(row)) = engine.store.nodes(&entry.cluster).map(|nodes| {
-        nodes.into_iter().find(|n| n.id == node)
-    }) else {
+    let Ok(Some(row)) = engine
+        .store
+        .nodes(&entry.cluster)
+        .map(|nodes| nodes.into_iter().find(|n| n.id == node))
+    else {
         return error(StatusCode::NOT_FOUND, "unknown node");
     };
-    let authorized = bearer(&headers)
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), row.token.as_bytes()));
+    let authorized =
+        bearer(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), row.token.as_bytes()));
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -221,7 +223,10 @@ async fn put_status(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             tracing::error!(cluster = %entry.cluster, %node, error = %e, "recording a status failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "could not record the status")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not record the status",
+            )
         }
     }
 }

@@ -225,8 +225,14 @@ mod tests {
     #[test]
     fn too_many_nodes_for_the_overlay_is_an_error() {
         let bp = load("demo").expect("demo");
-        let err = build("demo", &bp, "10.240.0.0/23".parse().expect("cidr"), 1, &nodes(3))
-            .unwrap_err();
+        let err = build(
+            "demo",
+            &bp,
+            "10.240.0.0/23".parse().expect("cidr"),
+            1,
+            &nodes(3),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("room for 1 nodes"), "{err}");
     }
 

@@ -152,7 +152,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let api_listener = TcpListener::bind(opts.api_listen)
         .await
-        .map_err(io(format!("binding the operator API to {}", opts.api_listen)))?;
+        .map_err(io(format!(
+            "binding the operator API to {}",
+            opts.api_listen
+        )))?;
     let md_listener = TcpListener::bind(metadata_addr)
         .await
         .map_err(io(format!("binding the metadata API to {metadata_addr}")))?;

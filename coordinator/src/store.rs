@@ -374,9 +374,13 @@ impl Store {
     /// One cluster.
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, StoreError> {
         let conn = self.lock()?;
-        conn.query_row("SELECT * FROM clusters WHERE name = ?1", [name], cluster_from_row)
-            .optional()
-            .map_err(sql("read cluster"))
+        conn.query_row(
+            "SELECT * FROM clusters WHERE name = ?1",
+            [name],
+            cluster_from_row,
+        )
+        .optional()
+        .map_err(sql("read cluster"))
     }
 
     /// Every cluster, by name.
@@ -401,7 +405,8 @@ impl Store {
         let rows = stmt
             .query_map([cluster], node_from_row)
             .map_err(sql("list nodes"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql("list nodes"))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql("list nodes"))
     }
 
     /// Sets a cluster's state (and reason, for FAILED).
@@ -481,8 +486,8 @@ impl Store {
         status: &NodeStatus,
     ) -> Result<(), StoreError> {
         let conn = self.lock()?;
-        let json = serde_json::to_string(status)
-            .map_err(|_| StoreError::Corrupt("node status".into()))?;
+        let json =
+            serde_json::to_string(status).map_err(|_| StoreError::Corrupt("node status".into()))?;
         conn.execute(
             "UPDATE nodes SET phase = ?3, status = ?4, updated_ms = ?5 WHERE cluster = ?1 AND id = ?2",
             params![cluster, node, status.phase.as_str(), json, now_ms() as i64],
@@ -497,11 +502,7 @@ fn get_u64(r: &Row<'_>, col: &str) -> rusqlite::Result<u64> {
 }
 
 fn corrupt(col: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(
-        0,
-        col.to_string(),
-        rusqlite::types::Type::Text,
-    )
+    rusqlite::Error::InvalidColumnType(0, col.to_string(), rusqlite::types::Type::Text)
 }
 
 fn cluster_from_row(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
@@ -619,7 +620,10 @@ mod tests {
         let nodes = s.nodes("demo").expect("nodes");
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[1].phase, Phase::VmRunning);
-        assert_eq!(nodes[1].private_ip, Some("10.213.0.11".parse().expect("ip")));
+        assert_eq!(
+            nodes[1].private_ip,
+            Some("10.213.0.11".parse().expect("ip"))
+        );
         assert_eq!(s.set_plan("demo", "{}").expect("plan"), 1);
         assert_eq!(s.set_plan("demo", "{}").expect("plan"), 2);
         s.set_state("demo", ClusterState::Available, None)
@@ -633,8 +637,10 @@ mod tests {
     #[test]
     fn a_deleted_cluster_name_can_be_reused() {
         let s = Store::in_memory().expect("store");
-        s.insert_cluster(&cluster("demo"), &[node(0)]).expect("insert");
-        s.set_state("demo", ClusterState::Deleted, None).expect("state");
+        s.insert_cluster(&cluster("demo"), &[node(0)])
+            .expect("insert");
+        s.set_state("demo", ClusterState::Deleted, None)
+            .expect("state");
         s.insert_cluster(&cluster("demo"), &[node(0), node(1)])
             .expect("reinsert");
         assert_eq!(s.nodes("demo").expect("nodes").len(), 2);
@@ -653,7 +659,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shoal-store-{}", crate::keys::random_hex(4)));
         {
             let s = Store::open(&dir).expect("open");
-            s.insert_cluster(&cluster("demo"), &[node(0)]).expect("insert");
+            s.insert_cluster(&cluster("demo"), &[node(0)])
+                .expect("insert");
         }
         let s = Store::open(&dir).expect("reopen");
         assert_eq!(s.clusters().expect("list").len(), 1);

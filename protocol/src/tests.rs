@@ -113,7 +113,10 @@ fn address_outside_its_slice_is_refused() {
     let mut p = sample();
     p.nodes[1].containers[0].address = Some("10.240.3.9".parse().expect("ip"));
     let err = p.validate().unwrap_err();
-    assert!(err.to_string().contains("outside the node's slice"), "{err}");
+    assert!(
+        err.to_string().contains("outside the node's slice"),
+        "{err}"
+    );
     assert_eq!(field_of(err), "nodes[1].containers[0].address");
 }
 
@@ -121,10 +124,16 @@ fn address_outside_its_slice_is_refused() {
 fn gateway_and_broadcast_addresses_are_refused() {
     let mut p = sample();
     p.nodes[0].containers[0].address = Some(p.nodes[0].gateway);
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[0].containers[0].address"
+    );
     let mut p = sample();
     p.nodes[0].containers[0].address = Some("10.240.1.255".parse().expect("ip"));
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[0].containers[0].address"
+    );
     let mut p = sample();
     p.nodes[0].gateway = "10.240.2.1".parse().expect("ip");
     assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].gateway");
@@ -150,14 +159,21 @@ fn bad_names_are_refused() {
     for bad in ["Node-0", "-node", "node_0", "", &"a".repeat(64), "node.0"] {
         let mut p = sample();
         p.nodes[0].id = bad.to_string();
-        assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].id", "{bad:?}");
+        assert_eq!(
+            field_of(p.validate().unwrap_err()),
+            "nodes[0].id",
+            "{bad:?}"
+        );
     }
     let mut p = sample();
     p.cluster = "../etc".into();
     assert_eq!(field_of(p.validate().unwrap_err()), "cluster");
     let mut p = sample();
     p.nodes[0].containers[0].hostname = "agent-node-0..demo".into();
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].hostname");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[0].containers[0].hostname"
+    );
 }
 
 #[test]
@@ -171,7 +187,10 @@ fn duplicates_are_refused() {
     let mut p = sample();
     let dup = p.nodes[0].containers[0].hostname.clone();
     p.nodes[1].containers[0].hostname = dup;
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[1].containers[0].hostname");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[1].containers[0].hostname"
+    );
 }
 
 #[test]
@@ -190,7 +209,10 @@ fn vni_bounds_and_overlay_prefix_are_checked() {
 fn host_mode_containers_carry_no_address() {
     let mut p = sample();
     p.nodes[0].containers[0].network = NetworkMode::Host;
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].address");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[0].containers[0].address"
+    );
     p.nodes[0].containers[0].address = None;
     p.validate().expect("host mode without address is valid");
     assert_eq!(p.host_entries()[0].1, p.nodes[0].private_ip);
@@ -204,7 +226,10 @@ fn volume_path_tricks_are_refused() {
         target: "/data".into(),
         read_only: false,
     });
-    assert_eq!(field_of(p.validate().unwrap_err()), "nodes[0].containers[0].volumes");
+    assert_eq!(
+        field_of(p.validate().unwrap_err()),
+        "nodes[0].containers[0].volumes"
+    );
 }
 
 #[test]
@@ -219,7 +244,12 @@ fn registry_password_is_not_in_debug_output() {
 
 #[test]
 fn phase_names_round_trip() {
-    for p in [Phase::PlanReceived, Phase::Ready, Phase::Failed, Phase::VmRunning] {
+    for p in [
+        Phase::PlanReceived,
+        Phase::Ready,
+        Phase::Failed,
+        Phase::VmRunning,
+    ] {
         let json = serde_json::to_string(&p).expect("ser");
         assert_eq!(json, format!("\"{}\"", p.as_str()));
         assert_eq!(Phase::parse(p.as_str()), Some(p));

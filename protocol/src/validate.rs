@@ -5,9 +5,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::{
-    NetworkMode, NodeStatus, Plan, MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION,
-};
+use crate::{NetworkMode, NodeStatus, Plan, MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION};
 
 /// Why a plan (or status report) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,7 +91,10 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
     if overlay != overlay.trunc() {
         return Err(PlanError::invalid(
             "network.overlay",
-            format!("{overlay} has host bits set (the network is {})", overlay.trunc()),
+            format!(
+                "{overlay} has host bits set (the network is {})",
+                overlay.trunc()
+            ),
         ));
     }
     if !(8..=24).contains(&overlay.prefix_len()) {
@@ -211,12 +212,18 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
         if !is_usable_host(&n.slice, n.gateway) {
             return Err(PlanError::invalid(
                 f("gateway"),
-                format!("{} is not a host address of the slice {}", n.gateway, n.slice),
+                format!(
+                    "{} is not a host address of the slice {}",
+                    n.gateway, n.slice
+                ),
             ));
         }
         if let Some(id) = &n.instance_id {
             if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-                return Err(PlanError::invalid(f("instance_id"), "empty, too long or not printable"));
+                return Err(PlanError::invalid(
+                    f("instance_id"),
+                    "empty, too long or not printable",
+                ));
             }
         }
         if n.containers.len() > MAX_CONTAINERS_PER_NODE {
@@ -258,7 +265,9 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
             }
             if c.image.is_empty()
                 || c.image.len() > 512
-                || c.image.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+                || c.image
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
             {
                 return Err(PlanError::invalid(
                     g("image"),
@@ -301,13 +310,13 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
                 (NetworkMode::Host, None) => {}
             }
             if c.command.len() > 256 || c.command.iter().any(|a| a.contains('\0')) {
-                return Err(PlanError::invalid(g("command"), "too long or holds a NUL byte"));
+                return Err(PlanError::invalid(
+                    g("command"),
+                    "too long or holds a NUL byte",
+                ));
             }
             for (key, value) in &c.env {
-                if key.is_empty()
-                    || key.contains('=')
-                    || key.contains('\0')
-                    || value.contains('\0')
+                if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0')
                 {
                     return Err(PlanError::invalid(
                         g("env"),
@@ -368,7 +377,10 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
             ));
         }
         if e.message.len() > 4096 {
-            return Err(PlanError::invalid("error.message", "longer than 4096 bytes"));
+            return Err(PlanError::invalid(
+                "error.message",
+                "longer than 4096 bytes",
+            ));
         }
     }
     for c in &s.containers {

@@ -6,6 +6,7 @@
 //! `--include-ignored` where root and the tools are present; once asked to run, a test
 //! whose prerequisites are missing fails loudly through [`require_privileges`].
 
+pub mod coordinator;
 pub mod dockerd;
 pub mod fake_arm;
 
@@ -146,9 +147,7 @@ impl Drop for TestNetns {
 pub fn link_pair(a: &TestNetns, a_cidr: &str, b: &TestNetns, b_cidr: &str) {
     let peer = unique_name("vp");
     let here = unique_name("vh");
-    run(Command::new("ip").args([
-        "link", "add", &here, "type", "veth", "peer", "name", &peer,
-    ]));
+    run(Command::new("ip").args(["link", "add", &here, "type", "veth", "peer", "name", &peer]));
     run(Command::new("ip").args(["link", "set", &here, "netns", a.name()]));
     run(Command::new("ip").args(["link", "set", &peer, "netns", b.name()]));
     for (ns, dev, cidr) in [(a, &here, a_cidr), (b, &peer, b_cidr)] {

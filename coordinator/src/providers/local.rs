@@ -139,8 +139,7 @@ pub async fn docker_ping(socket: &Path) -> bool {
     else {
         return false;
     };
-    if s
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
         .await
         .is_err()
     {
@@ -205,17 +204,17 @@ fn unmount_all_under(dir: &Path) -> Vec<String> {
 impl LocalProvider {
     /// A provider with these settings; call [`LocalProvider::ensure_vpc`] before use.
     pub fn new(s: LocalSettings) -> Result<LocalProvider, ProviderError> {
-        if s.prefix.is_empty()
-            || s.prefix.len() > 8
-            || !shoal_protocol::is_dns_label(&s.prefix)
-        {
+        if s.prefix.is_empty() || s.prefix.len() > 8 || !shoal_protocol::is_dns_label(&s.prefix) {
             return Err(err(format!(
                 "prefix {:?} must be 1 to 8 of a-z, 0-9, '-'",
                 s.prefix
             )));
         }
         if s.vpc.prefix_len() > 24 || s.vpc != s.vpc.trunc() {
-            return Err(err(format!("VPC range {} must be a network of /24 or larger", s.vpc)));
+            return Err(err(format!(
+                "VPC range {} must be a network of /24 or larger",
+                s.vpc
+            )));
         }
         Ok(LocalProvider {
             s,
@@ -265,7 +264,10 @@ impl LocalProvider {
 
     fn exec_root(&self, cluster: &ClusterRef, index: u32) -> PathBuf {
         // Short: containerd's socket path lives under it and must stay < 108 bytes.
-        PathBuf::from(format!("/run/shoal/{}-{}-{index}", self.s.prefix, cluster.uid))
+        PathBuf::from(format!(
+            "/run/shoal/{}-{}-{index}",
+            self.s.prefix, cluster.uid
+        ))
     }
 
     /// Creates the VPC namespace, its bridge and the host's leg (idempotent).
@@ -401,8 +403,8 @@ impl LocalProvider {
             .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
 
         // The agent's configuration comes out of the user-data, as cloud-init would write it.
-        let cfg = userdata::agent_config(&req.user_data)
-            .map_err(|e| err(format!("{node}: {e}")))?;
+        let cfg =
+            userdata::agent_config(&req.user_data).map_err(|e| err(format!("{node}: {e}")))?;
         let cfg_json = serde_json::to_vec_pretty(&cfg).map_err(|e| err(e.to_string()))?;
         write_file_atomic(&dir.join("user-data"), &req.user_data, 0o600)
             .and_then(|_| write_file_atomic(&dir.join("agent.json"), &cfg_json, 0o600))
@@ -443,7 +445,10 @@ impl LocalProvider {
         let gw = self.gateway().to_string();
         ip(&["netns", "add", ns]).await?;
         let steps: [&[&str]; 7] = [
-            &["-n", &vpc, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            &[
+                "-n", &vpc, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ],
             &["-n", &vpc, "link", "set", &uplink, "master", "vpc0", "up"],
             &["-n", ns, "link", "set", "lo", "up"],
             &["-n", ns, "addr", "add", &cidr, "dev", "eth0"],
@@ -510,7 +515,9 @@ impl LocalProvider {
             return Ok(());
         }
         let log = open_log(&dir.join("agent.log"))?;
-        let log2 = log.try_clone().map_err(|e| err(format!("agent log: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| err(format!("agent log: {e}")))?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .arg("--")
@@ -694,8 +701,8 @@ impl Provider for LocalProvider {
                 .map(|node| {
                     let dir = self.vm_dir(cluster, &node);
                     let ns = self.vm_ns(cluster, &node);
-                    let running = netns_path(&ns).exists()
-                        && pid_alive(&dir.join("dockerd.pid")).is_some();
+                    let running =
+                        netns_path(&ns).exists() && pid_alive(&dir.join("dockerd.pid")).is_some();
                     NodeInfo {
                         private_ip: self.leased_ip(&format!("{}/{node}", cluster.tag())),
                         details: self.details(cluster, &node),

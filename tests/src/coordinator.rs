@@ -1,0 +1,297 @@
+//! A real `shoal serve` for end-to-end tests: its own state directory, its own local
+//! VPC (a distinct /24 and name prefix, so tests run side by side), the demo image as
+//! the "baked" image directory. Dropping it deletes its clusters, stops it, and removes
+//! its state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The workspace's target directory, found from the running test binary
+/// (`target/debug/deps/<test>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    exe.parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A binary of the workspace (`shoal`, `shoal-agent`), built by `cargo build --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join("debug").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The demo image directory made by `cloud-init/build-demo-image target/images`.
+pub fn image_dir() -> PathBuf {
+    let dir = target_dir().join("images");
+    let tar = dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
+    if !tar.is_file() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/build-demo-image");
+        crate::run(Command::new(script).arg(&dir));
+    }
+    dir
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct TestCoordinator {
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// The local provider's name prefix.
+    pub prefix: String,
+    /// The VPC range.
+    pub vpc: String,
+    /// The gateway (metadata listener) address.
+    pub gateway: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestCoordinator {
+    /// Starts `shoal serve` and waits until its operator API answers.
+    pub fn start() -> TestCoordinator {
+        Self::start_with(&[])
+    }
+
+    /// Starts `shoal serve` with extra arguments.
+    pub fn start_with(extra: &[&str]) -> TestCoordinator {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter.
+        let octet = (std::process::id().wrapping_mul(7).wrapping_add(n * 31)) % 250 + 1;
+        let prefix = format!("t{}x{n}", std::process::id() % 1000);
+        let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        let mut c = TestCoordinator {
+            vpc: format!("10.214.{octet}.0/24"),
+            gateway: format!("10.214.{octet}.1"),
+            prefix,
+            log: state_dir.join("serve.log"),
+            state_dir,
+            child: None,
+        };
+        c.spawn(extra);
+        c
+    }
+
+    /// (Re)starts the server process on the same state.
+    pub fn spawn(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("serve log");
+        let log2 = log.try_clone().expect("serve log");
+        let _ = std::fs::remove_file(self.state_dir.join("api.json"));
+        let child = Command::new(bin("shoal"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("serve")
+            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix])
+            .arg("--agent-bin")
+            .arg(bin("shoal-agent"))
+            .arg("--image-dir")
+            .arg(image_dir())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("start shoal serve");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.state_dir.join("api.json").exists() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("shoal serve exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "shoal serve did not start: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal to the server and waits for it (SIGKILL simulates a crash).
+    pub fn stop(&mut self, signal: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI against this coordinator.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(bin("shoal"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Runs the CLI, panicking unless it succeeds; returns stdout.
+    pub fn shoal_ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `shoal cluster show NAME --json`.
+    pub fn show(&self, name: &str) -> Value {
+        serde_json::from_str(&self.shoal_ok(&["cluster", "show", name, "--json"]))
+            .expect("show --json is JSON")
+    }
+
+    /// Waits until the cluster's state is `state` (panics on timeout).
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.show(name);
+            if v["state"] == state {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cluster {name} not {state} after {timeout:?}: {v:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The operator token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("token"))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// The operator API base URL.
+    pub fn api_url(&self) -> String {
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(self.state_dir.join("api.json")).expect("api.json"),
+        )
+        .expect("api.json is JSON");
+        v["url"].as_str().expect("url").to_string()
+    }
+
+    /// Runs `docker` against a node's dockerd (from `show --json`).
+    pub fn docker(&self, node: &Value, args: &[&str]) -> Output {
+        let sock = node["docker_socket"].as_str().expect("docker_socket");
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{sock}"))
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// Everything this coordinator's local provider may leave behind: namespaces with
+    /// its prefix, processes in them, mounts under its state dir. Empty when clean.
+    pub fn leftovers(&self, cluster_only: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let pattern = format!("{}-", self.prefix);
+        if let Ok(d) = std::fs::read_dir("/run/netns") {
+            for e in d.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&pattern) && !(cluster_only && n == format!("{}-vpc", self.prefix))
+                {
+                    out.push(format!("namespace {n}"));
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.state_dir.display().to_string();
+        for l in mounts.lines() {
+            if let Some(m) = l.split(' ').nth(4) {
+                if m.starts_with(&dir) {
+                    out.push(format!("mount {m}"));
+                }
+            }
+        }
+        if let Ok(d) = std::fs::read_dir("/proc") {
+            for e in d.flatten() {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmd.contains(&dir) && !cmd.contains(" serve ") && !cmd.contains(" cluster ") {
+                    let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                    if !stat.contains(") Z ") {
+                        out.push(format!(
+                            "process {}: {cmd}",
+                            e.file_name().to_string_lossy()
+                        ));
+                    }
+                }
+            }
+        }
+        if !cluster_only {
+            let host_link = Path::new("/sys/class/net").join(format!("{}-vpc", self.prefix));
+            if host_link.exists() {
+                out.push(format!("link {}-vpc", self.prefix));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            self.spawn(&[]);
+        }
+        if let Ok(out) = std::panic::catch_unwind(|| self.shoal(&["cluster", "list", "--json"])) {
+            let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for c in list {
+                if let Some(name) = c["name"].as_str() {
+                    if c["state"] != "DELETED" {
+                        let _ = self.shoal(&["cluster", "delete", name, "--wait"]);
+                    }
+                }
+            }
+        }
+        self.stop("TERM");
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
