@@ -477,6 +477,9 @@ fn agent_and_dockerd_restarts_converge_back() {
         .to_string();
     let dargs = cmdline(&dpid);
     assert!(dargs.iter().any(|a| a == "dockerd"), "{dargs:?}");
+    let log_before = std::fs::read_to_string(dir.join("agent.log"))
+        .expect("agent log")
+        .len();
     run_kill("TERM", &dpid);
     let t = Instant::now();
     while std::path::Path::new(&format!("/proc/{dpid}")).exists()
@@ -515,7 +518,20 @@ fn agent_and_dockerd_restarts_converge_back() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(c.show("heal")["nodes"][1]["phase"], "ready");
+    // The agent noticed the restart and converged again (it may still be at it).
+    let t = Instant::now();
+    while c.show("heal")["nodes"][1]["phase"] != "ready" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "node-1 did not report ready again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("agent.log")).expect("agent log");
+    assert!(
+        log[log_before..].contains("converging again"),
+        "the agent did not notice the restart"
+    );
 }
 
 fn run_kill(signal: &str, pid: &str) {

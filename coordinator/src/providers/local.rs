@@ -566,8 +566,15 @@ impl LocalProvider {
         }
         // Whatever still runs in the namespace (a containerd shim, a stray process).
         let nspath = netns_path(&ns);
-        for pid in pids_in_netns(&nspath) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let strays = pids_in_netns(&nspath);
+        for pid in &strays {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        // Killed is not gone: wait (bounded) until they have exited, so that "deleted"
+        // means no process of the VM is left.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while strays.iter().any(|p| !is_zombie(*p)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut roots = vec![dir.clone()];
         if let Some(i) = index {
