@@ -54,6 +54,11 @@ pub struct ClusterView {
     /// Milliseconds from request to AVAILABLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_available_ms: Option<u64>,
+    /// Where everything the cluster owns at its provider can be found (cloud
+    /// providers: the tag or resource group), so a FAILED cluster's leftovers can be
+    /// checked by hand; `delete` finds them the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<String>,
     /// Nodes (in `show`; empty in `list`).
     #[serde(default)]
     pub nodes: Vec<NodeView>,
@@ -116,6 +121,7 @@ impl ClusterView {
             overlay: c.overlay.clone(),
             created_ms: c.created_ms,
             time_to_available_ms: c.available_ms.map(|a| a.saturating_sub(c.created_ms)),
+            resources: None,
             nodes: nodes
                 .iter()
                 .map(|n| NodeView {
@@ -271,7 +277,9 @@ async fn create(
     })?;
     let row = s.engine.create(req)?;
     let nodes = s.engine.store.nodes(&row.name).map_err(EngineError::from)?;
-    Ok((StatusCode::ACCEPTED, Json(ClusterView::new(&row, &nodes))))
+    let mut v = ClusterView::new(&row, &nodes);
+    v.resources = s.engine.footprint(&row);
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
 fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
@@ -282,7 +290,9 @@ fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
         .map_err(EngineError::from)?
         .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
     let nodes = s.engine.store.nodes(name).map_err(EngineError::from)?;
-    Ok(ClusterView::new(&c, &nodes))
+    let mut v = ClusterView::new(&c, &nodes);
+    v.resources = s.engine.footprint(&c);
+    Ok(v)
 }
 
 async fn show(

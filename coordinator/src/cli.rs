@@ -467,6 +467,16 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                         eprintln!("  {}: {}: {}", n.id, e.reason, e.message);
                     }
                 }
+                match &c.resources {
+                    Some(r) => eprintln!(
+                        "shoal: `shoal cluster delete {}` removes what was made ({r})",
+                        c.name
+                    ),
+                    None => eprintln!(
+                        "shoal: `shoal cluster delete {}` removes what was made",
+                        c.name
+                    ),
+                }
                 Ok(1)
             }
         }
@@ -569,6 +579,9 @@ pub fn print_cluster(c: &ClusterView) {
         println!("reason: {r}");
     }
     println!("metadata {}  overlay {}", c.metadata_url, c.overlay);
+    if let Some(r) = &c.resources {
+        println!("resources: {r}");
+    }
     println!(
         "{:<8} {:<15} {:<14} {:<34} CONTAINERS",
         "NODE", "ADDRESS", "PHASE", "INSTANCE"
@@ -599,6 +612,9 @@ pub fn print_cluster(c: &ClusterView) {
         );
         if let Some(e) = &n.error {
             println!("         error {}: {}", e.reason, e.message);
+        }
+        if let Some(state) = n.details.get("vm-state").filter(|s| *s != "running") {
+            println!("         VM {state}");
         }
     }
 }

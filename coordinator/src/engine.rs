@@ -18,12 +18,16 @@ use crate::blueprint::{Blueprint, BlueprintError};
 use crate::keys;
 use crate::metadata::Hub;
 use crate::planner::{self, PlannedNode, PlannerError};
-use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams};
+use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
 use crate::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError};
 use crate::userdata::{self, UserDataError};
 
 /// Most nodes one cluster may have.
 pub const MAX_NODES: u32 = 1000;
+
+/// How long listing the VMs of a failed creation may take: the provider may be what
+/// failed, and the cluster should go FAILED soon.
+const LEFTOVER_DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -291,6 +295,9 @@ impl Engine {
                 ))),
             };
             if let Err(e) = result {
+                if !matches!(e, EngineError::Provider(ProviderError::Config { .. })) {
+                    engine.record_leftovers(&n).await;
+                }
                 engine.fail(&n, &e.to_string());
             }
         });
@@ -384,16 +391,60 @@ impl Engine {
 
     fn record_vms(&self, name: &str, infos: &[NodeInfo]) -> Result<(), EngineError> {
         for info in infos {
+            let mut details = info.details.clone();
+            details.insert("vm-state".into(), info.state.as_str().into());
             self.store.set_node_vm(
                 name,
                 &info.node_id,
                 &info.instance_id,
                 info.private_ip,
-                &info.details,
-                info.state == crate::providers::VmState::Running,
+                &details,
+                info.state == VmState::Running,
             )?;
         }
         Ok(())
+    }
+
+    /// After a failed creation, records the VMs that exist (a provider reports only
+    /// complete creations), so `show` lists them, with their state, beside the
+    /// failure; `delete` removes them with everything else the cluster owns. Best
+    /// effort and bounded: the provider may be what failed.
+    async fn record_leftovers(&self, name: &str) {
+        let Ok(Some(c)) = self.store.cluster(name) else {
+            return;
+        };
+        let Ok(provider) = self.provider(&c.provider) else {
+            return;
+        };
+        let described = tokio::time::timeout(
+            LEFTOVER_DESCRIBE_TIMEOUT,
+            provider.describe_nodes(&c.cluster_ref(), &c.params),
+        )
+        .await;
+        match described {
+            Ok(Ok(infos)) => {
+                let left: Vec<NodeInfo> = infos
+                    .into_iter()
+                    .filter(|i| i.state != VmState::Terminated)
+                    .collect();
+                if let Err(e) = self.record_vms(name, &left) {
+                    tracing::warn!(cluster = %name, error = %e, "cannot record the VMs left by a failed creation");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(cluster = %name, error = %e, "cannot list the VMs left by a failed creation; `shoal cluster delete` still finds them");
+            }
+            Err(_) => {
+                tracing::warn!(cluster = %name, "listing the VMs left by a failed creation timed out; `shoal cluster delete` still finds them");
+            }
+        }
+    }
+
+    /// Where the operator finds what a cluster owns at its provider (`show`).
+    pub fn footprint(&self, c: &ClusterRow) -> Option<String> {
+        self.providers
+            .get(&c.provider)
+            .and_then(|p| p.footprint(&c.cluster_ref(), &c.params))
     }
 
     /// Builds the plan from the stored nodes and serves it under the next generation.

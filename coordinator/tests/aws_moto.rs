@@ -1,17 +1,17 @@
 //! The AWS provider against a real moto server in strict-auth mode: every EC2 request
 //! is SigV4-checked against an IAM user's key, so a bad signature fails as on AWS.
 //!
-//! Each test starts its own `moto_server` on a free loopback port, from the venv that
-//! `tests/moto/setup` makes (`$SHOAL_MOTO_VENV`, else `target/moto-venv`; the test runs
-//! the script when the venv is missing). Run with:
+//! Each test starts its own `moto_server` on a free loopback port through the shared
+//! harness `shoal_e2e::moto` (the venv `tests/moto/setup` makes; the harness runs the
+//! script when the venv is missing). The same cluster through the real coordinator
+//! and CLI is `tests/tests/cloud_aws.rs`. Run with:
 //!
 //! ```text
 //! cargo test -p shoal --test aws_moto -- --include-ignored
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -20,102 +20,10 @@ use shoal::providers::aws::{
     AwsProvider, Credentials, Env, Params, QueryClient, Timing, EC2_API_VERSION,
 };
 use shoal::providers::{ClusterRef, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
+use shoal_e2e::moto::{Moto, REGION};
 use shoal_protocol::backoff::Backoff;
 
-const REGION: &str = "us-east-1";
 const OPERATOR_CIDR: &str = "203.0.113.7/32";
-
-/// Where the moto venv lives.
-fn venv() -> PathBuf {
-    if let Some(v) = std::env::var_os("SHOAL_MOTO_VENV") {
-        return PathBuf::from(v);
-    }
-    repo().join("target/moto-venv")
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the coordinator crate sits in the workspace")
-        .to_path_buf()
-}
-
-/// A `moto_server` child process; killed on drop, its log printed if the test failed.
-struct Moto {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        shoal_e2e::require_privileges(&["python3", "cloud-init"]);
-        // The script is idempotent (it checks the installed version first); the lock
-        // keeps parallel tests from installing into the same venv at once.
-        static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        {
-            let _one_at_a_time = SETUP.lock().unwrap_or_else(|p| p.into_inner());
-            shoal_e2e::run(Command::new(repo().join("tests/moto/setup")).arg(venv()));
-        }
-        let server = venv().join("bin/moto_server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::env::temp_dir().join(format!("{}.log", shoal_e2e::unique_name("moto")));
-        let out = std::fs::File::create(&log).expect("moto log");
-        let err = out.try_clone().expect("moto log");
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            // Unknown AMIs fail as on AWS (moto accepts any id otherwise).
-            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
-            // Auth starts off so the test can create its IAM user; `strict_auth` then
-            // turns checking on for every request that follows.
-            .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server.display()));
-        let moto = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let http = http_client().expect("http client");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = http.get(format!("{}/moto-api/", moto.url)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not start: see {}",
-                moto.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- moto log (last lines) ---");
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 fn client(
     moto: &Moto,
@@ -125,7 +33,7 @@ fn client(
 ) -> QueryClient {
     QueryClient::new(
         http_client().expect("http client"),
-        &moto.url,
+        moto.url(),
         REGION,
         service,
         version,
@@ -139,55 +47,6 @@ fn client(
     })
 }
 
-/// Creates an IAM user allowed `ec2:*` with an access key, then switches moto to
-/// checking every request. Returns the user's access key id and secret.
-async fn strict_auth(moto: &Moto) -> (String, String) {
-    let iam = client(
-        moto,
-        "iam",
-        "2010-05-08",
-        Credentials::new("AKIAIOSFODNN7EXAMPLE", "bootstrap-only", None, "test"),
-    );
-    let user = "shoal-test";
-    iam.call("CreateUser", &Params::new().set("UserName", user))
-        .await
-        .expect("CreateUser");
-    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#;
-    iam.call(
-        "PutUserPolicy",
-        &Params::new()
-            .set("UserName", user)
-            .set("PolicyName", "ec2-all")
-            .set("PolicyDocument", policy),
-    )
-    .await
-    .expect("PutUserPolicy");
-    let body = iam
-        .call("CreateAccessKey", &Params::new().set("UserName", user))
-        .await
-        .expect("CreateAccessKey");
-    let doc = parse("CreateAccessKey", &moto.url, &body).expect("xml");
-    let text = |n: &str| {
-        find(doc.root_element(), n)
-            .and_then(|x| x.text())
-            .unwrap_or_else(|| panic!("no {n} in {body}"))
-            .to_string()
-    };
-    let key = (text("AccessKeyId"), text("SecretAccessKey"));
-
-    // From here on moto authenticates and authorizes every action (moto's own
-    // INITIAL_NO_AUTH_ACTION_COUNT, set to 0 through its control API).
-    let r = http_client()
-        .expect("http client")
-        .post(format!("{}/moto-api/reset-auth", moto.url))
-        .body("0")
-        .send()
-        .await
-        .expect("reset-auth");
-    assert!(r.status().is_success(), "reset-auth: {}", r.status());
-    key
-}
-
 /// A started moto in strict-auth mode, the test user's key, and a checking EC2 client.
 struct Cloud {
     moto: Moto,
@@ -198,8 +57,9 @@ struct Cloud {
 
 impl Cloud {
     async fn new() -> Cloud {
-        let moto = Moto::start().await;
-        let (key, secret) = strict_auth(&moto).await;
+        shoal_e2e::require_privileges(&["python3", "cloud-init"]);
+        let moto = Moto::start();
+        let shoal_e2e::moto::AccessKey { id: key, secret } = moto.strict_auth();
         let creds = Credentials::new(key.clone(), secret.clone(), None, "moto iam user");
         let ec2 = client(&moto, "ec2", EC2_API_VERSION, creds);
         Cloud {
@@ -243,7 +103,7 @@ impl Cloud {
             instance_type: Some("t3.micro".into()),
             exposed_ports: vec![8080, 8440],
             operator_cidr: Some(OPERATOR_CIDR.into()),
-            extra: [("endpoint-url".to_string(), self.moto.url.clone())].into(),
+            extra: [("endpoint-url".to_string(), self.moto.url().to_string())].into(),
             ..Default::default()
         }
     }
@@ -255,7 +115,7 @@ impl Cloud {
             .call("DescribeImages", &Params::new().list("Owner", &["amazon"]))
             .await
             .expect("DescribeImages");
-        let doc = parse("DescribeImages", &self.moto.url, &body).expect("xml");
+        let doc = parse("DescribeImages", self.moto.url(), &body).expect("xml");
         let first = items(doc.root_element(), "imagesSet")
             .into_iter()
             .find_map(|i| child_text(i, "imageId").map(str::to_string));
@@ -273,7 +133,7 @@ impl Cloud {
             )
             .await
             .unwrap_or_else(|e| panic!("{action}: {e}"));
-        let doc = parse(action, &self.moto.url, &body).expect("xml");
+        let doc = parse(action, self.moto.url(), &body).expect("xml");
         items(doc.root_element(), set)
             .into_iter()
             .filter_map(|i| child_text(i, id).map(str::to_string))
@@ -291,7 +151,7 @@ impl Cloud {
             )
             .await
             .expect("DescribeInstances");
-        let doc = parse("DescribeInstances", &self.moto.url, &body).expect("xml");
+        let doc = parse("DescribeInstances", self.moto.url(), &body).expect("xml");
         let mut out = Vec::new();
         for r in items(doc.root_element(), "reservationSet") {
             for i in items(r, "instancesSet") {
@@ -340,7 +200,7 @@ impl Cloud {
             )
             .await
             .expect("DescribeInstanceAttribute");
-        let doc = parse("DescribeInstanceAttribute", &self.moto.url, &body).expect("xml");
+        let doc = parse("DescribeInstanceAttribute", self.moto.url(), &body).expect("xml");
         let b64 = find(doc.root_element(), "userData")
             .and_then(|u| child_text(u, "value"))
             .unwrap_or_else(|| panic!("no user-data in {body}"));
@@ -359,7 +219,7 @@ impl Cloud {
             )
             .await
             .expect("DescribeSecurityGroups");
-        let doc = parse("DescribeSecurityGroups", &self.moto.url, &body).expect("xml");
+        let doc = parse("DescribeSecurityGroups", self.moto.url(), &body).expect("xml");
         let mut out = Vec::new();
         for g in items(doc.root_element(), "securityGroupInfo") {
             for p in items(g, "ipPermissions") {

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use shoal::credentials::{self, AzureCredential, CredentialError};
 use shoal::providers::azure::arm::ArmSettings;
 use shoal::providers::azure::auth::{Endpoints, TokenSource};
-use shoal::providers::azure::{AzureProvider, API_COMPUTE, API_NETWORK, CUSTOM_DATA_LIMIT};
+use shoal::providers::azure::{AzureProvider, API_COMPUTE, API_NETWORK};
+use shoal::userdata::AZURE_LIMIT;
 use shoal::providers::{ClusterRef, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
 use shoal_e2e::fake_arm::FakeAzure;
 use shoal_protocol::backoff::Backoff;
@@ -827,7 +828,7 @@ async fn bad_settings_are_config_errors_before_any_call() {
     let big = vec![NodeRequest {
         node_id: "node-0".into(),
         index: 0,
-        user_data: vec![b'#'; CUSTOM_DATA_LIMIT + 1],
+        user_data: vec![b'#'; AZURE_LIMIT + 1],
     }];
     let e = env
         .provider
@@ -945,7 +946,7 @@ async fn the_fake_is_strict() {
     // Custom data over the limit.
     let mut b = vm0.clone();
     b["properties"]["osProfile"]["customData"] =
-        json!(STANDARD.encode(vec![b'a'; CUSTOM_DATA_LIMIT + 1]));
+        json!(STANDARD.encode(vec![b'a'; AZURE_LIMIT + 1]));
     let (s, code, _) = call(Method::PUT, vm_path("y"), Some(b), true).await;
     assert_eq!((s, code.as_str()), (400, "InvalidParameter"));
     // A NIC on a subnet that does not exist.
@@ -1005,7 +1006,7 @@ async fn custom_data_passes_cloud_init_schema() {
             deadline_secs: 1800,
         };
         let mut user_data =
-            shoal::userdata::render_for("azure", &cfg, Some(CUSTOM_DATA_LIMIT)).expect("render");
+            shoal::userdata::render_for("azure", &cfg, shoal::userdata::limit_for("azure")).expect("render");
         if user_data.is_empty() {
             // The renderer is still a stub on this branch: check a hand-written document
             // of the same shape until it lands.

@@ -54,6 +54,9 @@ pub struct TestCoordinator {
     pub vpc: String,
     /// The gateway (metadata listener) address.
     pub gateway: String,
+    /// Environment variables every start of the server gets (cloud credentials and
+    /// endpoints), on top of the test's own environment.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -66,6 +69,12 @@ impl TestCoordinator {
 
     /// Starts `shoal serve` with extra arguments.
     pub fn start_with(extra: &[&str]) -> TestCoordinator {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts `shoal serve` with extra arguments and environment variables; the
+    /// variables are kept in [`TestCoordinator::env`] for every restart.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter.
@@ -80,13 +89,17 @@ impl TestCoordinator {
             prefix,
             log: state_dir.join("serve.log"),
             state_dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         c.spawn(extra);
         c
     }
 
-    /// (Re)starts the server process on the same state.
+    /// (Re)starts the server process on the same state, with [`TestCoordinator::env`].
     pub fn spawn(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -106,6 +119,7 @@ impl TestCoordinator {
             .arg("--image-dir")
             .arg(image_dir())
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)

@@ -9,6 +9,7 @@
 pub mod coordinator;
 pub mod dockerd;
 pub mod fake_arm;
+pub mod moto;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

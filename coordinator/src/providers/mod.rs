@@ -91,6 +91,19 @@ pub enum VmState {
     Failed,
 }
 
+impl VmState {
+    /// The displayed name (`pending`, `running`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VmState::Pending => "pending",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Terminated => "terminated",
+            VmState::Failed => "failed",
+        }
+    }
+}
+
 /// A VM as the provider reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -158,6 +171,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// provider knows it (the local provider's VPC gateway); clouds use the
     /// coordinator's `--advertise-url`.
     fn metadata_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Where an operator finds everything the cluster owns at this provider, in a few
+    /// words (`show` prints it, so a FAILED cluster's leftovers can be found by hand):
+    /// the tag every resource carries, the resource group. No I/O.
+    fn footprint(&self, _cluster: &ClusterRef, _params: &ProviderParams) -> Option<String> {
         None
     }
 

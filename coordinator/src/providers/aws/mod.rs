@@ -1170,7 +1170,22 @@ impl Provider for AwsProvider {
     }
 
     fn user_data_limit(&self) -> Option<usize> {
-        Some(crate::userdata::EC2_LIMIT)
+        crate::userdata::limit_for(self.name())
+    }
+
+    fn footprint(&self, cluster: &ClusterRef, params: &ProviderParams) -> Option<String> {
+        let region = params
+            .region
+            .clone()
+            .or_else(|| self.env.var("AWS_REGION"))
+            .or_else(|| self.env.var("AWS_DEFAULT_REGION"));
+        Some(match region {
+            Some(r) => format!(
+                "EC2 resources tagged {TAG_CLUSTER}={} in {r}",
+                cluster.tag()
+            ),
+            None => format!("EC2 resources tagged {TAG_CLUSTER}={}", cluster.tag()),
+        })
     }
 
     fn create_nodes<'a>(
@@ -1188,15 +1203,12 @@ impl Provider for AwsProvider {
                 .ok_or_else(|| {
                     config("no machine image: give --image ami-… (an AMI of the region with Shoal's agent baked in)".into())
                 })?;
-            if let Some(n) = nodes
-                .iter()
-                .find(|n| n.user_data.len() > crate::userdata::EC2_LIMIT)
-            {
+            let limit = crate::userdata::EC2_LIMIT;
+            if let Some(n) = nodes.iter().find(|n| n.user_data.len() > limit) {
                 return Err(config(format!(
-                    "user-data of {} is {} bytes, over EC2's limit of {} bytes",
+                    "user-data of {} is {} bytes, over EC2's limit of {limit} bytes",
                     n.node_id,
                     n.user_data.len(),
-                    crate::userdata::EC2_LIMIT
                 )));
             }
             let client = self.client(params)?;

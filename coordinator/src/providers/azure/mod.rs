@@ -27,11 +27,8 @@ use serde_json::{json, Value};
 use self::arm::{provisioning_state, ArmClient, ArmSettings};
 use self::auth::{Endpoints, TokenSource};
 use super::{ClusterRef, NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
+use crate::userdata::AZURE_LIMIT;
 
-/// The largest custom data Azure takes, in bytes before base64: the Compute API
-/// reference (`OSProfile.customData`) limits the decoded binary array to 65535 bytes
-/// (87380 base64 characters).
-pub const CUSTOM_DATA_LIMIT: usize = 65535;
 /// `Microsoft.Resources` API version (resource groups).
 pub const API_RESOURCES: &str = "2021-04-01";
 /// `Microsoft.Network` API version.
@@ -296,6 +293,11 @@ fn ssh_public_key(params: &ProviderParams) -> Result<String, ProviderError> {
     Ok(text)
 }
 
+/// The cluster's resource group: `shoal-NAME-UID`.
+fn group_name(cluster: &ClusterRef) -> String {
+    format!("shoal-{}", cluster.tag())
+}
+
 /// The resource ids of one cluster.
 #[derive(Debug, Clone)]
 struct Names {
@@ -305,7 +307,7 @@ struct Names {
 
 impl Names {
     fn new(subscription: &str, cluster: &ClusterRef) -> Names {
-        let group = format!("shoal-{}", cluster.tag());
+        let group = group_name(cluster);
         Names {
             group_path: format!("/subscriptions/{subscription}/resourceGroups/{group}"),
             group,
@@ -420,9 +422,9 @@ impl AzureProvider {
     ) -> Result<Vec<NodeInfo>, ProviderError> {
         let s = CreateSettings::from_params(params)?;
         for n in nodes {
-            if n.user_data.len() > CUSTOM_DATA_LIMIT {
+            if n.user_data.len() > AZURE_LIMIT {
                 return Err(config(format!(
-                    "user-data of {} is {} bytes, over Azure's custom data limit of {CUSTOM_DATA_LIMIT} bytes",
+                    "user-data of {} is {} bytes, over Azure's custom data limit of {AZURE_LIMIT} bytes",
                     n.node_id,
                     n.user_data.len()
                 )));
@@ -826,7 +828,15 @@ impl Provider for AzureProvider {
     }
 
     fn user_data_limit(&self) -> Option<usize> {
-        Some(CUSTOM_DATA_LIMIT)
+        crate::userdata::limit_for(self.name())
+    }
+
+    fn footprint(&self, cluster: &ClusterRef, params: &ProviderParams) -> Option<String> {
+        let group = group_name(cluster);
+        Some(match &params.credential {
+            Some(c) => format!("resource group {group} (subscription of credential {c})"),
+            None => format!("resource group {group}"),
+        })
     }
 
     fn create_nodes<'a>(
