@@ -212,6 +212,37 @@ impl TestCoordinator {
         }
     }
 
+    /// Waits until the cluster is CREATING with its plan published: the end state on a
+    /// cloud where nobody boots the VMs (moto, the fake ARM), so no agent reports.
+    /// Panics if it leaves creation or takes longer than `timeout`.
+    pub fn wait_plan(&self, name: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.show(name);
+            if v["state"] == "CREATING" && v["generation"].as_u64().unwrap_or(0) >= 1 {
+                return v;
+            }
+            assert!(
+                v["state"] == "CREATING" || v["state"] == "REQUESTED",
+                "cluster {name} left creation: {v:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                start.elapsed() < timeout,
+                "cluster {name} has no plan after {timeout:?}: {v:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `GET /metadata/v1/{key}` on the metadata listener (the local VPC gateway, port
+    /// 8787): the status and the body.
+    pub fn metadata(&self, key: &str) -> (u16, String) {
+        let url = format!("http://{}:8787/metadata/v1/{key}", self.gateway);
+        crate::http_request("GET", &url, &[], "").unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
     /// The operator token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.state_dir.join("token"))

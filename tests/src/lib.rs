@@ -11,6 +11,8 @@ pub mod dockerd;
 pub mod fake_arm;
 pub mod moto;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,6 +62,75 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// One plain HTTP/1.0 request (`Connection: close`) to an `http://HOST:PORT/…` URL on a
+/// test server (moto, a coordinator's metadata API): returns the status and the body.
+/// A few lines of `std`, so the harness needs no HTTP client crate.
+pub fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other(format!("{url}: only http:// URLs")))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("{url}: not an HTTP answer: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Panics unless `cloud-init schema` accepts `doc` (user-data as a VM receives it,
+/// gzip-compressed or not); `what` names it in the message.
+pub fn check_cloud_init_schema(doc: &[u8], what: &str) {
+    let dir = std::env::temp_dir();
+    let plain = if doc.starts_with(&[0x1f, 0x8b]) {
+        let gz = dir.join(format!("{}.gz", unique_name("ud")));
+        std::fs::write(&gz, doc).expect("write user-data");
+        let out = run(Command::new("gzip").arg("-dc").arg(&gz));
+        let _ = std::fs::remove_file(&gz);
+        out.stdout
+    } else {
+        doc.to_vec()
+    };
+    let file = dir.join(format!("{}.yaml", unique_name("ud")));
+    std::fs::write(&file, &plain).expect("write user-data");
+    let out = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&file)
+        .output()
+        .expect("run cloud-init schema");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "cloud-init schema refused the user-data of {what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A unique, short name for a throwaway object: `{prefix}{pid % 10000}x{n}`.

@@ -7,14 +7,12 @@
 //! (`$SHOAL_MOTO_VENV`, else `target/moto-venv`; [`Moto::start`] runs the script,
 //! which does nothing when the pinned moto is already there).
 //!
-//! This module talks to moto only over plain HTTP on loopback, with a few lines of
-//! `std`, so the harness needs no HTTP or signing crate: the IAM calls that set up the
+//! This module talks to moto only over plain HTTP on loopback
+//! ([`crate::http_request`]), so the harness needs no HTTP or signing crate: the IAM calls that set up the
 //! test user are made while moto still has auth off (it reads only the service name
 //! from the `Authorization` header then), and everything after that is the test's
 //! business, with a real SigV4 client.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,7 +161,7 @@ impl Moto {
         }
     }
 
-    /// One plain HTTP/1.0 request to moto; returns the status and the body.
+    /// One plain HTTP request to moto; returns the status and the body.
     pub fn request(
         &self,
         method: &str,
@@ -171,29 +169,7 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &str,
     ) -> std::io::Result<(u16, String)> {
-        let host = self.url.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(host)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        stream.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
-        Ok((status, body.to_string()))
+        crate::http_request(method, &format!("{}{path}", self.url), headers, body)
     }
 }
 

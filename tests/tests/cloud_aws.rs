@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -258,29 +258,6 @@ fn create_args<'a>(name: &'a str, ami: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Waits until the cluster is CREATING with its plan published (the end state on a
-/// cloud where nobody boots the VMs); panics if it fails or takes too long.
-fn wait_plan(c: &TestCoordinator, name: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = c.show(name);
-        if v["state"] == "CREATING" && v["generation"].as_u64().unwrap_or(0) >= 1 {
-            return v;
-        }
-        assert!(
-            v["state"] == "CREATING" || v["state"] == "REQUESTED",
-            "cluster {name} left creation: {v:#}\nserver log:\n{}",
-            c.log_text()
-        );
-        assert!(
-            start.elapsed() < PLAN_TIMEOUT,
-            "cluster {name} has no plan after {PLAN_TIMEOUT:?}: {v:#}\nserver log:\n{}",
-            c.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The `shoal:cluster` tag value of a cluster, from what `show` says to look for.
 fn cluster_tag(v: &Value) -> String {
     let r = v["resources"]
@@ -296,48 +273,6 @@ fn cluster_tag(v: &Value) -> String {
         .to_string()
 }
 
-/// `GET {metadata}/metadata/v1/{key}`: (status, body).
-async fn metadata(c: &TestCoordinator, key: &str) -> (u16, String) {
-    let url = format!("http://{}:8787/metadata/v1/{key}", c.gateway);
-    let r = http_client()
-        .expect("http client")
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status().as_u16();
-    (status, r.text().await.unwrap_or_default())
-}
-
-fn cloud_init_schema(doc: &[u8], what: &str) {
-    let file = std::env::temp_dir().join(format!("{}.yaml", shoal_e2e::unique_name("ud")));
-    let plain = shoal_plain(doc);
-    std::fs::write(&file, &plain).expect("write user-data");
-    let out = Command::new("cloud-init")
-        .args(["schema", "--config-file"])
-        .arg(&file)
-        .output()
-        .expect("cloud-init schema");
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "cloud-init schema refused the user-data of {what}: {}",
-        text(&out)
-    );
-}
-
-/// The document itself: user-data is gzipped when only that fits the limit.
-fn shoal_plain(doc: &[u8]) -> Vec<u8> {
-    if !doc.starts_with(&[0x1f, 0x8b]) {
-        return doc.to_vec();
-    }
-    let gz = std::env::temp_dir().join(format!("{}.gz", shoal_e2e::unique_name("ud")));
-    std::fs::write(&gz, doc).expect("write");
-    let out = shoal_e2e::run(Command::new("gzip").arg("-dc").arg(&gz));
-    let _ = std::fs::remove_file(&gz);
-    out.stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, moto (python3; tests/moto/setup installs it) and cloud-init"]
 async fn a_three_node_cluster_is_created_through_the_coordinator_and_deleted() {
@@ -347,7 +282,7 @@ async fn a_three_node_cluster_is_created_through_the_coordinator_and_deleted() {
     assert!(out.status.success(), "create: {}", text(&out));
 
     // CREATING with the plan published: every node has its instance and address.
-    let v = wait_plan(&c, "c3");
+    let v = c.wait_plan("c3", PLAN_TIMEOUT);
     assert_eq!(v["provider"], "aws");
     let tag = cluster_tag(&v);
     assert!(tag.starts_with("c3-"), "{tag}");
@@ -403,7 +338,7 @@ async fn a_three_node_cluster_is_created_through_the_coordinator_and_deleted() {
     let mut tokens = Vec::new();
     for inst in &running {
         let data = aws.user_data(&inst.id).await;
-        cloud_init_schema(&data, inst.node());
+        shoal_e2e::check_cloud_init_schema(&data, inst.node());
         let cfg = shoal::userdata::agent_config(&data).expect("a Shoal user-data document");
         assert_eq!(cfg.metadata_url, ADVERTISE);
         assert_eq!(cfg.node_id, inst.node());
@@ -419,7 +354,7 @@ async fn a_three_node_cluster_is_created_through_the_coordinator_and_deleted() {
     let key = keys.remove(0);
 
     // The plan is served under that key and lists the instances' private addresses.
-    let (status, body) = metadata(&c, &key).await;
+    let (status, body) = c.metadata(&key);
     assert_eq!(status, 200, "{body}");
     let plan: Value = serde_json::from_str(&body).expect("the plan is JSON");
     assert_eq!(plan["cluster"], "c3");
@@ -468,7 +403,7 @@ async fn a_three_node_cluster_is_created_through_the_coordinator_and_deleted() {
         assert!(left.is_empty(), "a Shoal-tagged {kind} is left: {left:?}");
     }
     assert_eq!(c.show("c3")["state"], "DELETED");
-    assert_eq!(metadata(&c, &key).await.0, 404);
+    assert_eq!(c.metadata(&key).0, 404);
     // And again: nothing to do, still a success.
     let out = c.shoal(&["cluster", "delete", "c3", "--wait"]);
     assert!(out.status.success(), "second delete: {}", text(&out));
@@ -580,7 +515,7 @@ async fn a_coordinator_killed_during_creation_makes_no_duplicate_instance() {
         "k1: killed with {at_kill} instance(s) launched and (VPC, subnet, group, gateway) = {network_at_kill:?}"
     );
     c.spawn(SERVE_ARGS);
-    let v = wait_plan(&c, "k1");
+    let v = c.wait_plan("k1", PLAN_TIMEOUT);
     let tag1 = cluster_tag(&v);
     check_one_instance_per_node(&aws, "k1", &tag1, &v).await;
 
@@ -612,7 +547,7 @@ async fn a_coordinator_killed_during_creation_makes_no_duplicate_instance() {
         eprintln!("{name}: killed with {at_kill} of 3 instances launched");
         landed.push(at_kill);
         c.spawn(SERVE_ARGS);
-        let v = wait_plan(&c, &name);
+        let v = c.wait_plan(&name, PLAN_TIMEOUT);
         check_one_instance_per_node(&aws, &name, &tag, &v).await;
         if at_kill < 3 {
             break;
