@@ -16,8 +16,8 @@ use shoal::credentials::{self, AzureCredential, CredentialError};
 use shoal::providers::azure::arm::ArmSettings;
 use shoal::providers::azure::auth::{Endpoints, TokenSource};
 use shoal::providers::azure::{AzureProvider, API_COMPUTE, API_NETWORK};
-use shoal::userdata::AZURE_LIMIT;
 use shoal::providers::{ClusterRef, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
+use shoal::userdata::AZURE_LIMIT;
 use shoal_e2e::fake_arm::FakeAzure;
 use shoal_protocol::backoff::Backoff;
 
@@ -1005,17 +1005,9 @@ async fn custom_data_passes_cloud_init_schema() {
             ca_cert_pem: None,
             deadline_secs: 1800,
         };
-        let mut user_data =
-            shoal::userdata::render_for("azure", &cfg, shoal::userdata::limit_for("azure")).expect("render");
-        if user_data.is_empty() {
-            // The renderer is still a stub on this branch: check a hand-written document
-            // of the same shape until it lands.
-            eprintln!("userdata::render is a stub: checking a placeholder #cloud-config");
-            user_data = format!(
-                "#cloud-config\nwrite_files:\n  - path: /etc/shoal/agent.json\n    permissions: '0600'\n    content: '{{\"node_id\": \"node-{i}\"}}'\nruncmd:\n  - [systemctl, enable, --now, shoal-agent.service]\n"
-            )
-            .into_bytes();
-        }
+        let user_data =
+            shoal::userdata::render_for("azure", &cfg, shoal::userdata::limit_for("azure"))
+                .expect("render");
         reqs.push(NodeRequest {
             node_id: format!("node-{i}"),
             index: i,
