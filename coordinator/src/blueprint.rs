@@ -39,6 +39,43 @@ pub struct Blueprint {
     /// Host groups, in the order they take nodes.
     #[serde(rename = "group")]
     pub groups: Vec<HostGroup>,
+    /// Credentials for private registries, matched to images by registry host. Used
+    /// only when an image is neither present on the VM nor baked into its image.
+    #[serde(rename = "registry", default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySpec>,
+}
+
+/// A private registry's credentials. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// Registry host, as it appears in image references (`registry.example.com:5000`;
+    /// `docker.io` for Docker Hub).
+    pub server: String,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistrySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySpec")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The registry host of an image reference (`docker.io` when it names none).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
 }
 
 fn default_domain() -> String {
@@ -161,6 +198,14 @@ impl Blueprint {
         }
         if self.groups.is_empty() {
             return Err(self.invalid("no [[group]]"));
+        }
+        for r in &self.registries {
+            if r.server.is_empty() || r.server.contains('/') || r.username.is_empty() {
+                return Err(self.invalid(format!(
+                    "[[registry]] {:?}: server must be a registry host and username non-empty",
+                    r.server
+                )));
+            }
         }
         let rest = self
             .groups
@@ -453,6 +498,29 @@ count = 2
         assert_eq!(v, "http://server-node-0.demo.d:8080/demo");
         assert!(expand("${fqdn:x}", "c", "d", |_| None).is_err());
         assert!(expand("${oops", "c", "d", |_| None).is_err());
+    }
+
+    #[test]
+    fn registry_hosts_are_read_from_image_references() {
+        assert_eq!(registry_of("sequenceiq/ambari:2.7.5"), "docker.io");
+        assert_eq!(registry_of("busybox"), "docker.io");
+        assert_eq!(
+            registry_of("registry.example.com:5000/a/b:1"),
+            "registry.example.com:5000"
+        );
+        assert_eq!(registry_of("localhost/x:1"), "localhost");
+        let text = r#"
+name = "x"
+[[registry]]
+server = "r.example.com"
+username = "u"
+password = "hunter2"
+[[group]]
+name = "a"
+count = 1
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        assert!(!format!("{bp:?}").contains("hunter2"));
     }
 
     #[test]

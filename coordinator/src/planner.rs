@@ -9,11 +9,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use shoal_protocol::{
-    ContainerPlan, NetworkMode, NetworkPlan, NodePlan, Plan, PlanError, VolumePlan,
+    ContainerPlan, NetworkMode, NetworkPlan, NodePlan, Plan, PlanError, RegistryAuth, VolumePlan,
     DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
 };
 
-use crate::blueprint::{expand, parse_volume, Blueprint, BlueprintError};
+use crate::blueprint::{expand, parse_volume, registry_of, Blueprint, BlueprintError};
 
 /// The default overlay.
 pub const DEFAULT_OVERLAY: &str = "10.240.0.0/16";
@@ -146,7 +146,15 @@ pub fn build(
                 env,
                 volumes,
                 ports: c.ports.clone(),
-                registry_auth: None,
+                registry_auth: blueprint
+                    .registries
+                    .iter()
+                    .find(|r| r.server == registry_of(&c.image))
+                    .map(|r| RegistryAuth {
+                        server: r.server.clone(),
+                        username: r.username.clone(),
+                        password: r.password.clone(),
+                    }),
             });
         }
         out.push(NodePlan {
@@ -220,6 +228,41 @@ mod tests {
             agent2.env.get("DEMO_SERVER").map(String::as_str),
             Some("server-node-0.demo.shoal.internal")
         );
+    }
+
+    #[test]
+    fn registry_credentials_reach_the_containers_of_that_registry() {
+        let text = r#"
+name = "x"
+[[registry]]
+server = "r.example.com"
+username = "u"
+password = "p"
+[[group]]
+name = "a"
+count = "rest"
+[[group.container]]
+name = "private"
+image = "r.example.com/team/app:1"
+[[group.container]]
+name = "public"
+image = "busybox:1"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        let plan = build(
+            "x",
+            &bp,
+            DEFAULT_OVERLAY.parse().expect("cidr"),
+            1,
+            &nodes(2),
+        )
+        .expect("plan");
+        let c = &plan.nodes[1].containers;
+        assert_eq!(
+            c[0].registry_auth.as_ref().map(|a| a.username.as_str()),
+            Some("u")
+        );
+        assert!(c[1].registry_auth.is_none());
     }
 
     #[test]
