@@ -132,6 +132,15 @@ fn two_node_cluster_boots_reports_and_deletes_without_a_trace() {
     assert!(left.is_empty(), "left behind: {left:#?}");
     // Deleting again is safe.
     c.shoal_ok(&["cluster", "delete", "pair", "--wait"]);
+    // The VPC (its namespace and the host's link) goes when the coordinator stops with
+    // no local cluster left.
+    let mut c = c;
+    c.stop("TERM");
+    let left = c.leftovers(false);
+    assert!(
+        left.is_empty(),
+        "left behind after the coordinator stopped: {left:#?}"
+    );
 }
 
 #[test]
