@@ -3,7 +3,9 @@
 //!
 //! - `GET /v1/clusters` · `POST /v1/clusters` · `GET /v1/clusters/{name}` ·
 //!   `DELETE /v1/clusters/{name}` · `GET /v1/clusters/{name}/user-data?node=ID` ·
-//!   `GET /v1/health`.
+//!   `GET /v1/health` · `GET /v1/openapi.json` (this API's OpenAPI 3.0 document,
+//!   `coordinator/openapi.json`) · `GET /metrics` (Prometheus text format, see
+//!   [`crate::metrics`]).
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting status.
 
@@ -206,6 +208,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route("/v1/clusters", get(list).post(create))
         .route("/v1/clusters/{name}", get(show).delete(delete))
         .route("/v1/clusters/{name}/user-data", get(user_data))
@@ -247,9 +251,29 @@ async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
             )
         })
         .collect();
-    Json(
-        serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "providers": providers }),
-    )
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "providers": providers,
+        "advertise_url": s.engine.advertise_url(),
+    }))
+}
+
+/// The OpenAPI document of this API, kept true by `tests/openapi/run` (schemathesis
+/// against a live coordinator) and by the unit tests below.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let text = s
+        .engine
+        .metrics
+        .render(&s.engine)
+        .map_err(EngineError::from)?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn list(State(s): State<ApiState>) -> Result<Json<Vec<ClusterView>>, ApiError> {

@@ -1,7 +1,6 @@
 //! The command line: `shoal serve` runs the coordinator; every other command talks to
 //! a running one over the operator API.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,7 +48,54 @@ pub enum Command {
         /// Node id (default node-0).
         #[arg(long)]
         node: Option<String>,
+        /// Print JSON: {"cluster", "node", "user_data"}.
+        #[arg(long)]
+        json: bool,
     },
+    /// Check this machine and the coordinator before a run: what is missing and how to
+    /// fix it (exit 1 when something blocks a run).
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// bash: `shoal completions bash > /etc/bash_completion.d/shoal`;
+    /// zsh: `shoal completions zsh > "${fpath[1]}/_shoal"`;
+    /// fish: `shoal completions fish > ~/.config/fish/completions/shoal.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    ///
+    /// `shoal man | man -l -` reads it; `shoal man --out-dir /usr/local/share/man/man1`
+    /// installs shoal.1, shoal-cluster.1, shoal-cluster-create.1, ….
+    Man {
+        /// Write shoal.1 and a page per subcommand here instead of printing shoal.1.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// `shoal doctor` options.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The provider to check for.
+    #[arg(long, default_value = "local", value_parser = clap::builder::PossibleValuesParser::new(crate::doctor::PROVIDERS))]
+    pub provider: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Image directory the coordinator uses (default: <state-dir>/images).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// The agent binary local VMs run (default: beside this binary).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Region to check (AWS).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// AWS profile to check (as `--set profile=NAME` at create).
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
 /// `shoal serve` options.
@@ -141,6 +187,23 @@ pub enum ClusterCommand {
         /// Wait until it is gone.
         #[arg(long)]
         wait: bool,
+        /// Print the cluster as JSON when done.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how a cluster booted: each node's phases as a waterfall (text, SVG or JSON).
+    Timeline {
+        /// Cluster name.
+        name: String,
+        /// Also write the waterfall as an SVG picture to FILE ("-": print it instead).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Print JSON (the stages of every node, in ms since the request).
+        #[arg(long)]
+        json: bool,
+        /// Width of the text waterfall (default: the terminal's, or $COLUMNS, or 100).
+        #[arg(long)]
+        width: Option<usize>,
     },
 }
 
@@ -161,6 +224,9 @@ pub struct CreateArgs {
     /// Wait until the cluster is AVAILABLE (exit 1 if it fails), showing progress.
     #[arg(long)]
     pub wait: bool,
+    /// Print the cluster as JSON (with --wait: once it is AVAILABLE or FAILED).
+    #[arg(long)]
+    pub json: bool,
     /// Cloud region.
     #[arg(long)]
     pub region: Option<String>,
@@ -271,7 +337,7 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| {
             cli_err(format!(
-                "cannot reach the coordinator at {}: {e}. Is `shoal serve` running?",
+                "cannot reach the coordinator at {}: {e}. Is `shoal serve` running? `shoal doctor` checks this machine and the coordinator",
                 self.base
             ))
         })?;
@@ -280,11 +346,20 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
+        let v = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let code = v
+            .as_ref()
+            .and_then(|v| v["error"]["code"].as_str().map(String::from))
+            .unwrap_or_default();
+        let message = v
+            .as_ref()
             .and_then(|v| v["error"]["message"].as_str().map(String::from))
             .unwrap_or(text);
-        Err(cli_err(format!("{message} (HTTP {})", status.as_u16())))
+        let hint = next_step(&code, path, body);
+        Err(cli_err(format!(
+            "{message} (HTTP {}){hint}",
+            status.as_u16()
+        )))
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
@@ -356,24 +431,76 @@ pub async fn run_credential(state_dir: &Path, cmd: &CredentialCommand) -> Result
 /// Runs a client command; returns the process exit status.
 pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    if let Command::Credential(cmd) = &cli.command {
-        return run_credential(&state_dir, cmd).await;
+    // Commands that need no coordinator.
+    match &cli.command {
+        Command::Credential(cmd) => return run_credential(&state_dir, cmd).await,
+        Command::Doctor(a) => return run_doctor(&state_dir, cli.coordinator.clone(), a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "shoal", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man { out_dir } => return run_man(out_dir.as_deref()),
+        _ => {}
     }
     let client = Client::discover(&state_dir, cli.coordinator.as_deref())?;
     match &cli.command {
-        Command::Serve(_) | Command::Credential(_) => Err(cli_err("not a client command")),
-        Command::UserData { cluster, node } => {
-            let mut path = format!("/v1/clusters/{cluster}/user-data");
-            if let Some(n) = node {
-                path.push_str(&format!("?node={n}"));
-            }
+        Command::Serve(_)
+        | Command::Credential(_)
+        | Command::Doctor(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Err(cli_err("not a client command")),
+        Command::UserData {
+            cluster,
+            node,
+            json,
+        } => {
+            let node = node.clone().unwrap_or_else(|| "node-0".to_string());
+            let path = format!("/v1/clusters/{cluster}/user-data?node={node}");
             let text = client
                 .call(reqwest::Method::GET, &path, None)
                 .await?
                 .text()
                 .await
                 .map_err(|e| cli_err(e.to_string()))?;
-            print!("{text}");
+            if *json {
+                let v = serde_json::json!({ "cluster": cluster, "node": node, "user_data": text });
+                println!("{}", to_json(&v)?);
+            } else {
+                print!("{text}");
+            }
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Timeline {
+            name,
+            svg,
+            json,
+            width,
+        }) => {
+            let c = client.show(name).await?;
+            let t = crate::timeline::Timeline::from_view(&c, crate::store::now_ms());
+            let svg_to_stdout = svg.as_deref() == Some(Path::new("-"));
+            if let Some(file) = svg.as_deref().filter(|_| !svg_to_stdout) {
+                std::fs::write(file, t.render_svg()).map_err(|e| {
+                    cli_err(format!(
+                        "cannot write the SVG to {}: {e} (is its directory there and writable?)",
+                        file.display()
+                    ))
+                })?;
+                eprintln!("timeline of {name} written to {}", file.display());
+            }
+            if svg_to_stdout {
+                print!("{}", t.render_svg());
+            } else if *json {
+                println!("{}", to_json(&t)?);
+            } else {
+                let colour =
+                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                print!(
+                    "{}",
+                    t.render_text(width.unwrap_or_else(terminal_width), colour)
+                );
+            }
             Ok(0)
         }
         Command::Cluster(ClusterCommand::List { json }) => {
@@ -445,6 +572,9 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                 c.name, c.node_count, c.provider
             );
             if !a.wait {
+                if a.json {
+                    println!("{}", to_json(&c)?);
+                }
                 return Ok(0);
             }
             let c = wait_for(
@@ -453,7 +583,11 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                 &[ClusterState::Available, ClusterState::Failed],
             )
             .await?;
-            print_cluster(&c);
+            if a.json {
+                println!("{}", to_json(&c)?);
+            } else {
+                print_cluster(&c);
+            }
             if c.state == ClusterState::Available {
                 Ok(0)
             } else {
@@ -466,7 +600,14 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                     if let Some(e) = &n.error {
                         eprintln!("  {}: {}: {}", n.id, e.reason, e.message);
                     }
+                    if let Some(log) = n.details.get("agent_log") {
+                        eprintln!("  {}: agent log {log}", n.id);
+                    }
                 }
+                eprintln!(
+                    "shoal: `shoal cluster timeline {}` shows where it stopped",
+                    c.name
+                );
                 match &c.resources {
                     Some(r) => eprintln!(
                         "shoal: `shoal cluster delete {}` removes what was made ({r})",
@@ -480,7 +621,7 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                 Ok(1)
             }
         }
-        Command::Cluster(ClusterCommand::Delete { name, wait }) => {
+        Command::Cluster(ClusterCommand::Delete { name, wait, json }) => {
             let c: ClusterView = client
                 .json(
                     reqwest::Method::DELETE,
@@ -490,14 +631,24 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                 .await?;
             eprintln!("cluster {} is {}", c.name, c.state);
             if !wait {
+                if *json {
+                    println!("{}", to_json(&c)?);
+                }
                 return Ok(0);
             }
             let c = wait_for(&client, name, &[ClusterState::Deleted]).await?;
+            if *json {
+                println!("{}", to_json(&c)?);
+            }
             if c.state != ClusterState::Deleted {
                 eprintln!(
                     "shoal: deleting {} failed: {}",
                     c.name,
                     c.reason.as_deref().unwrap_or("no reason recorded")
+                );
+                eprintln!(
+                    "next: fix the cause, then `shoal cluster delete {}` again (it is safe to repeat)",
+                    c.name
                 );
                 return Ok(1);
             }
@@ -507,62 +658,147 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
     }
 }
 
+/// What to do after an API error, from its stable code: the text the CLI appends to
+/// the coordinator's message.
+pub fn next_step(code: &str, path: &str, body: Option<&serde_json::Value>) -> String {
+    let name = body
+        .and_then(|b| b["name"].as_str())
+        .map(String::from)
+        .or_else(|| {
+            path.strip_prefix("/v1/clusters/")
+                .map(|r| r.split(['/', '?']).next().unwrap_or(r).to_string())
+        })
+        .unwrap_or_else(|| "NAME".into());
+    let provider = body.and_then(|b| b["provider"].as_str()).unwrap_or("local");
+    match code {
+        "not-found" if path.contains("/user-data") => {
+            format!(": see the cluster's nodes with `shoal cluster show {name}`")
+        }
+        "not-found" => ": see the clusters there are with `shoal cluster list`".into(),
+        "exists" => format!(
+            ": choose another name, or delete it first with `shoal cluster delete {name} --wait`"
+        ),
+        "conflict" => format!(": see its state with `shoal cluster show {name}`"),
+        "provider-unavailable" => format!(
+            ": `shoal doctor --provider {provider}` says what this machine lacks"
+        ),
+        "unauthorized" => ": the token does not match this coordinator: give the --state-dir it runs with, or its token in SHOAL_TOKEN".into(),
+        "internal" => ": the coordinator's log says more (`shoal serve` writes it to stderr)".into(),
+        _ => String::new(),
+    }
+}
+
+/// The terminal's width: `$COLUMNS`, else the TTY's, else 100.
+fn terminal_width() -> usize {
+    if let Some(w) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|w| *w >= 40)
+    {
+        return w;
+    }
+    tty_columns().unwrap_or(100)
+}
+
+nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::libc::winsize);
+
+fn tty_columns() -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let out = std::io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points to a
+    // live, properly aligned local; the descriptor is stdout's, open for this call.
+    let r = unsafe { tiocgwinsz(out.as_raw_fd(), &mut ws) };
+    match r {
+        Ok(_) if ws.ws_col >= 40 => Some(usize::from(ws.ws_col)),
+        _ => None,
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
     serde_json::to_string_pretty(v).map_err(|e| cli_err(e.to_string()))
 }
 
-/// Polls until the cluster reaches one of `states`, printing each node's phase changes
-/// (a line per change; the elapsed time since the wait began).
+/// Polls until the cluster reaches one of `states`, showing progress on stderr (see
+/// [`crate::progress`]).
 async fn wait_for(
     client: &Client,
     name: &str,
     states: &[ClusterState],
 ) -> Result<ClusterView, CliError> {
+    use std::io::Write as _;
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let mut seen: HashMap<String, Phase> = HashMap::new();
-    let mut last_state = None;
+    let mut progress = crate::progress::Progress::new(tty);
     loop {
         let c = client.show(name).await?;
-        if last_state != Some(c.state) {
-            eprintln!(
-                "{:>7.1}s  cluster {:<8} {}",
-                start.elapsed().as_secs_f64(),
-                c.name,
-                c.state
-            );
-            last_state = Some(c.state);
-        }
-        for n in &c.nodes {
-            if seen.get(&n.id) != Some(&n.phase) {
-                seen.insert(n.id.clone(), n.phase);
-                let ip = n.private_ip.map(|i| i.to_string()).unwrap_or_default();
-                eprintln!(
-                    "{:>7.1}s  {:<16} {:<15} {}",
-                    start.elapsed().as_secs_f64(),
-                    n.id,
-                    ip,
-                    n.phase
-                );
-            }
-        }
-        if tty {
-            let ready = c.nodes.iter().filter(|n| n.phase == Phase::Ready).count();
-            eprint!(
-                "\r  [{ready}/{}] ready, {:.1}s \r",
-                c.nodes.len(),
-                start.elapsed().as_secs_f64()
-            );
+        let text = progress.update(&c, start.elapsed());
+        if !text.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
         }
         let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
         if states.contains(&c.state) || delete_failed {
-            if tty {
-                eprint!("\r{:40}\r", "");
-            }
             return Ok(c);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A terminal is redrawn often enough to look alive; logs need fewer polls.
+        tokio::time::sleep(Duration::from_millis(if tty { 100 } else { 200 })).await;
     }
+}
+
+/// `shoal doctor`.
+async fn run_doctor(
+    state_dir: &Path,
+    coordinator: Option<String>,
+    a: &DoctorArgs,
+) -> Result<i32, CliError> {
+    let report = crate::doctor::run(&crate::doctor::Options {
+        provider: a.provider.clone(),
+        state_dir: state_dir.to_path_buf(),
+        image_dir: a.image_dir.clone(),
+        agent_bin: a.agent_bin.clone(),
+        coordinator,
+        region: a.region.clone(),
+        profile: a.profile.clone(),
+    })
+    .await;
+    if a.json {
+        println!("{}", to_json(&report)?);
+    } else {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", report.render_text(colour));
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+/// `shoal man`: the page of `shoal`, or every page into a directory.
+fn run_man(out_dir: Option<&Path>) -> Result<i32, CliError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match out_dir {
+        None => {
+            let mut out = std::io::stdout();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| cli_err(format!("writing the manual page: {e}")))?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| cli_err(format!("cannot create {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cmd, dir)
+                .map_err(|e| cli_err(format!("writing manual pages to {}: {e}", dir.display())))?;
+            eprintln!("manual pages written to {}", dir.display());
+        }
+    }
+    Ok(0)
 }
 
 /// Prints a cluster for a person.

@@ -121,6 +121,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     /// Plans being served.
     pub hub: Arc<Hub>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     unavailable: BTreeMap<String, String>,
     settings: EngineSettings,
@@ -148,6 +150,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             store,
             hub,
+            metrics: Arc::default(),
             providers: providers
                 .into_iter()
                 .map(|p| (p.name().to_string(), p))
@@ -371,7 +374,14 @@ impl Engine {
                 user_data: userdata::render_for(provider.name(), &cfg, provider.user_data_limit())?,
             });
         }
-        let infos = provider.create_nodes(&cref, &c.params, &requests).await?;
+        let infos = self
+            .metrics
+            .provider_call(
+                provider.name(),
+                "create_nodes",
+                provider.create_nodes(&cref, &c.params, &requests),
+            )
+            .await?;
         self.record_vms(name, &infos)?;
         // Clouds assign private addresses a little after the call: describe until all are known.
         let mut delay = Duration::from_millis(200);
@@ -382,7 +392,14 @@ impl Engine {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
-            let infos = provider.describe_nodes(&cref, &c.params).await?;
+            let infos = self
+                .metrics
+                .provider_call(
+                    provider.name(),
+                    "describe_nodes",
+                    provider.describe_nodes(&cref, &c.params),
+                )
+                .await?;
             self.record_vms(name, &infos)?;
         }
         self.publish_plan(name)?;
@@ -514,11 +531,9 @@ impl Engine {
         if all_ready {
             self.store
                 .set_state(cluster, ClusterState::Available, None)?;
-            tracing::info!(
-                cluster = %cluster,
-                elapsed_ms = now_ms().saturating_sub(c.created_ms),
-                "cluster available"
-            );
+            let elapsed_ms = now_ms().saturating_sub(c.created_ms);
+            self.metrics.observe_available(elapsed_ms as f64 / 1000.0);
+            tracing::info!(cluster = %cluster, elapsed_ms, "cluster available");
         }
         Ok(())
     }
@@ -560,7 +575,14 @@ impl Engine {
             return Ok(());
         };
         let provider = self.provider(&c.provider)?;
-        provider.delete_cluster(&c.cluster_ref(), &c.params).await?;
+        let cref = c.cluster_ref();
+        self.metrics
+            .provider_call(
+                provider.name(),
+                "delete_cluster",
+                provider.delete_cluster(&cref, &c.params),
+            )
+            .await?;
         self.hub.remove(&c.key);
         self.store.set_state(name, ClusterState::Deleted, None)?;
         tracing::info!(cluster = %name, "cluster deleted");
@@ -633,6 +655,11 @@ impl Engine {
             ca_cert_pem: self.settings.ca_cert_pem.clone(),
             deadline_secs: self.settings.agent_deadline_secs,
         }))
+    }
+
+    /// The metadata URL cloud VMs are told (`shoal serve --advertise-url`).
+    pub fn advertise_url(&self) -> Option<&str> {
+        self.settings.advertise_url.as_deref()
     }
 
     /// Names of the providers, usable or not, with why not.

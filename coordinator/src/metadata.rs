@@ -99,6 +99,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/metadata/v1/{key}", get(get_plan))
         .route("/metadata/v1/{key}/nodes/{node}/status", put(put_status))
         .layer(DefaultBodyLimit::max(MAX_STATUS_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            engine.clone(),
+            crate::metrics::track_metadata,
+        ))
         .with_state(engine)
 }
 
