@@ -292,13 +292,24 @@ async fn list(State(s): State<ApiState>) -> Result<Json<Vec<ClusterView>>, ApiEr
 
 async fn create(
     State(s): State<ApiState>,
-    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError {
+    let bad = |message: String| ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "bad-request",
-        message: e.body_text(),
-    })?;
+        message,
+    };
+    let Json(value) = body.map_err(|e| bad(e.body_text()))?;
+    // serde reads a struct from a JSON array too (fields by position); the document
+    // says objects, and a positional body is a client bug best refused.
+    if !value.is_object() {
+        return Err(bad("the body must be a JSON object".into()));
+    }
+    if value.get("params").is_some_and(|p| !p.is_object()) {
+        return Err(bad("params must be a JSON object".into()));
+    }
+    let req: CreateRequest =
+        serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))?;
     let row = s.engine.create(req)?;
     let nodes = s.engine.store.nodes(&row.name).map_err(EngineError::from)?;
     let mut v = ClusterView::new(&row, &nodes);
@@ -319,17 +330,29 @@ fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
     Ok(v)
 }
 
+type PathResult<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
+
+/// Axum answers a path it cannot decode in plain text; this API answers in JSON.
+fn path_or_400<T>(p: PathResult<T>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad-request",
+        message: e.body_text(),
+    })
+}
+
 async fn show(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    name: PathResult<String>,
 ) -> Result<Json<ClusterView>, ApiError> {
-    view(&s, &name).map(Json)
+    view(&s, &path_or_400(name)?).map(Json)
 }
 
 async fn delete(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
+    name: PathResult<String>,
 ) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let name = path_or_400(name)?;
     s.engine.delete(&name)?;
     Ok((StatusCode::ACCEPTED, Json(view(&s, &name)?)))
 }
@@ -341,9 +364,15 @@ struct UserDataQuery {
 
 async fn user_data(
     State(s): State<ApiState>,
-    Path(name): Path<String>,
-    Query(q): Query<UserDataQuery>,
+    name: PathResult<String>,
+    query: Result<Query<UserDataQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let name = path_or_400(name)?;
+    let Query(q) = query.map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad-request",
+        message: e.body_text(),
+    })?;
     let node = q.node.unwrap_or_else(|| "node-0".to_string());
     let doc = s.engine.user_data(&name, &node)?;
     Ok((
@@ -351,4 +380,186 @@ async fn user_data(
         doc,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineSettings;
+    use crate::store::Store;
+
+    /// The routes `router` serves, by path and method: the document must list exactly
+    /// these (schemathesis, in tests/openapi/run, checks the answers against it).
+    const ROUTES: &[(&str, &[&str])] = &[
+        ("/v1/health", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/clusters", &["get", "post"]),
+        ("/v1/clusters/{name}", &["get", "delete"]),
+        ("/v1/clusters/{name}/user-data", &["get"]),
+    ];
+
+    fn doc() -> serde_json::Value {
+        serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON")
+    }
+
+    #[test]
+    fn the_document_lists_every_route_and_nothing_else() {
+        let d = doc();
+        assert_eq!(d["openapi"], "3.0.3");
+        let paths = d["paths"].as_object().expect("paths");
+        assert_eq!(paths.len(), ROUTES.len(), "{:?}", paths.keys());
+        for (path, methods) in ROUTES {
+            let item = paths
+                .get(*path)
+                .and_then(|p| p.as_object())
+                .unwrap_or_else(|| panic!("{path} is not documented"));
+            let documented: Vec<&str> = item
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "parameters")
+                .collect();
+            assert_eq!(documented.len(), methods.len(), "{path}: {documented:?}");
+            for m in *methods {
+                let op = &item[*m];
+                assert!(op["operationId"].is_string(), "{m} {path}");
+                assert!(op["responses"]["401"].is_object(), "{m} {path} lacks 401");
+            }
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let d = doc();
+        let text = OPENAPI_JSON;
+        for r in text.split("\"$ref\": \"#/components/").skip(1) {
+            let target = r.split('"').next().expect("ref");
+            let mut node = &d["components"];
+            for part in target.split('/') {
+                node = &node[part];
+            }
+            assert!(node.is_object(), "dangling $ref {target}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_schema_matches_what_the_api_serialises() {
+        let d = doc();
+        let view = ClusterView {
+            name: "demo".into(),
+            provider: "local".into(),
+            state: ClusterState::Creating,
+            reason: None,
+            generation: 0,
+            metadata_url: "http://10.0.0.1:8787".into(),
+            node_count: 1,
+            blueprint: "demo".into(),
+            overlay: "10.240.0.0/16".into(),
+            created_ms: 1,
+            time_to_available_ms: None,
+            nodes: vec![],
+        };
+        let v = serde_json::to_value(&view).expect("json");
+        let schema = &d["components"]["schemas"]["Cluster"];
+        for req in schema["required"].as_array().expect("required") {
+            let k = req.as_str().expect("name");
+            assert!(v.get(k).is_some(), "{k} is required but not serialised");
+        }
+        for k in v.as_object().expect("object").keys() {
+            assert!(
+                schema["properties"].get(k).is_some(),
+                "{k} is serialised but not documented"
+            );
+        }
+    }
+
+    async fn serve() -> (String, String) {
+        let engine = Engine::new(
+            Arc::new(Store::in_memory().expect("store")),
+            vec![],
+            BTreeMap::new(),
+            EngineSettings::default(),
+        )
+        .expect("engine");
+        let token = crate::keys::random_secret();
+        let app = router(ApiState {
+            engine,
+            token: Arc::new(token.clone()),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        (url, token)
+    }
+
+    #[tokio::test]
+    async fn the_document_and_metrics_are_served_behind_the_token() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (url, token) = serve().await;
+        let http = reqwest::Client::new();
+        let r = http
+            .get(format!("{url}/v1/openapi.json"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 401);
+        let r = http
+            .get(format!("{url}/v1/openapi.json"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), OPENAPI_JSON);
+        let r = http
+            .get(format!("{url}/metrics"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            crate::metrics::CONTENT_TYPE
+        );
+        assert!(r
+            .text()
+            .await
+            .expect("body")
+            .contains("shoal_clusters{state=\"AVAILABLE\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn positional_bodies_and_bad_paths_get_json_400s() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (url, token) = serve().await;
+        let http = reqwest::Client::new();
+        for body in [
+            serde_json::json!(["demo", "local", 1]),
+            serde_json::json!({"name": "demo", "provider": "local", "nodes": 1, "params": [null]}),
+        ] {
+            let r = http
+                .post(format!("{url}/v1/clusters"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status(), 400, "{body}");
+            let v: serde_json::Value = r.json().await.expect("json error");
+            assert_eq!(v["error"]["code"], "bad-request");
+        }
+        let r = http
+            .get(format!("{url}/v1/clusters/%FF"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
 }
