@@ -679,7 +679,7 @@ pub fn next_step(code: &str, path: &str, body: Option<&serde_json::Value>) -> St
             ": choose another name, or delete it first with `shoal cluster delete {name} --wait`"
         ),
         "conflict" => format!(": see its state with `shoal cluster show {name}`"),
-        "provider-unavailable" => format!(
+        "provider-unavailable" if crate::doctor::PROVIDERS.contains(&provider) => format!(
             ": `shoal doctor --provider {provider}` says what this machine lacks"
         ),
         "unauthorized" => ": the token does not match this coordinator: give the --state-dir it runs with, or its token in SHOAL_TOKEN".into(),
