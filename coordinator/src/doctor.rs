@@ -272,7 +272,7 @@ fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
         (
             "iptables",
             "iptables",
-            "each VM's dockerd runs with --iptables=true (NAT out of the overlay)",
+            "each VM's dockerd masquerades traffic leaving the overlay",
         ),
     ] {
         checks.push(match which(tool) {

@@ -564,8 +564,13 @@ fn node_timeline(n: &NodeView, origin: u64, now: u64) -> NodeTimeline {
         .map_or(n.timings.len(), |i| i + 1);
     let (boot, later) = n.timings.split_at(boot_end);
     let agent_start = boot.first().map(|t| rel(t.started_ms));
-    // The coordinator's part: requested → running → the agent's first report.
-    let vm_running = n.running_ms.map(rel);
+    // The coordinator's part: requested → running → the agent's first report. An agent
+    // that started proves its VM runs, even if the provider said so later (the local
+    // provider reports every VM once all are made).
+    let vm_running = n
+        .running_ms
+        .map(rel)
+        .map(|r| agent_start.map_or(r, |a| r.min(a)));
     match vm_running {
         Some(run) => {
             segments.push(Segment {
@@ -651,9 +656,9 @@ fn tick_step(total_ms: u64) -> u64 {
 }
 
 fn axis_label(ms: u64, step: u64) -> String {
-    if step % 1000 == 0 {
+    if step.is_multiple_of(1000) {
         format!("{}", ms / 1000)
-    } else if step % 100 == 0 {
+    } else if step.is_multiple_of(100) {
         format!("{:.1}", ms as f64 / 1000.0)
     } else {
         format!("{:.2}", ms as f64 / 1000.0)
@@ -771,6 +776,20 @@ mod tests {
         assert_eq!(last.end_ms, 2500);
         assert_eq!(t.total_ms, 2500);
         assert!(t.render_text(80, false).contains("containers"));
+    }
+
+    #[test]
+    fn an_agent_that_started_before_the_vm_was_reported_running_ends_the_vm_stages() {
+        let mut n = node(0, 0, true);
+        n.running_ms = Some(T0 + 400);
+        let t = Timeline::from_view(&cluster(vec![n], Some(3800)), T0 + 4000);
+        let s = &t.nodes[0].segments;
+        assert_eq!(
+            (s[0].stage, s[0].start_ms, s[0].end_ms),
+            (Stage::VmRequested, 0, 150)
+        );
+        assert_eq!((s[1].stage, s[1].duration_ms()), (Stage::VmRunning, 0));
+        assert_eq!(s[2].start_ms, 150);
     }
 
     #[test]
