@@ -457,6 +457,7 @@ mod tests {
             overlay: "10.240.0.0/16".into(),
             created_ms: 1,
             time_to_available_ms: None,
+            resources: None,
             nodes: vec![],
         };
         let v = serde_json::to_value(&view).expect("json");

@@ -433,9 +433,14 @@ impl Engine {
         let Ok(provider) = self.provider(&c.provider) else {
             return;
         };
+        let cref = c.cluster_ref();
         let described = tokio::time::timeout(
             LEFTOVER_DESCRIBE_TIMEOUT,
-            provider.describe_nodes(&c.cluster_ref(), &c.params),
+            self.metrics.provider_call(
+                provider.name(),
+                "describe_nodes",
+                provider.describe_nodes(&cref, &c.params),
+            ),
         )
         .await;
         match described {

@@ -182,6 +182,7 @@ mod tests {
             overlay: String::new(),
             created_ms: 1,
             time_to_available_ms: None,
+            resources: None,
             nodes,
         }
     }

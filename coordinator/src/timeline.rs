@@ -741,6 +741,7 @@ mod tests {
             overlay: "10.240.0.0/16".into(),
             created_ms: T0,
             time_to_available_ms: available,
+            resources: None,
             nodes,
         }
     }
