@@ -444,7 +444,7 @@ fn try_devices(ip: &Path) -> Vec<(&'static str, Result<(), String>)> {
 }
 
 fn forward_check(root: bool, checks: &mut Vec<Check>) {
-    const WHY: &str = "Shoal keeps the local VPC bridge in a namespace of its own (<prefix>-vpc), so VM-to-VM frames never cross the host's FORWARD chain";
+    const WHY: &str = "Shoal keeps the local VPC bridge in a namespace of its own (shoal-vpc, or <--local-prefix>-vpc), so VM-to-VM frames never cross the host's FORWARD chain";
     let policy = match (which("iptables"), root) {
         (Some(ipt), true) => output(&ipt, &["-S", "FORWARD"]).ok().and_then(|s| {
             s.lines()
