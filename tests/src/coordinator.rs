@@ -77,8 +77,18 @@ impl TestCoordinator {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter.
-        let octet = (std::process::id().wrapping_mul(7).wrapping_add(n * 31)) % 250 + 1;
+        // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter, skipping
+        // any whose gateway address a coordinator of another test process holds.
+        let in_use = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let first = std::process::id().wrapping_mul(7).wrapping_add(n * 31);
+        let octet = (0..250)
+            .map(|i| (first.wrapping_add(i * 37)) % 250 + 1)
+            .find(|o| !in_use.contains(&format!(" 10.214.{o}.1/")))
+            .expect("a free test VPC range in 10.214.0.0/16");
         let prefix = format!("t{}x{n}", std::process::id() % 1000);
         let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&state_dir);
