@@ -1,0 +1,246 @@
+//! The coordinator's metadata endpoint, alone, for benchmarks (`bench/run`).
+//!
+//! It serves a synthetic cluster through the real code path: the plan is built by
+//! `shoal::planner::build` from a built-in blueprint, stored in a real `Store` (SQLite
+//! in a scratch directory), and served by `shoal::metadata::router` over an `Engine`,
+//! exactly as `shoal serve` serves it, but without booting a single VM. So a 100-node
+//! plan can be load-tested, 10,000 long-polls held, and real agents pointed at it.
+//!
+//! ```text
+//! metadata_bench --dir DIR --listen 127.0.0.1:0 --nodes 100 [--first-ip 10.215.0.10]
+//!                [--blueprint demo] [--hold]
+//! ```
+//!
+//! Writes into `DIR`: `plan.json` (the exact bytes served), `key` (the cluster key),
+//! `agents/node-<i>.json` (one agent configuration per node, as cloud-init would
+//! write it) and prints one line `listening <addr>` on stdout once it serves.
+//! With `--hold`, the plan is built but not published (answers are 204) until a line
+//! `publish` arrives on stdin; then it prints `published <unix µs>`. The line `stats`
+//! prints `waiting <held long-polls> rss_kib <resident set>`. End of stdin stops it.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use clap::Parser;
+use shoal::blueprint::Blueprint;
+use shoal::engine::{Engine, EngineSettings};
+use shoal::planner::{self, PlannedNode};
+use shoal::providers::ProviderParams;
+use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store};
+use shoal::{keys, metadata};
+use shoal_protocol::{AgentConfig, Phase};
+
+/// Serves a synthetic cluster's plan through the coordinator's metadata router.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Scratch directory (store, plan, key, agent configurations).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Number of nodes in the plan.
+    #[arg(long, default_value_t = 100)]
+    nodes: u32,
+    /// Private address of node 0; node i gets this plus i.
+    #[arg(long, default_value = "10.215.0.10")]
+    first_ip: Ipv4Addr,
+    /// Built-in blueprint.
+    #[arg(long, default_value = "demo")]
+    blueprint: String,
+    /// Overlay range.
+    #[arg(long, default_value = planner::DEFAULT_OVERLAY)]
+    overlay: String,
+    /// Do not publish the plan until `publish` is read on stdin.
+    #[arg(long)]
+    hold: bool,
+    /// Worker threads of the runtime (default: one per core, as `shoal serve`).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = args.workers {
+        rt.worker_threads(w);
+    }
+    rt.enable_all().build()?.block_on(run(args))
+}
+
+fn unix_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// Writes a scratch file holding a secret, mode 0600 (no fsync: nothing here outlives
+/// the benchmark).
+fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let name = "bench";
+    std::fs::create_dir_all(args.dir.join("agents"))?;
+    let store = Arc::new(Store::open(&args.dir.join("state"))?);
+    let blueprint = Blueprint::built_in(&args.blueprint)
+        .with_context(|| format!("no built-in blueprint {:?}", args.blueprint))??;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let metadata_url = format!("http://{addr}");
+
+    let now = now_ms();
+    let key = keys::random_secret();
+    let cluster = ClusterRow {
+        name: name.to_string(),
+        uid: keys::random_hex(6),
+        provider: "bench".into(),
+        state: ClusterState::Creating,
+        reason: None,
+        key: key.clone(),
+        generation: 0,
+        plan: None,
+        blueprint: serde_json::to_string(&blueprint)?,
+        params: ProviderParams::default(),
+        metadata_url: metadata_url.clone(),
+        node_count: args.nodes,
+        overlay: args.overlay.clone(),
+        vni: 4242,
+        domain: blueprint.domain.clone(),
+        created_ms: now,
+        updated_ms: now,
+        available_ms: None,
+    };
+    let first = u32::from(args.first_ip);
+    let mut rows = Vec::new();
+    let mut planned = Vec::new();
+    for i in 0..args.nodes {
+        let id = format!("node-{i}");
+        let token = keys::random_secret();
+        let ip = Ipv4Addr::from(first + i);
+        rows.push(NodeRow {
+            id: id.clone(),
+            index: i,
+            token: token.clone(),
+            instance_id: Some(id.clone()),
+            private_ip: Some(ip),
+            details: BTreeMap::new(),
+            phase: Phase::VmRunning,
+            status: None,
+            requested_ms: Some(now),
+            running_ms: Some(now),
+            updated_ms: now,
+        });
+        planned.push(PlannedNode {
+            id: id.clone(),
+            index: i,
+            private_ip: ip,
+            instance_id: None,
+        });
+        let cfg = AgentConfig {
+            metadata_url: metadata_url.clone(),
+            cluster_key: key.clone(),
+            node_id: id.clone(),
+            node_token: token,
+            ca_cert_pem: None,
+            deadline_secs: 120,
+        };
+        write_private(
+            &args.dir.join("agents").join(format!("{id}.json")),
+            &serde_json::to_vec_pretty(&cfg)?,
+        )?;
+    }
+    store.insert_cluster(&cluster, &rows)?;
+    write_private(&args.dir.join("key"), key.as_bytes())?;
+
+    let mut plan = planner::build(
+        name,
+        &blueprint,
+        args.overlay.parse()?,
+        cluster.vni,
+        &planned,
+    )?;
+    plan.generation = 1;
+    let json = serde_json::to_string(&plan)?;
+    std::fs::write(args.dir.join("plan.json"), &json)?;
+
+    let engine = Engine::new(
+        store.clone(),
+        Vec::new(),
+        BTreeMap::new(),
+        EngineSettings::default(),
+    )?;
+    let publish = {
+        let engine = engine.clone();
+        let store = store.clone();
+        let key = key.clone();
+        move || -> anyhow::Result<()> {
+            let generation = store.set_plan(name, &json)?;
+            engine
+                .hub
+                .publish(&key, generation, Bytes::from(json.clone()));
+            Ok(())
+        }
+    };
+    if !args.hold {
+        publish()?;
+    }
+    let app = metadata::router(engine.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    println!("listening {addr}");
+
+    // Commands arrive on stdin, read by a thread of its own (blocking reads).
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut published = !args.hold;
+    while let Some(line) = lines.recv().await {
+        match line.trim() {
+            "publish" if !published => {
+                publish()?;
+                published = true;
+                println!("published {}", unix_micros());
+            }
+            "publish" => println!("published already"),
+            "stats" => println!("waiting {} rss_kib {}", engine.hub.waiting(), rss_kib()),
+            other => println!("unknown command {other:?} (publish, stats)"),
+        }
+    }
+    server.abort();
+    Ok(())
+}
