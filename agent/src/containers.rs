@@ -521,7 +521,14 @@ async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(
                 waited: START_TIMEOUT,
             });
         }
-        tokio::time::sleep(POLL).await;
+        // While it runs undisturbed, wake exactly when the settle period ends rather
+        // than up to a whole poll interval after it.
+        let wait = if restart_seen.is_none() && is_running(&info) {
+            POLL.min(SETTLE.saturating_sub(started.elapsed()))
+        } else {
+            POLL
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }
 }
 
@@ -533,10 +540,59 @@ fn node_of<'a>(plan: &'a Plan, node_id: &str) -> Result<&'a NodePlan, ContainerE
         })
 }
 
+/// What [`converge_one`] did to a container.
+enum Action {
+    Kept,
+    Replaced,
+    Created,
+}
+
+/// Brings one container in line with the plan: keeps it when its labels match
+/// (starting it if stopped), replaces it when its spec changed, creates it when
+/// missing. Returns what was done and when it was started, if it was.
+async fn converge_one(
+    docker: &Docker,
+    plan: &Plan,
+    node_id: &str,
+    c: &ContainerPlan,
+) -> Result<(Action, Option<Instant>), ContainerError> {
+    let name = c.docker_name();
+    let want = labels(plan, node_id, c);
+    match inspect(docker, name).await? {
+        Some(info)
+            if [LABEL_CLUSTER, LABEL_NODE, LABEL_SPEC]
+                .iter()
+                .all(|k| label(&info, k) == want.get(*k).map(String::as_str)) =>
+        {
+            if is_running(&info) {
+                return Ok((Action::Kept, None));
+            }
+            tracing::info!(container = %name, state = %state_of(&info), "starting a stopped container");
+            docker
+                .start_container(name, None)
+                .await
+                .map_err(|e| engine_error("start", name, e))?;
+            Ok((Action::Kept, Some(Instant::now())))
+        }
+        Some(_) => {
+            tracing::info!(container = %name, "replacing a container whose spec changed");
+            remove(docker, name, REPLACE_STOP_SECS).await?;
+            create_and_start(docker, plan, node_id, c).await?;
+            Ok((Action::Replaced, Some(Instant::now())))
+        }
+        None => {
+            tracing::info!(container = %name, image = %c.image, "creating container");
+            create_and_start(docker, plan, node_id, c).await?;
+            Ok((Action::Created, Some(Instant::now())))
+        }
+    }
+}
+
 /// Brings node `node_id`'s containers in line with the plan: removes the cluster's
 /// containers the plan no longer lists for this node (first, so their addresses and
 /// ports are free), keeps matching ones (starting them if stopped), replaces changed
-/// ones, creates missing ones, then waits until every started container runs.
+/// ones, creates missing ones (all of them concurrently), then waits until every
+/// started container runs.
 pub async fn converge(
     docker: &Docker,
     plan: &Plan,
@@ -554,40 +610,38 @@ pub async fn converge(
         }
     }
 
+    // Each container is brought in line on its own, all at once: Docker's create and
+    // start (a shim, a network endpoint) dominate a node's convergence and overlap
+    // well. Outcomes are read back in plan order.
+    let outcomes = futures_util::future::join_all(
+        node.containers
+            .iter()
+            .map(|c| converge_one(docker, plan, node_id, c)),
+    )
+    .await;
     let mut started: Vec<(&str, Instant)> = Vec::new();
-    for c in &node.containers {
+    let mut first_error = None;
+    for (c, outcome) in node.containers.iter().zip(outcomes) {
         let name = c.docker_name();
-        let want = labels(plan, node_id, c);
-        match inspect(docker, name).await? {
-            Some(info)
-                if [LABEL_CLUSTER, LABEL_NODE, LABEL_SPEC]
-                    .iter()
-                    .all(|k| label(&info, k) == want.get(*k).map(String::as_str)) =>
-            {
-                if !is_running(&info) {
-                    tracing::info!(container = %name, state = %state_of(&info), "starting a stopped container");
-                    docker
-                        .start_container(name, None)
-                        .await
-                        .map_err(|e| engine_error("start", name, e))?;
-                    started.push((name, Instant::now()));
+        match outcome {
+            Ok((action, start)) => {
+                let list = match action {
+                    Action::Kept => &mut report.kept,
+                    Action::Replaced => &mut report.replaced,
+                    Action::Created => &mut report.created,
+                };
+                list.push(name.to_string());
+                if let Some(at) = start {
+                    started.push((name, at));
                 }
-                report.kept.push(name.to_string());
             }
-            Some(_) => {
-                tracing::info!(container = %name, "replacing a container whose spec changed");
-                remove(docker, name, REPLACE_STOP_SECS).await?;
-                create_and_start(docker, plan, node_id, c).await?;
-                started.push((name, Instant::now()));
-                report.replaced.push(name.to_string());
-            }
-            None => {
-                tracing::info!(container = %name, image = %c.image, "creating container");
-                create_and_start(docker, plan, node_id, c).await?;
-                started.push((name, Instant::now()));
-                report.created.push(name.to_string());
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     // Started together, checked one after the other: the settle periods overlap.
     for (name, at) in started {
