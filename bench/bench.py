@@ -815,7 +815,8 @@ def bench_agent(rep, args, prefix, octet):
                             raise BenchError(
                                 f"{impl} and {ref[0]} left {n['id']} in different states:\n"
                                 f"{json.dumps(ref[1], indent=1)}\n{json.dumps(snap, indent=1)}")
-                log(f"agent: run {r + 1}/{runs}: agent {summary(data['warm']['agent'])}, shell {summary(data['warm']['shell'])}")
+                d = data[variant]
+                log(f"agent: run {r + 1}/{runs}, {variant}: agent {summary(d['agent'])}, shell {summary(d['shell'])}")
         for n in lab.nodes:
             lab.reset(n, "warm")
     finally:
