@@ -62,6 +62,11 @@ struct Args {
     /// Worker threads of the runtime (default: one per core, as `shoal serve`).
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve with hyper's HTTP/1 connection directly, with half-closed connections
+    /// allowed: hyper then stops reading a connection while its request is in flight,
+    /// and so does not hold a second read buffer for each held long-poll.
+    #[arg(long)]
+    half_close: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +76,23 @@ fn main() -> anyhow::Result<()> {
         rt.worker_threads(w);
     }
     rt.enable_all().build()?.block_on(run(args))
+}
+
+/// Serves `app` on hyper's HTTP/1 server with `half_close(true)`.
+async fn serve_half_close(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
 }
 
 fn unix_micros() -> u128 {
@@ -215,7 +237,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         publish()?;
     }
     let app = metadata::router(engine.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = if args.half_close {
+        tokio::spawn(serve_half_close(listener, app))
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
     println!("listening {addr}");
 
     // Commands arrive on stdin, read by a thread of its own (blocking reads).
