@@ -592,6 +592,8 @@ def cluster_delete(coord, name, timeout=120):
 def bench_cluster(rep, args, prefix, octet):
     sizes = [3] if args.quick else [3, 10]
     runs = 1 if args.quick else args.runs
+    # State of earlier runs' coordinators (logs, tokens) goes; this run's stays for a look.
+    shutil.rmtree(OUT / "coordinator", ignore_errors=True)
     coord = Coordinator(prefix, octet)
     results = {}
     try:
