@@ -129,8 +129,9 @@ impl TestCoordinator {
             .arg("--image-dir")
             .arg(image_dir())
             .args(extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
+            // After the default, so a test may ask for another level (RUST_LOG=debug).
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

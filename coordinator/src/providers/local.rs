@@ -529,7 +529,12 @@ impl LocalProvider {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg("--image-dir")
             .arg(&self.s.image_dir)
-            .env("RUST_LOG", "info")
+            // The agents' log level: SHOAL_AGENT_LOG of the coordinator (a tracing
+            // filter), info by default.
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
