@@ -354,6 +354,7 @@ impl Engine {
         if !matches!(c.state, ClusterState::Requested | ClusterState::Creating) {
             return Ok(());
         }
+        crate::fault::point("recorded");
         self.store.set_state(name, ClusterState::Creating, None)?;
         let provider = self.provider(&c.provider)?;
         let cref = c.cluster_ref();
@@ -382,6 +383,7 @@ impl Engine {
                 provider.create_nodes(&cref, &c.params, &requests),
             )
             .await?;
+        crate::fault::point("vms-created");
         self.record_vms(name, &infos)?;
         // Clouds assign private addresses a little after the call: describe until all are known.
         let mut delay = Duration::from_millis(200);
@@ -403,6 +405,7 @@ impl Engine {
             self.record_vms(name, &infos)?;
         }
         self.publish_plan(name)?;
+        crate::fault::point("plan-published");
         Ok(())
     }
 
@@ -534,6 +537,7 @@ impl Engine {
                         .is_some_and(|s| s.generation == c.generation)
             });
         if all_ready {
+            crate::fault::point("all-ready");
             self.store
                 .set_state(cluster, ClusterState::Available, None)?;
             let elapsed_ms = now_ms().saturating_sub(c.created_ms);
@@ -581,6 +585,7 @@ impl Engine {
         };
         let provider = self.provider(&c.provider)?;
         let cref = c.cluster_ref();
+        crate::fault::point("deleting");
         self.metrics
             .provider_call(
                 provider.name(),

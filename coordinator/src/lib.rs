@@ -8,6 +8,7 @@ pub mod cli;
 pub mod credentials;
 pub mod doctor;
 pub mod engine;
+pub mod fault;
 pub mod keys;
 pub mod listener;
 pub mod metadata;

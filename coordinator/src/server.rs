@@ -136,6 +136,7 @@ fn check_options(opts: &ServeOptions) -> Result<(), ServeError> {
 /// Runs the coordinator until SIGINT or SIGTERM.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     check_options(&opts)?;
+    crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let store = Arc::new(Store::open(&opts.state_dir)?);

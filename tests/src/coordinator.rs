@@ -172,6 +172,10 @@ impl TestCoordinator {
             let _ = Command::new("kill")
                 .args([&format!("-{signal}"), &child.id().to_string()])
                 .status();
+            // A stopped process (SIGSTOP, fault tests) acts on TERM only once continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }

@@ -411,6 +411,7 @@ impl LocalProvider {
             .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
 
         self.ensure_vm_network(cluster, req, &ns, addr).await?;
+        crate::fault::point("vm-network");
         self.ensure_dockerd(cluster, req, &ns, &dir).await?;
         self.ensure_agent(&ns, &dir).await?;
         Ok(NodeInfo {
@@ -569,6 +570,7 @@ impl LocalProvider {
         if let Some(pid) = pid_alive(&dir.join("dockerd.pid")) {
             stop_pid(pid, Duration::from_secs(15)).await;
         }
+        crate::fault::point("vm-deleted");
         // Whatever still runs in the namespace (a containerd shim, a stray process).
         let nspath = netns_path(&ns);
         let strays = pids_in_netns(&nspath);
