@@ -528,6 +528,21 @@ impl Engine {
             self.fail(cluster, &format!("{node}: {code}: {message}"));
             return Ok(());
         }
+        self.settle(cluster)?;
+        Ok(())
+    }
+
+    /// Marks the cluster AVAILABLE when every node reported `ready` on the current
+    /// plan; returns whether it is. Run on every report, and by [`Engine::reconcile`]:
+    /// a crash may fall between the last report and this transition, and agents that
+    /// are ready do not report again.
+    fn settle(&self, cluster: &str) -> Result<bool, EngineError> {
+        let Some(c) = self.store.cluster(cluster)? else {
+            return Ok(false);
+        };
+        if !matches!(c.state, ClusterState::Creating | ClusterState::Failed) {
+            return Ok(c.state == ClusterState::Available);
+        }
         let nodes = self.store.nodes(cluster)?;
         let all_ready = c.generation > 0
             && nodes.iter().all(|n| {
@@ -544,7 +559,7 @@ impl Engine {
             self.metrics.observe_available(elapsed_ms as f64 / 1000.0);
             tracing::info!(cluster = %cluster, elapsed_ms, "cluster available");
         }
-        Ok(())
+        Ok(all_ready)
     }
 
     /// Starts deleting a cluster (again, if a previous deletion did not finish).
@@ -607,8 +622,12 @@ impl Engine {
                 ClusterState::Requested | ClusterState::Creating => {
                     tracing::info!(cluster = %c.name, "resuming creation");
                     if c.plan.is_some() {
-                        // VMs and plan exist: only the agents' reports are awaited;
-                        // keep the timeout watchdog.
+                        // VMs and plan exist: only the agents' reports are awaited.
+                        // They may all be in already, the crash having come before
+                        // the cluster was marked AVAILABLE.
+                        if self.settle(&c.name)? {
+                            continue;
+                        }
                         self.spawn_watchdog_only(&c.name);
                     } else {
                         self.spawn_create(&c.name);
