@@ -175,6 +175,28 @@ fn pids_in_netns(ns: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A live process whose command line has an argument containing `needle` (and none
+/// equal to `--once`): a dockerd or agent this provider started, found even when its
+/// pid file was never written (a coordinator killed between spawning it and the pid
+/// file, or a dockerd not yet far enough to write its own).
+fn find_process(needle: &str) -> Option<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && !is_zombie(pid))
+        .find(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            args.iter()
+                .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                && !args.iter().any(|a| *a == b"--once")
+        })
+}
+
 /// Mount points at or below `dir`, deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -478,6 +500,12 @@ impl LocalProvider {
         if pid_alive(&pidfile).is_some() {
             return Ok(());
         }
+        // Started by a coordinator that died before dockerd wrote its pid file: a
+        // second one would fight it over the data root.
+        if let Some(pid) = find_process(&format!("--pidfile={}", pidfile.display())) {
+            tracing::info!(%ns, pid, "dockerd already running");
+            return Ok(());
+        }
         let exec_root = self.exec_root(cluster, req.index);
         let config = dir.join("daemon.json");
         write_file_atomic(&config, b"{}\n", 0o644)
@@ -513,6 +541,14 @@ impl LocalProvider {
     async fn ensure_agent(&self, ns: &str, dir: &Path) -> Result<(), ProviderError> {
         let pidfile = dir.join("agent.pid");
         if pid_alive(&pidfile).is_some() {
+            return Ok(());
+        }
+        let config = dir.join("agent.json");
+        if let Some(pid) = find_process(&config.display().to_string()) {
+            // Started by a coordinator that died before writing the pid file.
+            tracing::info!(%ns, pid, "agent already running");
+            write_file_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644)
+                .map_err(|e| err(format!("writing {}: {e}", pidfile.display())))?;
             return Ok(());
         }
         let log = open_log(&dir.join("agent.log"))?;
