@@ -787,6 +787,11 @@ image = "busybox:1"
 "#;
         let e = validate_request(&request(2, Some(small))).expect_err("too small");
         assert!(e.to_string().contains("room for"), "{e}");
+        // Found by the create_request fuzz target: an overlay with host bits set was
+        // accepted, and the plan made from it refused by every agent.
+        let host_bits = small.replace("10.77.0.0/24", "10.77.0.5/22");
+        let e = validate_request(&request(2, Some(&host_bits))).expect_err("host bits");
+        assert!(e.to_string().contains("host bits"), "{e}");
         assert!(validate_request(&request(0, None)).is_err());
         let mut bad = request(1, None);
         bad.name = "../etc".into();
