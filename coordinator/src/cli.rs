@@ -295,6 +295,33 @@ fn cli_err(msg: impl Into<String>) -> CliError {
     CliError(msg.into())
 }
 
+/// An HTTP client for the operator API at `base`: for an `https://` URL it trusts the
+/// coordinator's CA only: `ca_cert` (from `SHOAL_CA_CERT` or `api.json`), else the state
+/// directory's `ca.pem`.
+pub fn operator_http_client(
+    base: &str,
+    ca_cert: Option<PathBuf>,
+    state_dir: &Path,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut http = reqwest::Client::builder().timeout(timeout);
+    if base.starts_with("https://") {
+        let path = ca_cert
+            .or_else(|| std::env::var_os("SHOAL_CA_CERT").map(PathBuf::from))
+            .unwrap_or_else(|| state_dir.join(crate::tls::CA_CERT_FILE));
+        let pem = std::fs::read(&path).map_err(|e| {
+            format!(
+                "the coordinator at {base} serves TLS, but its CA certificate {} cannot be read: {e}. Copy <state-dir>/ca.pem from the coordinator and set SHOAL_CA_CERT",
+                path.display()
+            )
+        })?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        http = http.tls_certs_only([cert]);
+    }
+    http.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// A client of the operator API.
 #[derive(Debug)]
 pub struct Client {
@@ -337,23 +364,8 @@ impl Client {
                 info.url
             }
         };
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
-        if base.starts_with("https://") {
-            // The coordinator's own CA, and nothing else.
-            let path = ca_cert.unwrap_or_else(|| state_dir.join(crate::tls::CA_CERT_FILE));
-            let pem = std::fs::read(&path).map_err(|e| {
-                cli_err(format!(
-                    "the coordinator at {base} serves TLS, but its CA certificate {} cannot be read: {e}. Copy <state-dir>/ca.pem from the coordinator and set SHOAL_CA_CERT",
-                    path.display()
-                ))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| cli_err(format!("{}: {e}", path.display())))?;
-            http = http.tls_certs_only([cert]);
-        }
-        let http = http
-            .build()
-            .map_err(|e| cli_err(format!("HTTP client: {e}")))?;
+        let http = operator_http_client(&base, ca_cert, state_dir, Duration::from_secs(30))
+            .map_err(cli_err)?;
         Ok(Client { base, token, http })
     }
 
