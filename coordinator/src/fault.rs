@@ -8,8 +8,10 @@
 //! firing again in the restarted coordinator. Without the variable this is one
 //! environment lookup per point reached, and nothing happens.
 //!
-//! Points: `recorded` (a creation is recorded, nothing made yet), `vm-network` (one
-//! local VM has its network, not yet its dockerd or agent), `vms-created` (the
+//! Points: `recorded` (a creation is recorded, nothing made yet), `vm-half-network`
+//! (one local VM has its address, not yet its link up and default route),
+//! `vm-network` (one local VM has its network, not yet its dockerd or agent),
+//! `vms-created` (the
 //! provider made every VM, the store does not know them yet), `plan-published` (the
 //! plan is served, no node has reported on it), `all-ready` (every node reported
 //! ready, the cluster is not AVAILABLE yet), `deleting` (a deletion is recorded,

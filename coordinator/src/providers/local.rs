@@ -453,37 +453,46 @@ impl LocalProvider {
         addr: Ipv4Addr,
     ) -> Result<(), ProviderError> {
         let cidr = format!("{addr}/{}", self.s.vpc.prefix_len());
-        if netns_path(ns).exists() {
-            let have = ip(&["-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"])
-                .await
-                .unwrap_or_default();
-            if have.contains(&format!(" {cidr} ")) {
-                return Ok(());
-            }
-            // Half-made by an interrupted call: start this VM's network over.
-            ip(&["netns", "del", ns]).await?;
-        }
         let uplink = format!("v{}{}", &cluster.uid[..cluster.uid.len().min(8)], req.index);
         let vpc = self.vpc_ns();
         let gw = self.gateway().to_string();
-        ip(&["netns", "add", ns]).await?;
-        let steps: [&[&str]; 7] = [
-            &[
+        // Every step is idempotent and all are run every time: a call interrupted
+        // anywhere (a coordinator killed between two steps) is completed by the next,
+        // never judged done from one of its traces. (It was: an address on eth0 was
+        // taken for a finished network, and a VM resumed after a crash could be left
+        // without its link up or its default route.)
+        let created = !netns_path(ns).exists();
+        if created {
+            ip(&["netns", "add", ns]).await?;
+        }
+        let has_eth0 = ip(&["-n", ns, "link", "show", "eth0"]).await.is_ok();
+        let mut steps: Vec<Vec<&str>> = Vec::new();
+        if !has_eth0 {
+            // A stale host end from an earlier attempt would block the name.
+            let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+            steps.push(vec![
                 "-n", &vpc, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
-            ],
-            &["-n", &vpc, "link", "set", &uplink, "master", "vpc0", "up"],
-            &["-n", ns, "link", "set", "lo", "up"],
-            &["-n", ns, "addr", "add", &cidr, "dev", "eth0"],
-            &["-n", ns, "link", "set", "eth0", "up"],
-            &["-n", ns, "route", "add", "default", "via", &gw],
-            &["-n", ns, "link", "show", "eth0"],
-        ];
+            ]);
+        }
+        steps.extend([
+            vec!["-n", &vpc, "link", "set", &uplink, "master", "vpc0", "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+            vec!["-n", ns, "addr", "replace", &cidr, "dev", "eth0"],
+            vec!["-n", ns, "link", "set", "eth0", "up"],
+            vec!["-n", ns, "route", "replace", "default", "via", &gw],
+        ]);
         for step in steps {
-            if let Err(e) = ip(step).await {
-                let _ = ip(&["netns", "del", ns]).await;
-                let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+            if let Err(e) = ip(&step).await {
+                if created {
+                    let _ = ip(&["netns", "del", ns]).await;
+                    let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+                }
                 return Err(e);
+            }
+            if step.contains(&"addr") {
+                // Address set, link and route not yet.
+                crate::fault::point("vm-half-network");
             }
         }
         Ok(())
