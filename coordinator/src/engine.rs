@@ -130,7 +130,14 @@ pub fn validate_request(req: &CreateRequest) -> Result<ValidRequest, EngineError
             .parse()
             .map_err(|_| EngineError::BadRequest("bad default overlay".into()))?,
     };
-    dry_run_plan(&req.name, &blueprint, overlay, req.nodes)?;
+    // A request the planner refuses is the operator's to fix (400), not a fault.
+    dry_run_plan(&req.name, &blueprint, overlay, req.nodes).map_err(|e| match e {
+        EngineError::Planner(p) => EngineError::BadRequest(format!(
+            "the blueprint cannot be planned for {} node(s): {p}",
+            req.nodes
+        )),
+        other => other,
+    })?;
     Ok(ValidRequest { blueprint, overlay })
 }
 
@@ -787,6 +794,10 @@ image = "busybox:1"
 "#;
         let e = validate_request(&request(2, Some(small))).expect_err("too small");
         assert!(e.to_string().contains("room for"), "{e}");
+        assert!(matches!(e, EngineError::BadRequest(_)), "{e:?}");
+        // The default overlay (a /16) has room for 255 nodes.
+        let e = validate_request(&request(999, None)).expect_err("999 nodes");
+        assert!(matches!(e, EngineError::BadRequest(_)), "{e:?}");
         // Found by the create_request fuzz target: an overlay with host bits set was
         // accepted, and the plan made from it refused by every agent.
         let host_bits = small.replace("10.77.0.0/24", "10.77.0.5/22");
