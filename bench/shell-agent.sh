@@ -49,12 +49,18 @@ IFS=$'\t' read -r url key node token < <(jq -r '[.metadata_url, .cluster_key, .n
 url=${url%/}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The coordinator's CA, when its metadata API serves TLS (the default).
+tls=()
+if jq -e '.ca_cert_pem' "$cfg" >/dev/null 2>&1; then
+    jq -r '.ca_cert_pem' "$cfg" >"$work/ca.pem"
+    tls=(--cacert "$work/ca.pem")
+fi
 plan=$work/plan.json
 
 # The 2014 loop: 204 until the plan is ready, then 200 with it.
 tries=0
 while :; do
-    code=$(curl -sS -o "$plan" -w '%{http_code}' "$url/metadata/v1/$key" 2>/dev/null) || code=000
+    code=$(curl -sS "${tls[@]}" -o "$plan" -w '%{http_code}' "$url/metadata/v1/$key" 2>/dev/null) || code=000
     [ "$code" = 200 ] && break
     tries=$((tries + 1))
     [ "$tries" -lt 60 ] || die "no plan after 60 tries (last answer: HTTP $code)"
@@ -164,6 +170,6 @@ for i in "${!pids[@]}"; do
 done
 
 printf 'Authorization: Bearer %s\n' "$token" >"$work/auth"
-curl -sS -f -X PUT -H @"$work/auth" -H 'Content-Type: application/json' \
+curl -sS "${tls[@]}" -f -X PUT -H @"$work/auth" -H 'Content-Type: application/json' \
     --data "{\"phase\":\"ready\",\"generation\":$generation}" \
     "$url/metadata/v1/$key/nodes/$node/status" >/dev/null 2>&1 || die "reporting ready failed"

@@ -195,15 +195,21 @@ impl MetadataClient {
         }
     }
 
-    /// Reports this node's status; retries retryable failures briefly (a report is
-    /// re-sent with the next phase anyway).
+    /// Reports this node's status; retries retryable failures briefly (about 8 s). A
+    /// report still undelivered then is the caller's to send again later
+    /// ([`FetchError::Unreachable`]).
     pub async fn report(&self, status: &NodeStatus) -> Result<(), FetchError> {
+        self.report_with(status, 5).await
+    }
+
+    /// Reports this node's status in at most `attempts` tries.
+    pub async fn report_with(&self, status: &NodeStatus, attempts: u32) -> Result<(), FetchError> {
         let url = format!(
             "{}/metadata/v1/{}/nodes/{}/status",
             self.base, self.key, self.node
         );
         let mut last = String::new();
-        for attempt in 1..=5u32 {
+        for attempt in 1..=attempts.max(1) {
             let r = self
                 .http
                 .put(&url)
@@ -231,7 +237,9 @@ impl MetadataClient {
                 }
                 Err(e) => last = describe(&e),
             }
-            tokio::time::sleep(retry::delay(&retry::COORDINATOR, attempt)).await;
+            if attempt < attempts {
+                tokio::time::sleep(retry::delay(&retry::COORDINATOR, attempt)).await;
+            }
         }
         Err(FetchError::Unreachable {
             url: self.base.clone(),

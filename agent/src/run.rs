@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub once: bool,
 }
 
+/// Tries of one status report before it is left to the redelivery (about 1 s).
+const REPORT_ATTEMPTS: u32 = 3;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,6 +90,12 @@ struct Agent {
     timings: Vec<PhaseTiming>,
     docker: Option<Docker>,
     converged_once: bool,
+    /// The latest report the coordinator did not receive (it was down or overloaded):
+    /// sent again with backoff until it is, since the coordinator learns a node is
+    /// ready only from its report.
+    undelivered: Option<NodeStatus>,
+    /// Attempts at delivering `undelivered` so far.
+    redeliveries: u32,
 }
 
 impl std::fmt::Debug for Agent {
@@ -134,8 +143,51 @@ impl Agent {
             containers,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        if let Err(e) = self.client.report(&status).await {
-            tracing::warn!(%phase, error = %e, "status report not delivered");
+        // A few quick tries only: the node's convergence does not wait for the
+        // coordinator, and an undelivered report is sent again later (the latest one).
+        match self.client.report_with(&status, REPORT_ATTEMPTS).await {
+            Ok(()) => {
+                self.undelivered = None;
+                self.redeliveries = 0;
+            }
+            Err(e @ FetchError::Unreachable { .. }) => {
+                tracing::warn!(%phase, error = %e, "status report not delivered; it will be sent again");
+                // A newer report replaces an older one: only the latest state matters.
+                self.undelivered = Some(status);
+                self.redeliveries = 0;
+            }
+            Err(e) => {
+                // Refused (401, 404, 400): sending it again would be refused again.
+                tracing::warn!(%phase, error = %e, "status report refused");
+                self.undelivered = None;
+            }
+        }
+    }
+
+    /// When to try delivering the undelivered report again.
+    fn redeliver_at(&self) -> Option<Duration> {
+        self.undelivered
+            .as_ref()
+            .map(|_| retry::delay(&retry::COORDINATOR, self.redeliveries + 1))
+    }
+
+    /// One more try at the undelivered report.
+    async fn redeliver(&mut self) {
+        let Some(status) = self.undelivered.clone() else {
+            return;
+        };
+        self.redeliveries = self.redeliveries.saturating_add(1);
+        match self.client.report_with(&status, 1).await {
+            Ok(()) => {
+                tracing::info!(phase = %status.phase, attempts = self.redeliveries, "status report delivered after all");
+                self.undelivered = None;
+                self.redeliveries = 0;
+            }
+            Err(FetchError::Unreachable { .. }) => {}
+            Err(e) => {
+                tracing::warn!(phase = %status.phase, error = %e, "status report refused");
+                self.undelivered = None;
+            }
         }
     }
 
@@ -305,6 +357,8 @@ pub async fn run(opts: RunOptions) -> i32 {
         timings: Vec::new(),
         docker: None,
         converged_once: false,
+        undelivered: None,
+        redeliveries: 0,
     };
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
 
@@ -323,6 +377,13 @@ pub async fn run(opts: RunOptions) -> i32 {
         let retry_sleep = async {
             match retry_at {
                 Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let redeliver_in = agent.redeliver_at();
+        let redeliver_sleep = async {
+            match redeliver_in {
+                Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
         };
@@ -370,6 +431,9 @@ pub async fn run(opts: RunOptions) -> i32 {
             }
             () = retry_sleep => {
                 reconverge = true;
+            }
+            () = redeliver_sleep => {
+                agent.redeliver().await;
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping (containers keep running)");

@@ -299,7 +299,15 @@ async fn create(
         code: "bad-request",
         message,
     };
-    let Json(value) = body.map_err(|e| bad(e.body_text()))?;
+    // 413 for an oversized body, 400 for the rest.
+    let Json(value) = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too-large",
+            message: e.body_text(),
+        },
+        _ => bad(e.body_text()),
+    })?;
     // serde reads a struct from a JSON array too (fields by position); the document
     // says objects, and a positional body is a client bug best refused.
     if !value.is_object() {

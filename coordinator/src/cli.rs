@@ -101,7 +101,8 @@ pub struct DoctorArgs {
 /// `shoal serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Operator API address (keep it on loopback).
+    /// Operator API address. On loopback it is plain HTTP; any other address is served
+    /// over TLS with the coordinator's CA (<state-dir>/ca.pem).
     #[arg(long, default_value = crate::server::DEFAULT_API_LISTEN)]
     pub api_listen: std::net::SocketAddr,
     /// Metadata API address. Default: the local VPC gateway, port 8787.
@@ -125,6 +126,25 @@ pub struct ServeArgs {
     /// Seconds a creation may take before the cluster is FAILED.
     #[arg(long, default_value_t = 900)]
     pub create_timeout: u64,
+    /// Serve the metadata API over plain HTTP instead of TLS. Cluster keys and node
+    /// tokens then cross the network in clear: only for networks you trust, or behind
+    /// a TLS-terminating proxy (with an https:// --advertise-url).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Another DNS name or address for the listeners' certificate (repeatable); the
+    /// local VPC gateway, the listen addresses and --advertise-url's host are in it
+    /// already.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Metadata requests per second allowed from one source address (0: no limit).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate_limit: f64,
+    /// Metadata requests one source address may make in a burst.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate_burst: f64,
+    /// Concurrent metadata connections allowed from one source address.
+    #[arg(long, default_value_t = 64)]
+    pub max_conns_per_source: usize,
 }
 
 /// `shoal credential …`.
@@ -275,6 +295,33 @@ fn cli_err(msg: impl Into<String>) -> CliError {
     CliError(msg.into())
 }
 
+/// An HTTP client for the operator API at `base`: for an `https://` URL it trusts the
+/// coordinator's CA only: `ca_cert` (from `SHOAL_CA_CERT` or `api.json`), else the state
+/// directory's `ca.pem`.
+pub fn operator_http_client(
+    base: &str,
+    ca_cert: Option<PathBuf>,
+    state_dir: &Path,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut http = reqwest::Client::builder().timeout(timeout);
+    if base.starts_with("https://") {
+        let path = ca_cert
+            .or_else(|| std::env::var_os("SHOAL_CA_CERT").map(PathBuf::from))
+            .unwrap_or_else(|| state_dir.join(crate::tls::CA_CERT_FILE));
+        let pem = std::fs::read(&path).map_err(|e| {
+            format!(
+                "the coordinator at {base} serves TLS, but its CA certificate {} cannot be read: {e}. Copy <state-dir>/ca.pem from the coordinator and set SHOAL_CA_CERT",
+                path.display()
+            )
+        })?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        http = http.tls_certs_only([cert]);
+    }
+    http.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// A client of the operator API.
 #[derive(Debug)]
 pub struct Client {
@@ -298,6 +345,7 @@ impl Client {
                     ))
                 })?,
         };
+        let mut ca_cert = std::env::var_os("SHOAL_CA_CERT").map(PathBuf::from);
         let base = match coordinator {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => {
@@ -312,13 +360,12 @@ impl Client {
                 })?;
                 let info: ApiInfo = serde_json::from_str(&text)
                     .map_err(|e| cli_err(format!("{}: {e}", path.display())))?;
+                ca_cert = ca_cert.or(info.ca_cert);
                 info.url
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| cli_err(format!("HTTP client: {e}")))?;
+        let http = operator_http_client(&base, ca_cert, state_dir, Duration::from_secs(30))
+            .map_err(cli_err)?;
         Ok(Client { base, token, http })
     }
 

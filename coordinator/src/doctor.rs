@@ -738,6 +738,7 @@ async fn coordinator_check(opts: &Options) -> Check {
         "start it: shoal serve --state-dir {}",
         opts.state_dir.display()
     );
+    let mut ca_cert = None;
     let url = match &opts.coordinator {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
@@ -752,7 +753,10 @@ async fn coordinator_check(opts: &Options) -> Check {
                     )
                 }
                 Ok(t) => match serde_json::from_str::<ApiInfo>(&t) {
-                    Ok(i) => i.url,
+                    Ok(i) => {
+                        ca_cert = i.ca_cert;
+                        i.url
+                    }
                     Err(e) => {
                         return check(
                             NAME,
@@ -782,12 +786,14 @@ async fn coordinator_check(opts: &Options) -> Check {
             }
         },
     };
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
+    let http = match crate::cli::operator_http_client(
+        &url,
+        ca_cert,
+        &opts.state_dir,
+        Duration::from_secs(5),
+    ) {
         Ok(h) => h,
-        Err(e) => return check(NAME, Status::Fail, format!("HTTP client: {e}"), None),
+        Err(e) => return check(NAME, Status::Fail, e, None),
     };
     let resp = match http
         .get(format!("{url}/v1/health"))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shoal::cli::{default_state_dir, run_client, Cli, Command};
+use shoal::listener::Limits;
 use shoal::server::{serve, ServeOptions};
 
 fn main() -> ExitCode {
@@ -52,6 +53,14 @@ fn main() -> ExitCode {
                     local_vpc: a.local_vpc,
                     local_prefix: a.local_prefix.clone(),
                     create_timeout: Duration::from_secs(a.create_timeout),
+                    insecure_http: a.insecure_http,
+                    tls_names: a.tls_san.clone(),
+                    metadata_limits: Limits {
+                        rate_per_sec: a.rate_limit,
+                        burst: a.rate_burst,
+                        max_conns_per_source: a.max_conns_per_source,
+                        ..Limits::default()
+                    },
                 };
                 match serve(opts).await {
                     Ok(()) => 0,

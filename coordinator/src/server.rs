@@ -14,10 +14,12 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::engine::{Engine, EngineSettings};
 use crate::keys;
+use crate::listener::{self, Limits};
 use crate::metadata;
 use crate::providers::local::{LocalProvider, LocalSettings};
 use crate::providers::Provider;
 use crate::store::Store;
+use crate::tls::{self, Ca};
 
 /// Default operator API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8786";
@@ -45,6 +47,12 @@ pub struct ServeOptions {
     pub local_prefix: String,
     /// Creation timeout.
     pub create_timeout: Duration,
+    /// Serve the metadata API over plain HTTP (explicit opt-in; TLS otherwise).
+    pub insecure_http: bool,
+    /// Extra names (DNS names or addresses) for the listeners' certificate.
+    pub tls_names: Vec<String>,
+    /// Limits of the metadata listener (rate, connections, timeouts).
+    pub metadata_limits: Limits,
 }
 
 /// What `serve` writes for the CLI: where the operator API is.
@@ -56,6 +64,9 @@ pub struct ApiInfo {
     pub metadata_url: String,
     /// The server's pid.
     pub pid: u32,
+    /// The CA certificate clients of an `https` URL must trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `serve` failures.
@@ -78,6 +89,12 @@ pub enum ServeError {
     /// Engine.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// The CA or the listeners' certificate.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Options that do not fit together.
+    #[error("{0}")]
+    Options(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -99,12 +116,37 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String, ServeError> {
     }
 }
 
+/// Checks the options that depend on each other, before anything is started.
+fn check_options(opts: &ServeOptions) -> Result<(), ServeError> {
+    if let Some(url) = &opts.advertise_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ServeError::Options(format!(
+                "--advertise-url {url:?} must be an http(s):// URL"
+            )));
+        }
+        if url.starts_with("http://") && !opts.insecure_http {
+            return Err(ServeError::Options(format!(
+                "--advertise-url {url:?} is plain HTTP but the metadata listener serves TLS: use https://, or --insecure-http to serve plain HTTP"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the coordinator until SIGINT or SIGTERM.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    check_options(&opts)?;
+    crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let store = Arc::new(Store::open(&opts.state_dir)?);
     let token = load_or_create_token(&opts.state_dir)?;
+    let api_tls_needed = !opts.api_listen.ip().is_loopback();
+    let ca = if opts.insecure_http && !api_tls_needed {
+        None
+    } else {
+        Some(Ca::load_or_create(&opts.state_dir)?)
+    };
 
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     let mut unavailable = BTreeMap::new();
@@ -120,7 +162,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 metadata_port: opts
                     .metadata_listen
                     .map_or(DEFAULT_METADATA_PORT, |a| a.port()),
-                metadata_scheme: "http".into(),
+                metadata_scheme: if opts.insecure_http { "http" } else { "https" }.into(),
             })?);
             p.ensure_vpc().await?;
             providers.push(p.clone());
@@ -143,9 +185,40 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         (None, Some(l)) => SocketAddr::from((l.gateway(), DEFAULT_METADATA_PORT)),
         (None, None) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_METADATA_PORT)),
     };
+    // One certificate for both listeners: every address they are reached at.
+    let mut addresses = vec![metadata_addr.ip()];
+    if let Some(l) = &local {
+        addresses.push(l.gateway().into());
+    }
+    if api_tls_needed {
+        addresses.push(opts.api_listen.ip());
+        addresses.push(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let names = tls::certificate_names(&addresses, opts.advertise_url.as_deref(), &opts.tls_names);
+    let server_tls = match &ca {
+        Some(ca) => Some(ca.server_config(&names)?),
+        None => None,
+    };
+    let metadata_tls = if opts.insecure_http {
+        tracing::warn!("--insecure-http: the metadata API is plain HTTP; cluster keys and node tokens cross the network in clear");
+        None
+    } else {
+        server_tls.clone()
+    };
+    let api_tls = if api_tls_needed {
+        server_tls.clone()
+    } else {
+        None
+    };
     let settings = EngineSettings {
         advertise_url: opts.advertise_url.clone(),
         create_timeout: opts.create_timeout,
+        // Agents of a TLS listener trust only this CA. With --insecure-http and an
+        // https:// advertised URL (a TLS-terminating proxy), they use the system's roots.
+        ca_cert_pem: match (&ca, &metadata_tls) {
+            (Some(ca), Some(_)) => Some(ca.cert_pem().to_string()),
+            _ => None,
+        },
         ..EngineSettings::default()
     };
     let engine = Engine::new(store, providers, unavailable, settings)?;
@@ -165,10 +238,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let md_addr = md_listener
         .local_addr()
         .map_err(io("reading the metadata API address"))?;
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
+    // A wildcard listener is reached on loopback by the local CLI.
+    let api_host = if api_addr.ip().is_unspecified() {
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, api_addr.port()))
+    } else {
+        api_addr
+    };
     let info = ApiInfo {
-        url: format!("http://{api_addr}"),
-        metadata_url: format!("http://{md_addr}"),
+        url: format!("{}://{api_host}", scheme(api_tls.is_some())),
+        metadata_url: format!("{}://{md_addr}", scheme(metadata_tls.is_some())),
         pid: std::process::id(),
+        ca_cert: ca.as_ref().map(Ca::cert_path),
     };
     let info_json = serde_json::to_vec_pretty(&info).map_err(|e| ServeError::Io {
         what: "serialising api.json".into(),
@@ -181,20 +262,36 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     engine.reconcile()?;
 
-    let api_app = api::router(ApiState {
-        engine: engine.clone(),
-        token: Arc::new(token),
-    });
-    let md_app = metadata::router(engine.clone());
+    let api_app = listener::defend(
+        api::router(ApiState {
+            engine: engine.clone(),
+            token: Arc::new(token),
+        }),
+        &Limits {
+            // The operator API is behind its token; no per-source rate limit.
+            rate_per_sec: 0.0,
+            ..Limits::default()
+        },
+    );
+    let md_app = listener::defend(metadata::router(engine.clone()), &opts.metadata_limits);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut rx1 = stop_rx.clone();
-    let mut rx2 = stop_rx;
-    let api_srv = axum::serve(api_listener, api_app).with_graceful_shutdown(async move {
-        let _ = rx1.wait_for(|s| *s).await;
-    });
-    let md_srv = axum::serve(md_listener, md_app).with_graceful_shutdown(async move {
-        let _ = rx2.wait_for(|s| *s).await;
-    });
+    let api_srv = listener::serve(
+        api_listener,
+        api_tls,
+        api_app,
+        Limits {
+            rate_per_sec: 0.0,
+            ..Limits::default()
+        },
+        stop_rx.clone(),
+    );
+    let md_srv = listener::serve(
+        md_listener,
+        metadata_tls,
+        md_app,
+        opts.metadata_limits.clone(),
+        stop_rx,
+    );
     let signals = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(io("installing the SIGTERM handler"))?;

@@ -129,8 +129,9 @@ impl TestCoordinator {
             .arg("--image-dir")
             .arg(image_dir())
             .args(extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
+            // After the default, so a test may ask for another level (RUST_LOG=debug).
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -170,6 +171,10 @@ impl TestCoordinator {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+            // A stopped process (SIGSTOP, fault tests) acts on TERM only once continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
                 .status();
             let _ = child.wait();
         }
@@ -247,10 +252,37 @@ impl TestCoordinator {
     }
 
     /// `GET /metadata/v1/{key}` on the metadata listener (the local VPC gateway, port
-    /// 8787): the status and the body.
+    /// 8787): the status and the body. Over TLS with the coordinator's CA (curl), or
+    /// plain HTTP for a coordinator started with `--insecure-http`.
     pub fn metadata(&self, key: &str) -> (u16, String) {
-        let url = format!("http://{}:8787/metadata/v1/{key}", self.gateway);
-        crate::http_request("GET", &url, &[], "").unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        let ca = self.state_dir.join("ca.pem");
+        let info: Value = serde_json::from_slice(
+            &std::fs::read(self.state_dir.join("api.json")).expect("api.json"),
+        )
+        .expect("api.json is JSON");
+        let tls = info["metadata_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://"));
+        if !tls {
+            let url = format!("http://{}:8787/metadata/v1/{key}", self.gateway);
+            return crate::http_request("GET", &url, &[], "")
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        }
+        let url = format!("https://{}:8787/metadata/v1/{key}", self.gateway);
+        let out = Command::new("curl")
+            .arg("-sS")
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-w", "\n%{http_code}", &url])
+            .output()
+            .unwrap_or_else(|e| panic!("curl {url}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("GET {url}: {}", String::from_utf8_lossy(&out.stderr)));
+        (code, body.to_string())
     }
 
     /// The operator token.

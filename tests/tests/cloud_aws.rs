@@ -27,7 +27,7 @@ use shoal_e2e::moto::{AccessKey, Moto, REGION};
 use shoal_protocol::backoff::Backoff;
 
 const TOOLS: &[&str] = &["python3", "cloud-init", "ip", "nsenter"];
-const ADVERTISE: &str = "http://203.0.113.10:8787";
+const ADVERTISE: &str = "https://203.0.113.10:8787";
 const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE];
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -29,7 +29,7 @@ const SUB: &str = "0b1c2d3e-4f50-4617-a8b9-cadbecfd0e1f";
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q op@example";
 const OPERATOR_CIDR: &str = "198.51.100.7/32";
-const ADVERTISE: &str = "http://203.0.113.10:8787";
+const ADVERTISE: &str = "https://203.0.113.10:8787";
 const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE];
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 

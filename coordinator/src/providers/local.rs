@@ -175,6 +175,28 @@ fn pids_in_netns(ns: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// A live process whose command line has an argument containing `needle` (and none
+/// equal to `--once`): a dockerd or agent this provider started, found even when its
+/// pid file was never written (a coordinator killed between spawning it and the pid
+/// file, or a dockerd not yet far enough to write its own).
+fn find_process(needle: &str) -> Option<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && !is_zombie(pid))
+        .find(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            args.iter()
+                .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                && !args.iter().any(|a| *a == b"--once")
+        })
+}
+
 /// Mount points at or below `dir`, deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -411,6 +433,7 @@ impl LocalProvider {
             .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
 
         self.ensure_vm_network(cluster, req, &ns, addr).await?;
+        crate::fault::point("vm-network");
         self.ensure_dockerd(cluster, req, &ns, &dir).await?;
         self.ensure_agent(&ns, &dir).await?;
         Ok(NodeInfo {
@@ -430,37 +453,46 @@ impl LocalProvider {
         addr: Ipv4Addr,
     ) -> Result<(), ProviderError> {
         let cidr = format!("{addr}/{}", self.s.vpc.prefix_len());
-        if netns_path(ns).exists() {
-            let have = ip(&["-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"])
-                .await
-                .unwrap_or_default();
-            if have.contains(&format!(" {cidr} ")) {
-                return Ok(());
-            }
-            // Half-made by an interrupted call: start this VM's network over.
-            ip(&["netns", "del", ns]).await?;
-        }
         let uplink = format!("v{}{}", &cluster.uid[..cluster.uid.len().min(8)], req.index);
         let vpc = self.vpc_ns();
         let gw = self.gateway().to_string();
-        ip(&["netns", "add", ns]).await?;
-        let steps: [&[&str]; 7] = [
-            &[
+        // Every step is idempotent and all are run every time: a call interrupted
+        // anywhere (a coordinator killed between two steps) is completed by the next,
+        // never judged done from one of its traces. (It was: an address on eth0 was
+        // taken for a finished network, and a VM resumed after a crash could be left
+        // without its link up or its default route.)
+        let created = !netns_path(ns).exists();
+        if created {
+            ip(&["netns", "add", ns]).await?;
+        }
+        let has_eth0 = ip(&["-n", ns, "link", "show", "eth0"]).await.is_ok();
+        let mut steps: Vec<Vec<&str>> = Vec::new();
+        if !has_eth0 {
+            // A stale host end from an earlier attempt would block the name.
+            let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+            steps.push(vec![
                 "-n", &vpc, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
-            ],
-            &["-n", &vpc, "link", "set", &uplink, "master", "vpc0", "up"],
-            &["-n", ns, "link", "set", "lo", "up"],
-            &["-n", ns, "addr", "add", &cidr, "dev", "eth0"],
-            &["-n", ns, "link", "set", "eth0", "up"],
-            &["-n", ns, "route", "add", "default", "via", &gw],
-            &["-n", ns, "link", "show", "eth0"],
-        ];
+            ]);
+        }
+        steps.extend([
+            vec!["-n", &vpc, "link", "set", &uplink, "master", "vpc0", "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+            vec!["-n", ns, "addr", "replace", &cidr, "dev", "eth0"],
+            vec!["-n", ns, "link", "set", "eth0", "up"],
+            vec!["-n", ns, "route", "replace", "default", "via", &gw],
+        ]);
         for step in steps {
-            if let Err(e) = ip(step).await {
-                let _ = ip(&["netns", "del", ns]).await;
-                let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+            if let Err(e) = ip(&step).await {
+                if created {
+                    let _ = ip(&["netns", "del", ns]).await;
+                    let _ = ip(&["-n", &vpc, "link", "del", &uplink]).await;
+                }
                 return Err(e);
+            }
+            if step.contains(&"addr") {
+                // Address set, link and route not yet.
+                crate::fault::point("vm-half-network");
             }
         }
         Ok(())
@@ -475,6 +507,12 @@ impl LocalProvider {
     ) -> Result<(), ProviderError> {
         let pidfile = dir.join("dockerd.pid");
         if pid_alive(&pidfile).is_some() {
+            return Ok(());
+        }
+        // Started by a coordinator that died before dockerd wrote its pid file: a
+        // second one would fight it over the data root.
+        if let Some(pid) = find_process(&format!("--pidfile={}", pidfile.display())) {
+            tracing::info!(%ns, pid, "dockerd already running");
             return Ok(());
         }
         let exec_root = self.exec_root(cluster, req.index);
@@ -514,6 +552,14 @@ impl LocalProvider {
         if pid_alive(&pidfile).is_some() {
             return Ok(());
         }
+        let config = dir.join("agent.json");
+        if let Some(pid) = find_process(&config.display().to_string()) {
+            // Started by a coordinator that died before writing the pid file.
+            tracing::info!(%ns, pid, "agent already running");
+            write_file_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644)
+                .map_err(|e| err(format!("writing {}: {e}", pidfile.display())))?;
+            return Ok(());
+        }
         let log = open_log(&dir.join("agent.log"))?;
         let log2 = log
             .try_clone()
@@ -529,7 +575,12 @@ impl LocalProvider {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg("--image-dir")
             .arg(&self.s.image_dir)
-            .env("RUST_LOG", "info")
+            // The agents' log level: SHOAL_AGENT_LOG of the coordinator (a tracing
+            // filter), info by default.
+            .env(
+                "RUST_LOG",
+                std::env::var("SHOAL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -564,6 +615,7 @@ impl LocalProvider {
         if let Some(pid) = pid_alive(&dir.join("dockerd.pid")) {
             stop_pid(pid, Duration::from_secs(15)).await;
         }
+        crate::fault::point("vm-deleted");
         // Whatever still runs in the namespace (a containerd shim, a stray process).
         let nspath = netns_path(&ns);
         let strays = pids_in_netns(&nspath);
