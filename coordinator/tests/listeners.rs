@@ -394,6 +394,17 @@ async fn slow_clients_are_cut_off_and_connections_capped_per_source() {
         t.is_some_and(|t| t < Duration::from_secs(4)),
         "slow headers not cut: {t:?}"
     );
+    // Headers over the 16 KiB cap: 431, and the connection is closed.
+    let mut s = TcpStream::connect(f.md).await.expect("connect");
+    let huge = format!(
+        "GET /metadata/v1/x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20 << 10)
+    );
+    let _ = s.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // A body that never finishes: the request deadline answers 408 or closes.
     let mut s = TcpStream::connect(f.md).await.expect("connect");
     let head = format!(
