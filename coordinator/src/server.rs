@@ -307,7 +307,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     a.map_err(io("operator API"))?;
     m.map_err(io("metadata API"))?;
     s?;
-    let _ = std::fs::remove_file(&info_path);
+    // Only our own: a coordinator started on this state dir meanwhile has rewritten it.
+    let ours = std::fs::read(&info_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ApiInfo>(&b).ok())
+        .is_some_and(|i| i.pid == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(&info_path);
+    }
     if let Some(l) = local {
         match l.teardown_vpc_if_unused().await {
             Ok(true) => tracing::info!("local VPC removed (no VM left)"),
