@@ -105,7 +105,21 @@ fn vm_dir(node: &Value) -> PathBuf {
 
 /// Every node of `name` was made exactly once, and the cluster runs.
 fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
-    let v = c.wait_state(name, "AVAILABLE", BOOT);
+    c.wait_state(name, "AVAILABLE", BOOT);
+    // A resident agent may converge again (a Docker event) right after AVAILABLE: take
+    // the view once every node reports ready again.
+    let start = Instant::now();
+    let v = loop {
+        let v = c.show(name);
+        if nodes(&v).iter().all(|n| n["phase"] == "ready") {
+            break v;
+        }
+        assert!(
+            start.elapsed() < BOOT,
+            "nodes did not settle at ready: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let ns = nodes(&v);
     assert_eq!(ns.len(), NODES);
     assert_eq!(
