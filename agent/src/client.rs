@@ -6,14 +6,12 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use shoal_protocol::{AgentConfig, NodeStatus, Plan, PlanError, MAX_PLAN_BYTES};
+use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_PLAN_BYTES};
+use shoal_protocol::{AgentConfig, NodeStatus, Plan, PlanError};
 
 use crate::retry;
 
-/// How long each long-poll asks the coordinator to hold the request.
-pub const LONG_POLL_SECS: u64 = 30;
-/// Header carrying the plan's generation.
-pub const GENERATION_HEADER: &str = "shoal-generation";
+pub use contract::LONG_POLL_SECS;
 
 /// A failure to obtain the plan.
 #[derive(Debug, thiserror::Error)]
@@ -103,14 +101,14 @@ impl MetadataClient {
     }
 
     fn plan_url(&self) -> String {
-        format!("{}/metadata/v1/{}", self.base, self.key)
+        format!("{}{}", self.base, contract::plan_path(&self.key))
     }
 
     async fn poll_once(&self, after: u64, wait: u64) -> Result<Option<Fetched>, Attempt> {
         let resp = self
             .http
             .get(self.plan_url())
-            .query(&[("wait", wait), ("after", after)])
+            .query(&[(contract::WAIT_PARAM, wait), (contract::AFTER_PARAM, after)])
             .send()
             .await
             // The URL holds the key: never let reqwest's error print it.
@@ -205,8 +203,9 @@ impl MetadataClient {
     /// Reports this node's status in at most `attempts` tries.
     pub async fn report_with(&self, status: &NodeStatus, attempts: u32) -> Result<(), FetchError> {
         let url = format!(
-            "{}/metadata/v1/{}/nodes/{}/status",
-            self.base, self.key, self.node
+            "{}{}",
+            self.base,
+            contract::status_path(&self.key, &self.node)
         );
         let mut last = String::new();
         for attempt in 1..=attempts.max(1) {

@@ -20,16 +20,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
 use serde::Deserialize;
-use shoal_protocol::{NodeStatus, MAX_STATUS_BYTES};
+use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_STATUS_BYTES};
+use shoal_protocol::NodeStatus;
 use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::keys::{constant_time_eq, is_secret_shaped};
 
 /// The longest a long-poll is held.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Header carrying the plan's generation on every answer about a known key.
-pub const GENERATION_HEADER: &str = "shoal-generation";
+pub const MAX_WAIT: Duration = Duration::from_secs(contract::MAX_WAIT_SECS);
 
 /// A served plan: its generation and its JSON bytes, shared by every response.
 #[derive(Debug, Clone)]
@@ -96,8 +95,8 @@ impl Hub {
 /// The metadata router.
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
-        .route("/metadata/v1/{key}", get(get_plan))
-        .route("/metadata/v1/{key}/nodes/{node}/status", put(put_status))
+        .route(contract::PLAN_ROUTE, get(get_plan))
+        .route(contract::STATUS_ROUTE, put(put_status))
         .layer(DefaultBodyLimit::max(MAX_STATUS_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             engine.clone(),

@@ -377,14 +377,7 @@ pub async fn track_metadata(
     req: Request,
     next: Next,
 ) -> Response {
-    let path = req.uri().path();
-    let route = if !path.starts_with("/metadata/v1/") {
-        "other"
-    } else if path.ends_with("/status") {
-        "status"
-    } else {
-        "plan"
-    };
+    let route = shoal_protocol::contract::route_of(req.uri().path());
     let m = &engine.metrics;
     m.metadata_in_flight.fetch_add(1, Ordering::Relaxed);
     // Decrements even if the request is dropped mid-way (a client hanging up on a

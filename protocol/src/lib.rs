@@ -14,16 +14,14 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod backoff;
+pub mod contract;
 mod validate;
 
 pub use validate::{is_dns_label, is_dns_name, PlanError};
 
 /// The plan schema this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
-/// The largest plan document an agent accepts (a 1,000-node plan is far below this).
-pub const MAX_PLAN_BYTES: usize = 4 << 20;
-/// The largest status document the coordinator accepts.
-pub const MAX_STATUS_BYTES: usize = 64 << 10;
+pub use contract::{MAX_PLAN_BYTES, MAX_STATUS_BYTES};
 /// The IANA port for VXLAN.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Bytes a VXLAN encapsulation adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
