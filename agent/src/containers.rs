@@ -6,7 +6,9 @@
 //! (starting it if it stopped), replaces one whose spec changed, creates missing ones,
 //! and removes containers of the cluster the plan no longer lists for this node.
 //! Started containers must then stay running for a moment: one that exits at once is
-//! reported with its exit code and the end of its log.
+//! reported with its exit code and the end of its log. A container with a readiness
+//! probe is only waited for until it runs: its probe (the `probes` module) is the
+//! readiness signal, and [`check_up`] catches it exiting meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -220,8 +222,9 @@ pub fn extra_hosts(plan: &Plan, c: &ContainerPlan) -> Vec<String> {
     out
 }
 
-/// What the spec hash covers: the container's plan (without its registry credentials)
-/// and the host entries it is created with.
+/// What the spec hash covers: the container's plan (without its registry credentials
+/// and its readiness probe, which change nothing of the container itself) and the host
+/// entries it is created with.
 #[derive(Serialize)]
 struct SpecInput<'a> {
     format: u32,
@@ -236,6 +239,7 @@ struct SpecInput<'a> {
 pub fn spec_hash(plan: &Plan, c: &ContainerPlan) -> String {
     let mut container = c.clone();
     container.registry_auth = None;
+    container.ready = None;
     let hosts = extra_hosts(plan, c);
     let input = SpecInput {
         format: SPEC_FORMAT,
@@ -475,9 +479,59 @@ fn has_stopped(info: &ContainerInspectResponse) -> bool {
     })
 }
 
-/// Waits until a just-started container is running and has stayed up for [`SETTLE`]
+/// The error for a container found stopped (or waiting for its restart) by `info`.
+async fn exited(docker: &Docker, name: &str, info: &ContainerInspectResponse) -> ContainerError {
+    // While it is down (or waiting for its restart) Docker keeps the exit code.
+    ContainerError::Exited {
+        container: name.to_string(),
+        exit_code: info.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1),
+        state: state_of(info),
+        logs: log_tail(docker, name).await,
+    }
+}
+
+/// Checks that a container still runs and has not restarted since the first call
+/// (whose restart count `baseline` records): the watch kept over a container while its
+/// readiness probe is tried.
+pub async fn check_up(
+    docker: &Docker,
+    name: &str,
+    baseline: &mut Option<i64>,
+) -> Result<(), ContainerError> {
+    let info = inspect(docker, name)
+        .await?
+        .ok_or_else(|| ContainerError::Engine {
+            action: "probe",
+            container: name.to_string(),
+            message: "it disappeared while its readiness probe was tried".to_string(),
+        })?;
+    if has_stopped(&info) {
+        return Err(exited(docker, name, &info).await);
+    }
+    let restarts = info.restart_count.unwrap_or(0);
+    let base = *baseline.get_or_insert(restarts);
+    if restarts != base {
+        return Err(ContainerError::Exited {
+            container: name.to_string(),
+            exit_code: -1,
+            state: format!(
+                "restarted {} times while its readiness probe was tried",
+                restarts - base
+            ),
+            logs: log_tail(docker, name).await,
+        });
+    }
+    Ok(())
+}
+
+/// Waits until a just-started container is running and has stayed up for `settle`
 /// without a restart.
-async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(), ContainerError> {
+async fn wait_running(
+    docker: &Docker,
+    name: &str,
+    started: Instant,
+    settle: Duration,
+) -> Result<(), ContainerError> {
     let mut baseline: Option<i64> = None;
     let mut restart_seen: Option<Instant> = None;
     loop {
@@ -491,13 +545,7 @@ async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(
         let restarts = info.restart_count.unwrap_or(0);
         let base = *baseline.get_or_insert(restarts);
         if has_stopped(&info) {
-            // While it is down (or waiting for its restart) Docker keeps the exit code.
-            return Err(ContainerError::Exited {
-                container: name.to_string(),
-                exit_code: info.state.as_ref().and_then(|s| s.exit_code).unwrap_or(-1),
-                state: state_of(&info),
-                logs: log_tail(docker, name).await,
-            });
+            return Err(exited(docker, name, &info).await);
         }
         if restarts != base {
             // It died and its restart policy revived it, which resets the exit code:
@@ -511,7 +559,7 @@ async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(
                     logs: log_tail(docker, name).await,
                 });
             }
-        } else if is_running(&info) && started.elapsed() >= SETTLE {
+        } else if is_running(&info) && started.elapsed() >= settle {
             return Ok(());
         }
         if started.elapsed() >= START_TIMEOUT {
@@ -524,7 +572,7 @@ async fn wait_running(docker: &Docker, name: &str, started: Instant) -> Result<(
         // While it runs undisturbed, wake exactly when the settle period ends rather
         // than up to a whole poll interval after it.
         let wait = if restart_seen.is_none() && is_running(&info) {
-            POLL.min(SETTLE.saturating_sub(started.elapsed()))
+            POLL.min(settle.saturating_sub(started.elapsed()))
         } else {
             POLL
         };
@@ -619,7 +667,7 @@ pub async fn converge(
             .map(|c| converge_one(docker, plan, node_id, c)),
     )
     .await;
-    let mut started: Vec<(&str, Instant)> = Vec::new();
+    let mut started: Vec<(&str, Instant, Duration)> = Vec::new();
     let mut first_error = None;
     for (c, outcome) in node.containers.iter().zip(outcomes) {
         let name = c.docker_name();
@@ -632,7 +680,14 @@ pub async fn converge(
                 };
                 list.push(name.to_string());
                 if let Some(at) = start {
-                    started.push((name, at));
+                    // With a probe, running is enough here: the probe says when it is
+                    // ready, and watches for an exit meanwhile.
+                    let settle = if c.ready.is_some() {
+                        Duration::ZERO
+                    } else {
+                        SETTLE
+                    };
+                    started.push((name, at, settle));
                 }
             }
             Err(e) => {
@@ -644,8 +699,8 @@ pub async fn converge(
         return Err(e);
     }
     // Started together, checked one after the other: the settle periods overlap.
-    for (name, at) in started {
-        wait_running(docker, name, at).await?;
+    for (name, at, settle) in started {
+        wait_running(docker, name, at, settle).await?;
     }
     report.statuses = statuses(docker, plan, node_id).await;
     Ok(report)
@@ -725,6 +780,7 @@ mod tests {
             volumes: vec![],
             ports: vec![],
             registry_auth: None,
+            ready: None,
         }
     }
 
@@ -777,9 +833,20 @@ mod tests {
         hosts.nodes[0].containers[1].address = Some("10.240.1.9".parse().expect("ip"));
         assert_ne!(spec_hash(&hosts, &hosts.nodes[0].containers[0]), h);
 
-        // A new generation alone, or new credentials, change nothing.
+        // A new generation alone, new credentials or a new readiness probe (its
+        // expected DataNode count follows the cluster's size) change nothing.
         let mut same = p.clone();
         same.generation = 7;
+        same.nodes[0].containers[0].ready = Some(shoal_protocol::ProbePlan {
+            tcp: Some(8080),
+            http: None,
+            exec: None,
+            json: BTreeMap::new(),
+            body: None,
+            interval_ms: 100,
+            timeout_ms: 100,
+            deadline_ms: 1000,
+        });
         same.nodes[0].containers[0].registry_auth = Some(RegistryAuth {
             server: "r.example.com".into(),
             username: "u".into(),

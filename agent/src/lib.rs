@@ -13,5 +13,6 @@ pub mod images;
 pub mod netlink;
 pub mod netns;
 pub mod overlay;
+pub mod probes;
 pub mod retry;
 pub mod run;

@@ -5,8 +5,9 @@
 //!    exit [`exit::UNREACHABLE`] with what could not be reached).
 //! 3. Validate the whole plan and find this node before touching anything; a bad plan
 //!    is reported (`plan-invalid`) and the agent waits for a newer one.
-//! 4. Converge: network (overlay), images, containers; each phase reported with its
-//!    timing; `ready` at the end, or `failed` with a stable reason code.
+//! 4. Converge: network (overlay), images, containers, then the containers' readiness
+//!    probes (`probing`); each phase reported with its timing; `ready` at the end, or
+//!    `failed` with a stable reason code.
 //! 5. Stay resident: converge again on every newer plan, on Docker events that show
 //!    something of the cluster was lost (a container died, a daemon restarted), and
 //!    after a failure (with backoff).
@@ -22,7 +23,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
-use crate::{config, containers, docker, images, netns, overlay, retry};
+use crate::{config, containers, docker, images, netns, overlay, probes, retry};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
@@ -257,7 +258,16 @@ impl Agent {
         let report = containers::converge(&docker, plan, &node_id)
             .await
             .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
-        Ok(report.statuses)
+        if !probes::has_probes(plan, &node_id) {
+            return Ok(report.statuses);
+        }
+
+        self.report(Phase::Probing, g, None, report.statuses).await;
+        let probed = probes::wait_ready(&docker, plan, &node_id)
+            .await
+            .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
+        tracing::info!(?probed, "readiness probes passed");
+        Ok(containers::statuses(&docker, plan, &node_id).await)
     }
 
     /// Converges and reports the outcome; returns whether it succeeded.

@@ -100,6 +100,7 @@ fn demo_container(name: &str, ip: &str, command: &[&str]) -> ContainerPlan {
         volumes: vec![],
         ports: vec![],
         registry_auth: None,
+        ready: None,
     }
 }
 

@@ -1,13 +1,14 @@
 //! Blueprints: what a cluster runs, in TOML. Host groups take nodes (a fixed count, or
-//! "the rest"); each group lists its containers. Environment values may name other
-//! containers: `${fqdn:NAME}` is the FQDN of the first container called NAME (lowest
-//! node index), `${cluster}` and `${domain}` what they say.
+//! "the rest"); each group lists its containers. Environment values and readiness
+//! probes may refer to the plan: `${fqdn:NAME}` is the FQDN of the first container
+//! called NAME (lowest node index), `${count:NAME}` how many containers of that name
+//! the cluster runs, `${cluster}` and `${domain}` what they say.
 
 use std::collections::{BTreeMap, HashSet};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use shoal_protocol::{is_dns_label, is_dns_name, NetworkMode, PortPlan};
+use shoal_protocol::{is_dns_label, is_dns_name, NetworkMode, PortPlan, ProbePlan};
 
 /// The default DNS domain of container names.
 pub const DEFAULT_DOMAIN: &str = "shoal.internal";
@@ -15,6 +16,7 @@ pub const DEFAULT_DOMAIN: &str = "shoal.internal";
 /// Blueprints shipped with Shoal, by name.
 pub const BUILT_IN: &[(&str, &str)] = &[
     ("demo", include_str!("../blueprints/demo.toml")),
+    ("hadoop", include_str!("../blueprints/hadoop.toml")),
     ("ambari", include_str!("../blueprints/ambari.toml")),
 ];
 
@@ -136,6 +138,157 @@ pub struct ContainerSpec {
     /// `overlay` (default) or `host`.
     #[serde(default)]
     pub network: NetworkMode,
+    /// What must answer before the container counts as ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ProbeSpec>,
+}
+
+/// Default milliseconds between two tries of a probe.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 500;
+/// Default milliseconds one try may take (at most the deadline).
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 2_000;
+/// Default milliseconds, from the container's start, within which a probe must pass.
+pub const DEFAULT_PROBE_DEADLINE_MS: u64 = 300_000;
+
+/// A readiness probe as a blueprint writes it: `ready = { tcp = PORT }`,
+/// `{ http = "URL" }` (optionally with `json = { "/pointer" = "value" }` and
+/// `body = "text"`) or `{ exec = ["cmd", "arg"] }`, with `interval`, `timeout` and
+/// `deadline` in seconds. The URL, the command's arguments and the expected values may
+/// use the `${…}` references of environment values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    /// A port of the container that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<u16>,
+    /// A URL that must answer 2xx (`localhost` is the container itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// A command run in the container that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// For `http`: JSON pointers into the answer and the value each must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json: BTreeMap<String, String>,
+    /// For `http`: text the answer must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Seconds between two tries (default 0.5).
+    #[serde(
+        default,
+        rename = "interval",
+        with = "seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval_ms: Option<u64>,
+    /// Seconds one try may take (default 2, at most the deadline).
+    #[serde(
+        default,
+        rename = "timeout",
+        with = "seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_ms: Option<u64>,
+    /// Seconds from the container's start within which the probe must pass (default 300).
+    #[serde(
+        default,
+        rename = "deadline",
+        with = "seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Durations written as seconds (integer or fractional), held as milliseconds.
+mod seconds {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    /// Longest duration a blueprint may give: a day.
+    const MAX_SECONDS: f64 = 86_400.0;
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(ms) => s.serialize_some(&(*ms as f64 / 1000.0)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            None => Ok(None),
+            Some(x) if x.is_finite() && (0.0..=MAX_SECONDS).contains(&x) => {
+                Ok(Some((x * 1000.0).round() as u64))
+            }
+            Some(x) => Err(D::Error::custom(format!(
+                "{x} is not a number of seconds from 0 to {MAX_SECONDS}"
+            ))),
+        }
+    }
+}
+
+impl ProbeSpec {
+    /// The probe of the plan, its strings expanded by `expand` (or the first failure).
+    pub fn to_plan(
+        &self,
+        mut expand: impl FnMut(&str) -> Result<String, String>,
+    ) -> Result<ProbePlan, String> {
+        let deadline_ms = self.deadline_ms.unwrap_or(DEFAULT_PROBE_DEADLINE_MS);
+        let mut json = BTreeMap::new();
+        for (pointer, value) in &self.json {
+            json.insert(pointer.clone(), expand(value)?);
+        }
+        Ok(ProbePlan {
+            tcp: self.tcp,
+            http: self.http.as_deref().map(&mut expand).transpose()?,
+            exec: self
+                .exec
+                .as_ref()
+                .map(|cmd| cmd.iter().map(|a| expand(a)).collect::<Result<Vec<_>, _>>())
+                .transpose()?,
+            json,
+            body: self.body.as_deref().map(&mut expand).transpose()?,
+            interval_ms: self.interval_ms.unwrap_or(DEFAULT_PROBE_INTERVAL_MS),
+            timeout_ms: self
+                .timeout_ms
+                .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS.min(deadline_ms)),
+            deadline_ms,
+        })
+    }
+
+    /// Every string of the probe that may hold `${…}` references.
+    fn templated(&self) -> impl Iterator<Item = &String> {
+        self.http
+            .iter()
+            .chain(self.exec.iter().flatten())
+            .chain(self.json.values())
+            .chain(self.body.iter())
+    }
+
+    /// Checks the rules a probe must follow whatever the cluster; `${…}` references are
+    /// checked by the blueprint.
+    fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("deadline", self.deadline_ms),
+            ("interval", self.interval_ms),
+        ] {
+            if v == Some(0) {
+                return Err(format!("ready.{name} must be more than 0 seconds"));
+            }
+        }
+        if let Some(timeout) = self.timeout_ms {
+            let deadline = self.deadline_ms.unwrap_or(DEFAULT_PROBE_DEADLINE_MS);
+            if timeout == 0 || timeout > deadline {
+                return Err(format!(
+                    "ready.timeout must be more than 0 and at most the deadline ({} s)",
+                    deadline as f64 / 1000.0
+                ));
+            }
+        }
+        // Everything else, as the agent will check it (references left unexpanded).
+        self.to_plan(|v| Ok(v.to_string()))?
+            .validate("ready")
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Why a blueprint is unusable.
@@ -158,7 +311,7 @@ pub enum BlueprintError {
         message: String,
     },
     /// Neither a built-in name nor a readable file.
-    #[error("no blueprint {0:?}: it is neither a built-in one (demo, ambari) nor a readable file")]
+    #[error("no blueprint {0:?}: it is neither a built-in one (demo, hadoop, ambari) nor a readable file")]
     NotFound(String),
 }
 
@@ -243,22 +396,31 @@ impl Blueprint {
                     parse_volume(v)
                         .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
                 }
+                if let Some(probe) = &c.ready {
+                    probe
+                        .check()
+                        .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
+                }
             }
         }
-        // Every ${fqdn:NAME} must name a container of the blueprint.
+        // Every ${fqdn:NAME} and ${count:NAME} must name a container of the blueprint.
         for g in &self.groups {
             for c in &g.containers {
-                for value in c.env.values() {
+                let probe_values = c.ready.iter().flat_map(ProbeSpec::templated);
+                for value in c.env.values().chain(probe_values) {
                     for reference in template_refs(value)
                         .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?
                     {
-                        if let Template::Fqdn(name) = &reference {
-                            if !all_containers.contains(name) {
-                                return Err(self.invalid(format!(
-                                    "container {}: ${{fqdn:{name}}} names no container of this blueprint",
-                                    c.name
-                                )));
-                            }
+                        let (kind, name) = match &reference {
+                            Template::Fqdn(name) => ("fqdn", name),
+                            Template::Count(name) => ("count", name),
+                            Template::Cluster | Template::Domain => continue,
+                        };
+                        if !all_containers.contains(name) {
+                            return Err(self.invalid(format!(
+                                "container {}: ${{{kind}:{name}}} names no container of this blueprint",
+                                c.name
+                            )));
                         }
                     }
                 }
@@ -329,72 +491,98 @@ pub fn load(arg: &str) -> Result<Blueprint, BlueprintError> {
     Blueprint::parse(arg, &text)
 }
 
-/// A `${…}` reference in an environment value.
+/// A `${…}` reference in an environment value or a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Template {
     /// `${fqdn:NAME}`.
     Fqdn(String),
+    /// `${count:NAME}`.
+    Count(String),
     /// `${cluster}`.
     Cluster,
     /// `${domain}`.
     Domain,
 }
 
-/// The references in `value`, in order.
-pub fn template_refs(value: &str) -> Result<Vec<Template>, String> {
-    let mut out = Vec::new();
+impl Template {
+    fn parse(inner: &str) -> Option<Template> {
+        Some(match inner {
+            "cluster" => Template::Cluster,
+            "domain" => Template::Domain,
+            _ => match inner.split_once(':')? {
+                ("fqdn", name) => Template::Fqdn(name.to_string()),
+                ("count", name) => Template::Count(name.to_string()),
+                _ => return None,
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Template::Fqdn(n) => write!(f, "${{fqdn:{n}}}"),
+            Template::Count(n) => write!(f, "${{count:{n}}}"),
+            Template::Cluster => f.write_str("${cluster}"),
+            Template::Domain => f.write_str("${domain}"),
+        }
+    }
+}
+
+/// Splits `value` into literal text and references, calling `on` for each in order.
+fn walk(
+    value: &str,
+    mut on: impl FnMut(&str, Option<Template>) -> Result<(), String>,
+) -> Result<(), String> {
     let mut rest = value;
     while let Some(start) = rest.find("${") {
+        on(&rest[..start], None)?;
         let after = &rest[start + 2..];
         let end = after
             .find('}')
             .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
         let inner = &after[..end];
-        out.push(match inner {
-            "cluster" => Template::Cluster,
-            "domain" => Template::Domain,
-            _ => match inner.strip_prefix("fqdn:") {
-                Some(name) => Template::Fqdn(name.to_string()),
-                None => return Err(format!("unknown reference ${{{inner}}} in {value:?}")),
-            },
-        });
+        let reference = Template::parse(inner)
+            .ok_or_else(|| format!("unknown reference ${{{inner}}} in {value:?}"))?;
+        on("", Some(reference))?;
         rest = &after[end + 1..];
     }
+    on(rest, None)
+}
+
+/// The references in `value`, in order.
+pub fn template_refs(value: &str) -> Result<Vec<Template>, String> {
+    let mut out = Vec::new();
+    walk(value, |_, r| {
+        out.extend(r);
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// Substitutes references; `fqdn` resolves container names.
+/// Substitutes references; `resolve` gives the value of `${fqdn:…}` and `${count:…}`
+/// (`None`: no such container in this cluster).
 pub fn expand(
     value: &str,
     cluster: &str,
     domain: &str,
-    fqdn: impl Fn(&str) -> Option<String>,
+    resolve: impl Fn(&Template) -> Option<String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
-        let inner = &after[..end];
-        match inner {
-            "cluster" => out.push_str(cluster),
-            "domain" => out.push_str(domain),
-            _ => {
-                let name = inner
-                    .strip_prefix("fqdn:")
-                    .ok_or_else(|| format!("unknown reference ${{{inner}}}"))?;
-                let f = fqdn(name).ok_or_else(|| {
-                    format!("${{fqdn:{name}}}: no container {name:?} in this cluster")
-                })?;
-                out.push_str(&f);
+    walk(value, |text, reference| {
+        out.push_str(text);
+        match reference {
+            None => {}
+            Some(Template::Cluster) => out.push_str(cluster),
+            Some(Template::Domain) => out.push_str(domain),
+            Some(r) => {
+                let v =
+                    resolve(&r).ok_or_else(|| format!("{r}: no such container in this cluster"))?;
+                out.push_str(&v);
             }
         }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -491,13 +679,100 @@ count = 2
 
     #[test]
     fn templates_expand() {
-        let v = expand("http://${fqdn:server}:8080/${cluster}", "demo", "d", |n| {
-            (n == "server").then(|| "server-node-0.demo.d".to_string())
-        })
+        let resolve = |t: &Template| match t {
+            Template::Fqdn(n) if n == "server" => Some("server-node-0.demo.d".to_string()),
+            Template::Count(n) if n == "agent" => Some("3".to_string()),
+            _ => None,
+        };
+        let v = expand(
+            "http://${fqdn:server}:8080/${cluster}?n=${count:agent}",
+            "demo",
+            "d",
+            resolve,
+        )
         .expect("expand");
-        assert_eq!(v, "http://server-node-0.demo.d:8080/demo");
+        assert_eq!(v, "http://server-node-0.demo.d:8080/demo?n=3");
         assert!(expand("${fqdn:x}", "c", "d", |_| None).is_err());
         assert!(expand("${oops", "c", "d", |_| None).is_err());
+        let err = expand("${HOME}", "c", "d", |_| None).unwrap_err();
+        assert!(err.contains("unknown reference ${HOME}"), "{err}");
+    }
+
+    fn with_probe(probe: &str) -> Result<Blueprint, BlueprintError> {
+        let text = format!(
+            "name = \"x\"\n[[group]]\nname = \"a\"\ncount = 1\n[[group.container]]\nname = \"c\"\nimage = \"i\"\nready = {probe}\n"
+        );
+        Blueprint::parse("t", &text)
+    }
+
+    #[test]
+    fn probes_parse_with_defaults_and_seconds() {
+        let bp = with_probe("{ tcp = 8020, interval = 0.25, deadline = 60 }").expect("valid");
+        let spec = bp.groups[0].containers[0].ready.as_ref().expect("probe");
+        let plan = spec.to_plan(|v| Ok(v.to_string())).expect("plan");
+        assert_eq!(plan.tcp, Some(8020));
+        assert_eq!(plan.interval_ms, 250);
+        assert_eq!(plan.timeout_ms, DEFAULT_PROBE_TIMEOUT_MS);
+        assert_eq!(plan.deadline_ms, 60_000);
+        // Through the store's JSON and back.
+        let json = serde_json::to_string(&bp).expect("json");
+        let back: Blueprint = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, bp);
+        let short = with_probe("{ exec = [\"true\"], deadline = 1 }").expect("valid");
+        let plan = short.groups[0].containers[0]
+            .ready
+            .as_ref()
+            .expect("probe")
+            .to_plan(|v| Ok(v.to_string()))
+            .expect("plan");
+        assert_eq!(
+            plan.timeout_ms, 1000,
+            "the default timeout is capped at the deadline"
+        );
+    }
+
+    #[test]
+    fn bad_probes_are_refused() {
+        for (probe, message) in [
+            ("{ grpc = 50051 }", "unknown field `grpc`"),
+            ("{ tcp = 0 }", "port 0"),
+            ("{ exec = [] }", "the command is empty"),
+            (
+                "{ tcp = 80, deadline = 0 }",
+                "ready.deadline must be more than 0",
+            ),
+            (
+                "{ tcp = 80, interval = 0 }",
+                "ready.interval must be more than 0",
+            ),
+            ("{ tcp = 80, deadline = -1 }", "is not a number of seconds"),
+            (
+                "{ tcp = 80, timeout = 10, deadline = 5 }",
+                "at most the deadline",
+            ),
+            ("{ tcp = 80, http = \"http://x/\" }", "exactly one of"),
+            ("{ interval = 1 }", "exactly one of"),
+            ("{ http = \"ftp://x/\" }", "not an http:// URL"),
+            (
+                "{ tcp = 80, json = { \"/a\" = \"1\" } }",
+                "http probes only",
+            ),
+            (
+                "{ http = \"http://${fqdn:nope}/\" }",
+                "${fqdn:nope} names no container",
+            ),
+            (
+                "{ exec = [\"test\", \"${count:nope}\"] }",
+                "${count:nope} names no container",
+            ),
+            (
+                "{ exec = [\"sh\", \"-c\", \"echo ${HOME}\"] }",
+                "unknown reference ${HOME}",
+            ),
+        ] {
+            let err = with_probe(probe).expect_err(probe).to_string();
+            assert!(err.contains(message), "{probe}: {err}");
+        }
     }
 
     #[test]

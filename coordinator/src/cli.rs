@@ -238,7 +238,7 @@ pub struct CreateArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub nodes: u32,
-    /// Blueprint: a built-in name (demo, ambari) or a TOML file.
+    /// Blueprint: a built-in name (demo, hadoop, ambari) or a TOML file.
     #[arg(long)]
     pub blueprint: Option<String>,
     /// Wait until the cluster is AVAILABLE (exit 1 if it fails), showing progress.
@@ -588,7 +588,7 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).map_err(|e| {
                         cli_err(format!(
-                            "--blueprint {path:?} is neither a built-in blueprint (demo, ambari) nor a readable file: {e}"
+                            "--blueprint {path:?} is neither a built-in blueprint (demo, hadoop, ambari) nor a readable file: {e}"
                         ))
                     })?;
                     (None, Some(text))

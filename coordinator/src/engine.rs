@@ -118,7 +118,7 @@ pub fn validate_request(req: &CreateRequest) -> Result<ValidRequest, EngineError
                 .unwrap_or(crate::blueprint::DEFAULT_BLUEPRINT);
             Blueprint::built_in(name).ok_or_else(|| {
                 EngineError::BadRequest(format!(
-                    "no built-in blueprint {name:?} (built-in: demo, ambari); upload a file instead"
+                    "no built-in blueprint {name:?} (built-in: demo, hadoop, ambari); upload a file instead"
                 ))
             })??
         }

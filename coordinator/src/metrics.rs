@@ -358,17 +358,7 @@ const ALL_STATES: &[ClusterState] = &[
     ClusterState::Deleted,
 ];
 
-const ALL_PHASES: &[Phase] = &[
-    Phase::Pending,
-    Phase::VmRunning,
-    Phase::AgentStarted,
-    Phase::PlanReceived,
-    Phase::Network,
-    Phase::Images,
-    Phase::Containers,
-    Phase::Ready,
-    Phase::Failed,
-];
+const ALL_PHASES: &[Phase] = &Phase::ALL;
 
 /// Axum middleware for the metadata router: counts requests by route and status code
 /// and keeps the in-flight gauge.

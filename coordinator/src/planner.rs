@@ -13,7 +13,7 @@ use shoal_protocol::{
     DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
 };
 
-use crate::blueprint::{expand, parse_volume, registry_of, Blueprint, BlueprintError};
+use crate::blueprint::{expand, parse_volume, registry_of, Blueprint, BlueprintError, Template};
 
 /// The default overlay.
 pub const DEFAULT_OVERLAY: &str = "10.240.0.0/16";
@@ -94,15 +94,23 @@ pub fn build(
     }
     let domain = &blueprint.domain;
 
-    // First pass: names, so ${fqdn:NAME} can resolve to the lowest-index container.
+    // First pass: names, so ${fqdn:NAME} can resolve to the lowest-index container and
+    // ${count:NAME} to how many there are.
     let mut first_fqdn: BTreeMap<&str, String> = BTreeMap::new();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     for (node, group) in nodes.iter().zip(&groups) {
         for c in &group.containers {
             first_fqdn
                 .entry(c.name.as_str())
                 .or_insert_with(|| fqdn(&c.name, &node.id, cluster, domain));
+            *count.entry(c.name.as_str()).or_default() += 1;
         }
     }
+    let resolve = |t: &Template| match t {
+        Template::Fqdn(name) => first_fqdn.get(name.as_str()).cloned(),
+        Template::Count(name) => Some(count.get(name.as_str()).copied().unwrap_or(0).to_string()),
+        Template::Cluster | Template::Domain => None,
+    };
 
     let mut out = Vec::with_capacity(nodes.len());
     for ((node, group), slice) in nodes.iter().zip(&groups).zip(&slices) {
@@ -110,22 +118,24 @@ pub fn build(
         let gateway = hosts.next().unwrap_or(slice.network());
         let mut containers = Vec::with_capacity(group.containers.len());
         for c in &group.containers {
+            let template_error = |message| PlannerError::Template {
+                container: c.name.clone(),
+                message,
+            };
             let mut env = BTreeMap::new();
             for (k, v) in &c.env {
-                let value = expand(v, cluster, domain, |name| first_fqdn.get(name).cloned())
-                    .map_err(|message| PlannerError::Template {
-                        container: c.name.clone(),
-                        message,
-                    })?;
+                let value = expand(v, cluster, domain, resolve).map_err(template_error)?;
                 env.insert(k.clone(), value);
             }
+            let ready = c
+                .ready
+                .as_ref()
+                .map(|p| p.to_plan(|v| expand(v, cluster, domain, resolve)))
+                .transpose()
+                .map_err(template_error)?;
             let mut volumes = Vec::with_capacity(c.volumes.len());
             for v in &c.volumes {
-                let (source, target, read_only) =
-                    parse_volume(v).map_err(|message| PlannerError::Template {
-                        container: c.name.clone(),
-                        message,
-                    })?;
+                let (source, target, read_only) = parse_volume(v).map_err(template_error)?;
                 volumes.push(VolumePlan {
                     source,
                     target,
@@ -155,6 +165,7 @@ pub fn build(
                         username: r.username.clone(),
                         password: r.password.clone(),
                     }),
+                ready,
             });
         }
         out.push(NodePlan {

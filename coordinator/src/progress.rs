@@ -15,7 +15,7 @@ use crate::api::{ClusterView, NodeView};
 use crate::store::ClusterState;
 
 /// The steps a node goes through, in order: its bar fills one cell group per step.
-const STEPS: [Phase; 8] = [
+const STEPS: [Phase; 9] = [
     Phase::Pending,
     Phase::VmRunning,
     Phase::AgentStarted,
@@ -23,11 +23,12 @@ const STEPS: [Phase; 8] = [
     Phase::Network,
     Phase::Images,
     Phase::Containers,
+    Phase::Probing,
     Phase::Ready,
 ];
 
-/// Width of a node's bar, in cells.
-pub const BAR_CELLS: usize = 21;
+/// Width of a node's bar, in cells: three per step.
+pub const BAR_CELLS: usize = 24;
 
 /// Progress display state.
 #[derive(Debug)]
@@ -191,11 +192,11 @@ mod tests {
     fn bars_fill_with_the_phase() {
         assert_eq!(
             bar(&node("n", Phase::Pending)),
-            format!("[{}]", ".".repeat(21))
+            format!("[{}]", ".".repeat(BAR_CELLS))
         );
         assert_eq!(
             bar(&node("n", Phase::Ready)),
-            format!("[{}]", "#".repeat(21))
+            format!("[{}]", "#".repeat(BAR_CELLS))
         );
         let mid = bar(&node("n", Phase::PlanReceived));
         assert_eq!(mid.matches('#').count(), 9, "{mid}");

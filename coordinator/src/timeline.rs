@@ -4,7 +4,7 @@
 //! The stages of a node come from two clocks: the coordinator's (when the VM was
 //! requested, when the provider reported it running) and the agent's (the phase
 //! timings it reports: agent started and waiting for the plan, plan received, network,
-//! images, containers, ready). Everything is drawn relative to the moment the cluster
+//! images, containers, probing, ready). Everything is drawn relative to the moment the cluster
 //! was requested. The local provider's VMs share the coordinator's clock; on a cloud, a
 //! VM whose clock is off shows its agent's stages shifted by that much (times before
 //! the request are drawn at the request).
@@ -39,10 +39,12 @@ pub enum Stage {
     Images,
     /// Containers are being created and started.
     Containers,
+    /// Containers run; their readiness probes are being tried.
+    Probing,
 }
 
 /// Every stage, in boot order.
-pub const STAGES: [Stage; 7] = [
+pub const STAGES: [Stage; 8] = [
     Stage::VmRequested,
     Stage::VmRunning,
     Stage::AgentStarted,
@@ -50,6 +52,7 @@ pub const STAGES: [Stage; 7] = [
     Stage::Network,
     Stage::Images,
     Stage::Containers,
+    Stage::Probing,
 ];
 
 /// The colour of the ready mark.
@@ -68,6 +71,7 @@ impl Stage {
             Stage::Network => "network",
             Stage::Images => "images",
             Stage::Containers => "containers",
+            Stage::Probing => "probing",
         }
     }
 
@@ -81,6 +85,7 @@ impl Stage {
             Stage::Network => "network",
             Stage::Images => "images",
             Stage::Containers => "containers",
+            Stage::Probing => "probing (readiness)",
         }
     }
 
@@ -94,6 +99,7 @@ impl Stage {
             Stage::Network => "#76b7b2",
             Stage::Images => "#edc948",
             Stage::Containers => "#f28e2b",
+            Stage::Probing => "#ff9da7",
         }
     }
 
@@ -107,6 +113,7 @@ impl Stage {
             Stage::Network => 'N',
             Stage::Images => 'I',
             Stage::Containers => 'C',
+            Stage::Probing => 'P',
         }
     }
 
@@ -120,6 +127,7 @@ impl Stage {
             Stage::Network => 109,
             Stage::Images => 221,
             Stage::Containers => 208,
+            Stage::Probing => 218,
         }
     }
 
@@ -132,6 +140,7 @@ impl Stage {
             Phase::Network => Some(Stage::Network),
             Phase::Images => Some(Stage::Images),
             Phase::Containers => Some(Stage::Containers),
+            Phase::Probing => Some(Stage::Probing),
             Phase::Ready | Phase::Failed => None,
         }
     }
@@ -371,7 +380,8 @@ impl Timeline {
         let rows = self.nodes.len() as u32;
         let axis_y = TOP + rows * ROW + 6;
         let legend_y = axis_y + 70;
-        let legend_rows = 2;
+        // Four swatches a row: the stages, then the ready mark.
+        let legend_rows = (STAGES.len() as u32 + 1).div_ceil(4);
         let h = legend_y + legend_rows * 22 + 12;
         let scale = plot_w as f64 / self.total_ms as f64;
         let x = |ms: u64| LEFT + ((ms as f64 * scale).round() as u32).min(plot_w);
@@ -516,7 +526,7 @@ impl Timeline {
             );
         }
 
-        // Legend: two rows of four swatches, on a grid.
+        // Legend: rows of four swatches, on a grid.
         const COLUMN: u32 = (W - 40) / 4;
         let items: Vec<(&str, &str, bool)> = STAGES
             .iter()
@@ -698,10 +708,11 @@ mod tests {
             timing(
                 Phase::Containers,
                 offset + 1940,
-                if ready { Some(1800) } else { None },
+                if ready { Some(600) } else { None },
             ),
         ];
         if ready {
+            timings.push(timing(Phase::Probing, offset + 2540, Some(1200)));
             timings.push(timing(Phase::Ready, offset + 3740, Some(0)));
         }
         NodeView {
@@ -758,7 +769,11 @@ mod tests {
         assert_eq!(n0.segments[0].end_ms, 90);
         // Boot: from running to the agent's first report.
         assert_eq!((n0.segments[1].start_ms, n0.segments[1].end_ms), (90, 150));
-        assert_eq!(n0.segments[6].duration_ms(), 1800);
+        assert_eq!(n0.segments[6].duration_ms(), 600);
+        assert_eq!(
+            (n0.segments[7].stage, n0.segments[7].duration_ms()),
+            (Stage::Probing, 1200)
+        );
         assert_eq!(n0.ready_ms, Some(3740));
         assert_eq!(t.nodes[1].ready_ms, Some(3770));
         assert!(t

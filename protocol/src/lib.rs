@@ -130,6 +130,81 @@ pub struct ContainerPlan {
     /// Credentials for pulling the image, when it is neither present nor baked in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
+    /// What must answer before the container counts as ready; without one, a container
+    /// is ready once it has stayed running for a moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ProbePlan>,
+}
+
+/// A readiness probe: exactly one of [`ProbePlan::tcp`], [`ProbePlan::http`] and
+/// [`ProbePlan::exec`], tried every `interval_ms` (each try bounded by `timeout_ms`)
+/// until it passes or `deadline_ms` have passed since the container was started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePlan {
+    /// A TCP port of the container that must accept a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<u16>,
+    /// An `http://` URL that must answer 2xx (and match [`ProbePlan::json`] and
+    /// [`ProbePlan::body`]). The host `localhost` names the container itself; a
+    /// container FQDN of the plan, that container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// A command run inside the container (no shell) that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// For `http`: JSON pointers (RFC 6901) into the answer and the value each must
+    /// have (a string, or the text of a number or boolean).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json: BTreeMap<String, String>,
+    /// For `http`: text the answer must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Milliseconds between the starts of two tries.
+    pub interval_ms: u64,
+    /// Milliseconds one try may take.
+    pub timeout_ms: u64,
+    /// Milliseconds after the container's start by which the probe must have passed.
+    pub deadline_ms: u64,
+}
+
+/// What a probe checks, borrowed from a valid [`ProbePlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind<'a> {
+    /// A TCP connection to this port.
+    Tcp(u16),
+    /// An HTTP GET of this URL.
+    Http(&'a str),
+    /// This command, inside the container.
+    Exec(&'a [String]),
+}
+
+impl ProbePlan {
+    /// What the probe checks; `None` unless exactly one kind is given (a plan that
+    /// passed validation always has one).
+    pub fn kind(&self) -> Option<ProbeKind<'_>> {
+        match (self.tcp, self.http.as_deref(), self.exec.as_deref()) {
+            (Some(port), None, None) => Some(ProbeKind::Tcp(port)),
+            (None, Some(url), None) => Some(ProbeKind::Http(url)),
+            (None, None, Some(cmd)) => Some(ProbeKind::Exec(cmd)),
+            _ => None,
+        }
+    }
+
+    /// Checks the probe's rules; `field` names it in errors.
+    pub fn validate(&self, field: &str) -> Result<(), PlanError> {
+        validate::probe(self, field)
+    }
+}
+
+impl std::fmt::Display for ProbePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind() {
+            Some(ProbeKind::Tcp(port)) => write!(f, "tcp {port}"),
+            Some(ProbeKind::Http(url)) => write!(f, "http {url}"),
+            Some(ProbeKind::Exec(cmd)) => write!(f, "exec {}", cmd.join(" ")),
+            None => f.write_str("(invalid probe)"),
+        }
+    }
 }
 
 /// A bind mount.
@@ -303,6 +378,8 @@ pub enum Phase {
     Images,
     /// Containers are being created and started.
     Containers,
+    /// Containers run; their readiness probes are being tried.
+    Probing,
     /// The node matches the plan.
     Ready,
     /// The node failed; see [`NodeStatus::error`].
@@ -320,26 +397,29 @@ impl Phase {
             Phase::Network => "network",
             Phase::Images => "images",
             Phase::Containers => "containers",
+            Phase::Probing => "probing",
             Phase::Ready => "ready",
             Phase::Failed => "failed",
         }
     }
 
+    /// Every phase, in the order a node goes through them ([`Phase::Failed`] last).
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::VmRunning,
+        Phase::AgentStarted,
+        Phase::PlanReceived,
+        Phase::Network,
+        Phase::Images,
+        Phase::Containers,
+        Phase::Probing,
+        Phase::Ready,
+        Phase::Failed,
+    ];
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Phase> {
-        [
-            Phase::Pending,
-            Phase::VmRunning,
-            Phase::AgentStarted,
-            Phase::PlanReceived,
-            Phase::Network,
-            Phase::Images,
-            Phase::Containers,
-            Phase::Ready,
-            Phase::Failed,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 
@@ -363,6 +443,8 @@ pub mod reason {
     pub const IMAGE_FAILED: &str = "image-failed";
     /// A container could not be created or did not stay running.
     pub const CONTAINER_FAILED: &str = "container-failed";
+    /// A container's readiness probe did not pass within its deadline.
+    pub const PROBE_FAILED: &str = "probe-failed";
     /// The agent's configuration is unusable.
     pub const CONFIG_INVALID: &str = "config-invalid";
 }

@@ -12,6 +12,7 @@ fn container(name: &str, node: &str, ip: &str) -> ContainerPlan {
         volumes: vec![],
         ports: vec![],
         registry_auth: None,
+        ready: None,
     }
 }
 
@@ -242,14 +243,153 @@ fn registry_password_is_not_in_debug_output() {
     assert!(!format!("{auth:?}").contains("hunter2"));
 }
 
+fn probe(tcp: Option<u16>, http: Option<&str>, exec: Option<&[&str]>) -> ProbePlan {
+    ProbePlan {
+        tcp,
+        http: http.map(String::from),
+        exec: exec.map(|c| c.iter().map(|a| a.to_string()).collect()),
+        json: BTreeMap::new(),
+        body: None,
+        interval_ms: 250,
+        timeout_ms: 1000,
+        deadline_ms: 60_000,
+    }
+}
+
+#[test]
+fn probes_round_trip_and_validate() {
+    let mut p = sample();
+    let mut http = probe(None, Some("http://localhost:50070/jmx?qry=x"), None);
+    http.json
+        .insert("/beans/0/NumLiveDataNodes".into(), "2".into());
+    p.nodes[0].containers[0].ready = Some(http);
+    p.nodes[1].containers[0].ready = Some(probe(Some(8080), None, None));
+    p.nodes[2].containers[0].ready = Some(probe(None, None, Some(&["shoal-demo", "ready"])));
+    let bytes = serde_json::to_vec(&p).expect("serialize");
+    let back = Plan::from_json(&bytes).expect("valid plan");
+    assert_eq!(back, p);
+    let kinds: Vec<String> = back
+        .nodes
+        .iter()
+        .map(|n| n.containers[0].ready.as_ref().expect("probe").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "http http://localhost:50070/jmx?qry=x",
+            "tcp 8080",
+            "exec shoal-demo ready"
+        ]
+    );
+    // A plan without probes serializes as before (no "ready" key).
+    let plain = serde_json::to_string(&sample()).expect("serialize");
+    assert!(!plain.contains("ready"), "{plain}");
+}
+
+#[test]
+fn bad_probes_are_refused_with_their_field() {
+    let cases: Vec<(ProbePlan, &str, &str)> = vec![
+        (
+            probe(None, None, None),
+            "ready",
+            "exactly one of tcp, http, exec (0 given)",
+        ),
+        (
+            probe(Some(80), Some("http://x/"), None),
+            "ready",
+            "(2 given)",
+        ),
+        (probe(Some(0), None, None), "ready.tcp", "port 0"),
+        (
+            probe(None, None, Some(&[])),
+            "ready.exec",
+            "the command is empty",
+        ),
+        (
+            probe(None, None, Some(&[""])),
+            "ready.exec",
+            "the command is empty",
+        ),
+        (
+            probe(None, Some("https://x/"), None),
+            "ready.http",
+            "https is not supported",
+        ),
+        (
+            probe(None, Some("http:///x"), None),
+            "ready.http",
+            "needs a host",
+        ),
+        (
+            probe(None, Some("http://a b/"), None),
+            "ready.http",
+            "no spaces",
+        ),
+        (
+            ProbePlan {
+                deadline_ms: 0,
+                ..probe(Some(1), None, None)
+            },
+            "ready.deadline_ms",
+            "outside",
+        ),
+        (
+            ProbePlan {
+                interval_ms: 0,
+                ..probe(Some(1), None, None)
+            },
+            "ready.interval_ms",
+            "outside",
+        ),
+        (
+            ProbePlan {
+                timeout_ms: 120_000,
+                ..probe(Some(1), None, None)
+            },
+            "ready.timeout_ms",
+            "at most the deadline",
+        ),
+        (
+            ProbePlan {
+                body: Some("x".into()),
+                ..probe(Some(1), None, None)
+            },
+            "ready",
+            "http probes only",
+        ),
+    ];
+    for (bad, field, message) in cases {
+        let mut p = sample();
+        p.nodes[1].containers[0].ready = Some(bad.clone());
+        let err = p.validate().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(message), "{bad:?}: {text}");
+        assert_eq!(
+            field_of(err),
+            format!("nodes[1].containers[0].{field}"),
+            "{bad:?}"
+        );
+    }
+    let mut bad_pointer = probe(None, Some("http://x/"), None);
+    bad_pointer.json.insert("beans".into(), "1".into());
+    assert!(bad_pointer.validate("f").is_err());
+}
+
+#[test]
+fn an_unknown_probe_kind_from_a_newer_coordinator_is_refused() {
+    // Unknown fields are ignored, so a probe of a kind this agent does not know arrives
+    // as a probe of no kind: refused, rather than a container called ready untested.
+    let mut v = serde_json::to_value(sample()).expect("to value");
+    v["nodes"][0]["containers"][0]["ready"] = serde_json::json!({
+        "grpc": 50051, "interval_ms": 250, "timeout_ms": 1000, "deadline_ms": 60000
+    });
+    let err = Plan::from_json(&serde_json::to_vec(&v).expect("ser")).unwrap_err();
+    assert!(err.to_string().contains("exactly one of"), "{err}");
+}
+
 #[test]
 fn phase_names_round_trip() {
-    for p in [
-        Phase::PlanReceived,
-        Phase::Ready,
-        Phase::Failed,
-        Phase::VmRunning,
-    ] {
+    for p in Phase::ALL {
         let json = serde_json::to_string(&p).expect("ser");
         assert_eq!(json, format!("\"{}\"", p.as_str()));
         assert_eq!(Phase::parse(p.as_str()), Some(p));

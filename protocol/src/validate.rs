@@ -5,7 +5,20 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::{NetworkMode, NodeStatus, Plan, MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION};
+use crate::{
+    NetworkMode, NodeStatus, Plan, ProbePlan, MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION,
+};
+
+/// Longest a probe may be given to pass: a day.
+pub const MAX_PROBE_DEADLINE_MS: u64 = 86_400_000;
+/// Longest gap between two tries of a probe: an hour.
+const MAX_PROBE_INTERVAL_MS: u64 = 3_600_000;
+/// Shortest gap between two tries of a probe.
+const MIN_PROBE_INTERVAL_MS: u64 = 10;
+/// Longest URL of an `http` probe.
+const MAX_PROBE_URL: usize = 2048;
+/// Most JSON conditions of an `http` probe.
+const MAX_PROBE_JSON: usize = 32;
 
 /// Why a plan (or status report) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -338,6 +351,9 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
                     }
                 }
             }
+            if let Some(probe) = &c.ready {
+                probe.validate(&g("ready"))?;
+            }
             for port in &c.ports {
                 let host = port.host.unwrap_or(port.container);
                 if port.container == 0 || host == 0 {
@@ -355,6 +371,124 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+pub(crate) fn probe(p: &ProbePlan, field: &str) -> Result<(), PlanError> {
+    let kinds = [p.tcp.is_some(), p.http.is_some(), p.exec.is_some()]
+        .iter()
+        .filter(|k| **k)
+        .count();
+    if kinds != 1 {
+        return Err(PlanError::invalid(
+            field,
+            format!("a probe needs exactly one of tcp, http, exec ({kinds} given)"),
+        ));
+    }
+    if p.tcp == Some(0) {
+        return Err(PlanError::invalid(format!("{field}.tcp"), "port 0"));
+    }
+    if let Some(url) = &p.http {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            PlanError::invalid(
+                format!("{field}.http"),
+                format!("{url:?} is not an http:// URL (https is not supported for probes)"),
+            )
+        })?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.is_empty()
+            || authority.contains('@')
+            || url.len() > MAX_PROBE_URL
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(PlanError::invalid(
+                format!("{field}.http"),
+                format!(
+                    "{url:?}: a URL needs a host, at most {MAX_PROBE_URL} characters, no spaces or credentials"
+                ),
+            ));
+        }
+    }
+    if let Some(cmd) = &p.exec {
+        if cmd.first().is_none_or(|a| a.is_empty()) {
+            return Err(PlanError::invalid(
+                format!("{field}.exec"),
+                "the command is empty",
+            ));
+        }
+        if cmd.len() > 256
+            || cmd.iter().any(|a| a.contains('\0'))
+            || cmd.iter().map(String::len).sum::<usize>() > 65_536
+        {
+            return Err(PlanError::invalid(
+                format!("{field}.exec"),
+                "too long or holds a NUL byte",
+            ));
+        }
+    }
+    if p.http.is_none() && (!p.json.is_empty() || p.body.is_some()) {
+        return Err(PlanError::invalid(
+            field,
+            "json and body conditions apply to http probes only",
+        ));
+    }
+    if p.json.len() > MAX_PROBE_JSON {
+        return Err(PlanError::invalid(
+            format!("{field}.json"),
+            format!("more than {MAX_PROBE_JSON} conditions"),
+        ));
+    }
+    for (pointer, value) in &p.json {
+        if !(pointer.is_empty() || pointer.starts_with('/'))
+            || pointer.len() > 512
+            || value.len() > 512
+            || !printable(pointer)
+            || !printable(value)
+        {
+            return Err(PlanError::invalid(
+                format!("{field}.json"),
+                format!(
+                    "{pointer:?}: keys must be JSON pointers (\"\" or starting with '/'), keys and values printable and at most 512 bytes"
+                ),
+            ));
+        }
+    }
+    if let Some(body) = &p.body {
+        if body.is_empty() || body.len() > 1024 || body.contains('\0') {
+            return Err(PlanError::invalid(
+                format!("{field}.body"),
+                "must be 1 to 1024 bytes without NUL",
+            ));
+        }
+    }
+    if p.deadline_ms == 0 || p.deadline_ms > MAX_PROBE_DEADLINE_MS {
+        return Err(PlanError::invalid(
+            format!("{field}.deadline_ms"),
+            format!("{} is outside 1..={MAX_PROBE_DEADLINE_MS}", p.deadline_ms),
+        ));
+    }
+    if !(MIN_PROBE_INTERVAL_MS..=MAX_PROBE_INTERVAL_MS).contains(&p.interval_ms) {
+        return Err(PlanError::invalid(
+            format!("{field}.interval_ms"),
+            format!(
+                "{} is outside {MIN_PROBE_INTERVAL_MS}..={MAX_PROBE_INTERVAL_MS}",
+                p.interval_ms
+            ),
+        ));
+    }
+    if p.timeout_ms == 0 || p.timeout_ms > p.deadline_ms {
+        return Err(PlanError::invalid(
+            format!("{field}.timeout_ms"),
+            format!(
+                "{} must be at least 1 and at most the deadline ({} ms)",
+                p.timeout_ms, p.deadline_ms
+            ),
+        ));
     }
     Ok(())
 }
