@@ -296,12 +296,12 @@ impl Agent {
 
 /// Watches Docker for events that mean part of the cluster was lost, and signals a
 /// reconvergence; a broken stream (daemon restart) signals one too once it is back.
+/// A daemon not up yet when the watch begins (at boot) is no restart.
 fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
     tokio::spawn(async move {
         let mut broken = false;
         loop {
             let Ok(d) = docker::connect(&docker_host).await else {
-                broken = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };

@@ -98,6 +98,15 @@ pub struct DoctorArgs {
     pub profile: Option<String>,
 }
 
+/// How the local provider's VMs get their images (`shoal serve --local-images`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocalImages {
+    /// Loaded once into a template data root; each VM's dockerd starts with them.
+    Shared,
+    /// Loaded by each VM's agent from the tarballs at boot.
+    Load,
+}
+
 /// `shoal serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -123,6 +132,11 @@ pub struct ServeArgs {
     /// Prefix of the local provider's namespace and link names.
     #[arg(long, default_value = crate::providers::local::DEFAULT_PREFIX)]
     pub local_prefix: String,
+    /// How local VMs get the image tarballs: `shared` (loaded once into a template that
+    /// every VM's Docker starts with, as baked VM images do) or `load` (each VM's agent
+    /// loads them at boot).
+    #[arg(long, value_enum, default_value_t = LocalImages::Shared)]
+    pub local_images: LocalImages,
     /// Seconds a creation may take before the cluster is FAILED.
     #[arg(long, default_value_t = 900)]
     pub create_timeout: u64,

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                     agent_bin,
                     local_vpc: a.local_vpc,
                     local_prefix: a.local_prefix.clone(),
+                    local_shared_images: a.local_images == shoal::cli::LocalImages::Shared,
                     create_timeout: Duration::from_secs(a.create_timeout),
                     insecure_http: a.insecure_http,
                     tls_names: a.tls_san.clone(),

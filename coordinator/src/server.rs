@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub local_vpc: Ipv4Net,
     /// Prefix of local namespace names.
     pub local_prefix: String,
+    /// Local VMs start with the images in their Docker (see `LocalSettings::shared_images`).
+    pub local_shared_images: bool,
     /// Creation timeout.
     pub create_timeout: Duration,
     /// Serve the metadata API over plain HTTP (explicit opt-in; TLS otherwise).
@@ -163,8 +165,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                     .metadata_listen
                     .map_or(DEFAULT_METADATA_PORT, |a| a.port()),
                 metadata_scheme: if opts.insecure_http { "http" } else { "https" }.into(),
+                shared_images: opts.local_shared_images,
             })?);
             p.ensure_vpc().await?;
+            let images = p.clone();
+            tokio::spawn(async move { images.prepare_images().await });
             providers.push(p.clone());
             local = Some(p);
         }

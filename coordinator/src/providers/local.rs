@@ -9,7 +9,9 @@
 //!   started with `nsenter --net=…` (`ip netns exec` remounts /sys and breaks dockerd),
 //!   and the agent, started inside the namespace with the configuration read from the
 //!   very user-data document a cloud VM would get. The images a baked VM image holds are
-//!   the tarballs of the image directory, which the agent loads.
+//!   the tarballs of the image directory: loaded once into a template data root
+//!   (`image_store`), which each VM's dockerd starts with, or (without the store)
+//!   loaded by each VM's agent.
 //! - VMs outlive the coordinator (their processes are in their own process groups), as
 //!   cloud VMs would; deletion stops everything, unmounts what is left and removes the
 //!   namespaces, so nothing remains.
@@ -32,6 +34,8 @@ use tokio::process::Command;
 use super::{ClusterRef, NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
 use crate::keys::write_file_atomic;
 use crate::userdata;
+
+mod image_store;
 
 /// Default VPC range: clear of Docker's default pools (172.17.0.0/16 and up,
 /// 192.168.0.0/16) and of the 10.0.x and 192.168.x ranges typical of LANs.
@@ -56,6 +60,10 @@ pub struct LocalSettings {
     pub metadata_port: u16,
     /// Scheme of the metadata listener (`https`, or `http` with --insecure-http).
     pub metadata_scheme: String,
+    /// Whether VMs start with the images already in their Docker (a template data root
+    /// shared by hard links), as a baked cloud VM does; else each VM's agent loads the
+    /// tarballs.
+    pub shared_images: bool,
 }
 
 /// The local provider.
@@ -63,6 +71,7 @@ pub struct LocalSettings {
 pub struct LocalProvider {
     s: LocalSettings,
     leases: tokio::sync::Mutex<()>,
+    images: Option<image_store::ImageStore>,
 }
 
 fn err(msg: impl Into<String>) -> ProviderError {
@@ -238,10 +247,27 @@ impl LocalProvider {
                 s.vpc
             )));
         }
+        let images = s.shared_images.then(|| {
+            image_store::ImageStore::new(
+                s.dir.join("image-store"),
+                s.image_dir.clone(),
+                s.prefix.clone(),
+            )
+        });
         Ok(LocalProvider {
             s,
             leases: tokio::sync::Mutex::new(()),
+            images,
         })
+    }
+
+    /// Loads the image tarballs into the template data root VMs start with (once; a
+    /// no-op without the shared store). Run at coordinator start so that the first
+    /// cluster does not wait for it.
+    pub async fn prepare_images(&self) {
+        if let Some(store) = &self.images {
+            store.prepare().await;
+        }
     }
 
     /// Whether this process may create namespaces.
@@ -525,6 +551,10 @@ impl LocalProvider {
             .map_err(|e| err(format!("dockerd log: {e}")))?;
         let sock = dir.join("docker.sock");
         let _ = std::fs::remove_file(&sock);
+        if let Some(store) = &self.images {
+            // A new VM only: a data root that exists is this VM's own, as it left it.
+            store.seed(&dir.join("docker")).await;
+        }
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .arg("--")
