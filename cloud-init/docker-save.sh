@@ -30,13 +30,18 @@ image_arch() {
     esac
 }
 
-# repro_tar OUTPUT DIR [tar options...]: GNU tar, made reproducible.
+# repro_tar OUTPUT DIR [tar options...]: GNU tar, made reproducible. Members are named
+# as `docker save` names them (`manifest.json`, `etc/passwd`: no leading `./`), which
+# tools reading one member by name (`tar -xOf T manifest.json`) rely on.
 repro_tar() {
     local out=$1 dir=$2
     shift 2
+    local top=()
+    mapfile -t top < <(cd "$dir" && find . -mindepth 1 -maxdepth 1 -printf '%P\n' | LC_ALL=C sort)
+    [ ${#top[@]} -gt 0 ] || die "$dir is empty"
     tar --create --file "$out" --directory "$dir" \
         --sort=name --format=gnu --numeric-owner "$@" \
-        --mtime="@$epoch" .
+        --mtime="@$epoch" -- "${top[@]}"
 }
 
 # write_docker_save ROOTFS REF CONFIG OUT_DIR WORK [tar options...]: tars ROOTFS into

@@ -168,8 +168,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
                 shared_images: opts.local_shared_images,
             })?);
             p.ensure_vpc().await?;
-            let images = p.clone();
-            tokio::spawn(async move { images.prepare_images().await });
+            // Before serving, as a cloud image is baked before any VM boots: the
+            // first time (or after the tarballs changed) this loads them all once.
+            p.prepare_images().await;
             providers.push(p.clone());
             local = Some(p);
         }

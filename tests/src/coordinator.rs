@@ -32,14 +32,34 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// The demo image directory made by `cloud-init/build-demo-image target/images`.
+/// An image directory holding the demo image only (`cloud-init/build-demo-image`, run
+/// once per test process: it takes well under a second, and its output only changes
+/// with its inputs): what the tests' coordinators treat as baked in. Kept apart from
+/// `target/images`, which may also hold the 400 MB hadoop image that every coordinator
+/// would otherwise load into its image template.
 pub fn image_dir() -> PathBuf {
-    let dir = target_dir().join("images");
-    let tar = dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
-    if !tar.is_file() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let dir = target_dir().join("test-images").join("demo");
+    BUILT.call_once(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/build-demo-image");
         crate::run(Command::new(script).arg(&dir));
-    }
+    });
+    dir
+}
+
+/// An image directory holding the hadoop image only: `cloud-init/build-hadoop-image
+/// target/images` (a no-op while its inputs are unchanged; minutes the first time),
+/// hard-linked into a directory of its own.
+pub fn hadoop_image_dir() -> PathBuf {
+    let built = target_dir().join("images");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/build-hadoop-image");
+    crate::run(Command::new(script).arg(&built));
+    let name = shoal_protocol::image_tarball_name("shoal/hadoop:1");
+    let dir = target_dir().join("test-images").join("hadoop");
+    std::fs::create_dir_all(&dir).expect("hadoop image dir");
+    let link = dir.join(&name);
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(built.join(&name), &link).expect("link the hadoop image");
     dir
 }
 
@@ -59,6 +79,8 @@ pub struct TestCoordinator {
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
+    /// The image directory it serves with.
+    images: PathBuf,
 }
 
 impl TestCoordinator {
@@ -72,9 +94,25 @@ impl TestCoordinator {
         Self::start_with_env(extra, &[])
     }
 
+    /// Starts `shoal serve` on another image directory than [`image_dir`] (it loads
+    /// the images into its template before it serves).
+    pub fn start_with_images(images: &Path, extra: &[&str]) -> TestCoordinator {
+        let mut c = Self::prepare(&[]);
+        c.images = images.to_path_buf();
+        c.spawn(extra);
+        c
+    }
+
     /// Starts `shoal serve` with extra arguments and environment variables; the
     /// variables are kept in [`TestCoordinator::env`] for every restart.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
+        let mut c = Self::prepare(env);
+        c.spawn(extra);
+        c
+    }
+
+    /// A coordinator not started yet: its prefix, VPC range and state directory.
+    fn prepare(env: &[(&str, &str)]) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter, skipping
@@ -93,7 +131,7 @@ impl TestCoordinator {
         let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).expect("state dir");
-        let mut c = TestCoordinator {
+        TestCoordinator {
             vpc: format!("10.214.{octet}.0/24"),
             gateway: format!("10.214.{octet}.1"),
             prefix,
@@ -104,9 +142,8 @@ impl TestCoordinator {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
-        };
-        c.spawn(extra);
-        c
+            images: image_dir(),
+        }
     }
 
     /// (Re)starts the server process on the same state, with [`TestCoordinator::env`].
@@ -127,7 +164,7 @@ impl TestCoordinator {
             .arg("--agent-bin")
             .arg(bin("shoal-agent"))
             .arg("--image-dir")
-            .arg(image_dir())
+            .arg(&self.images)
             .args(extra)
             .env("RUST_LOG", "info")
             // After the default, so a test may ask for another level (RUST_LOG=debug).
@@ -147,8 +184,10 @@ impl TestCoordinator {
             {
                 panic!("shoal serve exited ({status}): {}", self.log_text());
             }
+            // It loads the image tarballs into its template first: seconds for the
+            // demo image, more for the hadoop one on a busy machine.
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(300),
                 "shoal serve did not start: {}",
                 self.log_text()
             );

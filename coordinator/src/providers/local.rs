@@ -261,9 +261,9 @@ impl LocalProvider {
         })
     }
 
-    /// Loads the image tarballs into the template data root VMs start with (once; a
-    /// no-op without the shared store). Run at coordinator start so that the first
-    /// cluster does not wait for it.
+    /// Loads the image tarballs into the template data root VMs start with (once, and
+    /// again only when they change; a no-op without the shared store). Run at
+    /// coordinator start so that no VM waits for it.
     pub async fn prepare_images(&self) {
         if let Some(store) = &self.images {
             store.prepare().await;

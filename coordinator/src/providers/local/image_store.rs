@@ -22,11 +22,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 use super::{
-    docker_ping, err, ip, netns_path, open_log, pid_alive, run, stop_pid, unmount_all_under,
+    docker_ping, err, ip, is_zombie, netns_path, open_log, pid_alive, pids_in_netns, run, stop_pid,
+    unmount_all_under,
 };
 use crate::providers::ProviderError;
 
@@ -67,8 +70,8 @@ impl ImageStore {
         }
     }
 
-    /// Makes the template now (at coordinator start, so the first cluster does not wait
-    /// for it); a no-op once made.
+    /// Makes the template now (at coordinator start, so that no VM waits for it); a
+    /// no-op once made.
     pub async fn prepare(&self) {
         let _ = self.get().await;
     }
@@ -158,19 +161,10 @@ impl ImageStore {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| err(format!("creating {}: {e}", self.dir.display())))?;
         let work = self.dir.join(format!("{key}.tmp"));
+        // A build a killed coordinator left half done.
+        self.clean_build(&work).await;
         let result = self.load_into(&work).await;
-        let ns = format!("{}-imgs", self.prefix);
-        if netns_path(&ns).exists() {
-            let _ = ip(&["netns", "del", &ns]).await;
-        }
-        let exec_root = PathBuf::from(format!("/run/shoal/{}-imgs", self.prefix));
-        for e in unmount_all_under(&work)
-            .into_iter()
-            .chain(unmount_all_under(&exec_root))
-        {
-            tracing::warn!("{e}");
-        }
-        let _ = std::fs::remove_dir_all(&exec_root);
+        self.clean_build(&work).await;
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&work);
             return Err(e);
@@ -198,6 +192,32 @@ impl ImageStore {
             }
         }
         Ok(Template { root, driver })
+    }
+
+    /// Stops whatever of a template build still runs (its dockerd and containerd, found
+    /// in the build's namespace) and removes its namespace, mounts and exec root; the
+    /// data root `work` is left for the caller.
+    async fn clean_build(&self, work: &Path) {
+        let ns = format!("{}-imgs", self.prefix);
+        let strays = pids_in_netns(&netns_path(&ns));
+        for pid in &strays {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while strays.iter().any(|p| !is_zombie(*p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if netns_path(&ns).exists() {
+            let _ = ip(&["netns", "del", &ns]).await;
+        }
+        let exec_root = PathBuf::from(format!("/run/shoal/{}-imgs", self.prefix));
+        for e in unmount_all_under(work)
+            .into_iter()
+            .chain(unmount_all_under(&exec_root))
+        {
+            tracing::warn!("{e}");
+        }
+        let _ = std::fs::remove_dir_all(&exec_root);
     }
 
     /// Runs a throwaway dockerd on `work/docker` and loads every tarball into it.
