@@ -328,10 +328,12 @@ fn coordinator_down_60s_while_agents_converge() {
     let start = Instant::now();
     loop {
         let v = c.show("dafter");
-        if nodes(&v)
-            .iter()
-            .any(|n| n["phase"] == "images" || n["phase"] == "containers")
-        {
+        if nodes(&v).iter().any(|n| {
+            matches!(
+                n["phase"].as_str(),
+                Some("images" | "containers" | "probing")
+            )
+        }) {
             break;
         }
         assert!(

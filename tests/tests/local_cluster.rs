@@ -476,7 +476,7 @@ fn agent_and_dockerd_restarts_converge_back() {
         let n = nodes(&v).remove(1);
         if matches!(
             n["phase"].as_str(),
-            Some("plan-received" | "network" | "images" | "containers")
+            Some("plan-received" | "network" | "images" | "containers" | "probing")
         ) {
             break n;
         }

@@ -54,9 +54,11 @@ pub struct ImageStore {
     image_dir: PathBuf,
     /// The provider's name prefix (the throwaway namespace is `<prefix>-imgs`).
     prefix: String,
-    /// Made on first use; `Err` remembers why it could not be (VMs then load the
-    /// tarballs themselves, as without a store).
-    template: tokio::sync::Mutex<Option<Result<Template, String>>>,
+    /// The template of the tarballs as they were last seen (their key), or why it
+    /// could not be made (VMs then load the tarballs themselves, as without a store).
+    template: tokio::sync::Mutex<Option<(String, Result<Template, String>)>>,
+    /// `dockerd --version`, part of the key.
+    dockerd_version: tokio::sync::OnceCell<String>,
 }
 
 impl ImageStore {
@@ -67,6 +69,7 @@ impl ImageStore {
             image_dir,
             prefix,
             template: tokio::sync::Mutex::new(None),
+            dockerd_version: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -76,11 +79,21 @@ impl ImageStore {
         let _ = self.get().await;
     }
 
+    /// The template of the tarballs as they are now: made again when they changed
+    /// since (a tarball added, rebuilt or removed), so a new image counts from the next
+    /// VM on.
     async fn get(&self) -> Option<Template> {
+        let key = match self.key().await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "no image template: each VM's agent loads the image tarballs itself");
+                return None;
+            }
+        };
         let mut slot = self.template.lock().await;
-        if slot.is_none() {
+        if slot.as_ref().is_none_or(|(k, _)| *k != key) {
             let t0 = Instant::now();
-            let made = self.make().await.map_err(|e| e.to_string());
+            let made = self.make(&key).await.map_err(|e| e.to_string());
             match &made {
                 Ok(t) => {
                     tracing::info!(root = %t.root.display(), driver = t.driver, elapsed_ms = t0.elapsed().as_millis() as u64, "image template ready")
@@ -89,9 +102,9 @@ impl ImageStore {
                     tracing::warn!(error = %e, "no image template: each VM's agent loads the image tarballs itself")
                 }
             }
-            *slot = Some(made);
+            *slot = Some((key, made));
         }
-        slot.as_ref().and_then(|r| r.as_ref().ok()).cloned()
+        slot.as_ref().and_then(|(_, r)| r.as_ref().ok()).cloned()
     }
 
     /// Seeds a VM's new Docker data root `data_root` (which must not exist yet) with the
@@ -146,15 +159,18 @@ impl ImageStore {
         for (name, len, mtime) in &entries {
             h.update(format!("{name}\0{len}\0{mtime}\n").as_bytes());
         }
-        h.update(run("dockerd", &["--version"]).await?.as_bytes());
+        let version = self
+            .dockerd_version
+            .get_or_try_init(|| run("dockerd", &["--version"]))
+            .await?;
+        h.update(version.as_bytes());
         let digest = h.finalize();
         Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
     }
 
-    /// Finds the template of the current tarballs, or makes it.
-    async fn make(&self) -> Result<Template, ProviderError> {
-        let key = self.key().await?;
-        let root = self.dir.join(&key);
+    /// Finds the template of the tarballs whose key is `key`, or makes it.
+    async fn make(&self, key: &str) -> Result<Template, ProviderError> {
+        let root = self.dir.join(key);
         if let Some(driver) = driver_of(&root) {
             return Ok(Template { root, driver });
         }
@@ -186,7 +202,7 @@ impl ImageStore {
         // Templates of earlier tarballs are of no further use.
         if let Ok(d) = std::fs::read_dir(&self.dir) {
             for e in d.flatten() {
-                if e.file_name() != key.as_str() {
+                if e.file_name() != key {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
