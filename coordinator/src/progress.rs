@@ -14,21 +14,15 @@ use shoal_protocol::Phase;
 use crate::api::{ClusterView, NodeView};
 use crate::store::ClusterState;
 
-/// The steps a node goes through, in order: its bar fills one cell group per step.
-const STEPS: [Phase; 9] = [
-    Phase::Pending,
-    Phase::VmRunning,
-    Phase::AgentStarted,
-    Phase::PlanReceived,
-    Phase::Network,
-    Phase::Images,
-    Phase::Containers,
-    Phase::Probing,
-    Phase::Ready,
-];
+/// The steps a node goes through, in order (every phase but `failed`): its bar fills
+/// one cell group per step.
+const STEPS: &[Phase] = match Phase::ALL.split_last() {
+    Some((_, steps)) => steps,
+    None => &[],
+};
 
-/// Width of a node's bar, in cells: three per step.
-pub const BAR_CELLS: usize = 24;
+/// Width of a node's bar, in cells: three per step after the first.
+pub const BAR_CELLS: usize = 3 * (STEPS.len() - 1);
 
 /// Progress display state.
 #[derive(Debug)]
