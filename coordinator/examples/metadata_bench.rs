@@ -1,7 +1,7 @@
 //! The coordinator's metadata endpoint, alone, for benchmarks (`bench/run`).
 //!
 //! It serves a synthetic cluster through the real code path: the plan is built by
-//! `shoal::planner::build` from a built-in blueprint, stored in a real `Store` (SQLite
+//! `shoal::engine::planner::build` from a built-in blueprint, stored in a real `Store` (SQLite
 //! in a scratch directory), and served by `shoal::metadata::router` over an `Engine`,
 //! exactly as `shoal serve` serves it, but without booting a single VM. So a 100-node
 //! plan can be load-tested, 10,000 long-polls held, and real agents pointed at it.
@@ -28,8 +28,8 @@ use anyhow::Context;
 use axum::body::Bytes;
 use clap::Parser;
 use shoal::blueprint::Blueprint;
+use shoal::engine::planner::{self, PlannedNode};
 use shoal::engine::{Engine, EngineSettings};
-use shoal::planner::{self, PlannedNode};
 use shoal::providers::ProviderParams;
 use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store};
 use shoal::{keys, metadata};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shoal::cli::{default_state_dir, run_client, Cli, Command};
-use shoal::listener::Limits;
+use shoal::server::listener::Limits;
 use shoal::server::{serve, ServeOptions};
 
 fn main() -> ExitCode {

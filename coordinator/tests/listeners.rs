@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use shoal::api::{self, ApiState};
 use shoal::engine::{Engine, EngineSettings};
-use shoal::listener::{self, Limits};
 use shoal::metadata;
 use shoal::providers::ProviderParams;
+use shoal::server::listener::{self, Limits};
 use shoal::store::{ClusterRow, ClusterState, NodeRow, Store};
 use shoal::tls::Ca;
 use shoal_protocol::Phase;

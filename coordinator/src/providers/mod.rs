@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub mod aws;
 pub mod azure;
 pub mod local;
+pub mod retry;
 
 /// The cluster a provider call is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,10 +31,10 @@ use shoal_protocol::backoff::Backoff;
 pub use credentials::{AwsSettings, Credentials, Env};
 pub use ec2::{AwsError, Params, QueryClient, EC2_API_VERSION};
 
+use crate::providers::retry::{retry, Verdict, CLOUD_BACKOFF};
 use crate::providers::{
     ClusterRef, NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState,
 };
-use crate::retry::{retry, Verdict, CLOUD_BACKOFF};
 use ec2::{child, child_text, classify, find, items, parse, tags};
 
 /// Tag on every resource Shoal creates: the cluster's `name-uid`.

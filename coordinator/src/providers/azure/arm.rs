@@ -24,8 +24,8 @@ use serde_json::Value;
 use shoal_protocol::backoff::Backoff;
 
 use super::auth::{same_origin, TokenSource};
+use crate::providers::retry::{retry, Verdict, CLOUD_BACKOFF};
 use crate::providers::ProviderError;
-use crate::retry::{retry, Verdict, CLOUD_BACKOFF};
 
 /// How the client retries and waits.
 #[derive(Debug, Clone)]

@@ -20,9 +20,9 @@ use reqwest::Url;
 use serde::Deserialize;
 use shoal_protocol::backoff::Backoff;
 
-use crate::credentials::AzureCredential;
+use crate::providers::azure::credentials::AzureCredential;
+use crate::providers::retry::{retry, Verdict};
 use crate::providers::ProviderError;
-use crate::retry::{retry, Verdict};
 
 /// Entra ID's authority host in Azure's public cloud.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";

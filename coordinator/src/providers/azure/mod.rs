@@ -8,11 +8,12 @@
 //! resource group deletes everything, and deleting a group that is gone succeeds.
 //!
 //! Authentication uses a credential made by `shoal credential create azure` (see
-//! [`crate::credentials`]): [`auth`] signs client assertions with its key, [`arm`]
+//! [`crate::providers::azure::credentials`]): [`auth`] signs client assertions with its key, [`arm`]
 //! calls ARM with the tokens.
 
 pub mod arm;
 pub mod auth;
+pub mod credentials;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -379,7 +380,7 @@ impl AzureProvider {
         let name = params.credential.as_deref().ok_or_else(|| {
             config("--credential NAME is required: make one with `shoal credential create azure NAME --tenant-id … --client-id … --subscription-id …`")
         })?;
-        let credential = crate::credentials::load_azure(&self.state_dir, name)
+        let credential = crate::providers::azure::credentials::load_azure(&self.state_dir, name)
             .map_err(|e| config(e.to_string()))?;
         let endpoints = Endpoints::resolve(&params.extra)?;
         let subscription = credential.info.subscription_id.clone();

@@ -23,12 +23,14 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::digest;
 use ring::rand::SystemRandom;
 use ring::signature::RsaKeyPair;
 use serde::{Deserialize, Serialize};
+
+use crate::keys::{pem_decode, pem_encode};
 
 /// How long a generated certificate is valid. Entra ID shows the expiry in the app
 /// registration; a new credential (and upload) is needed after it.
@@ -348,31 +350,6 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
         }
         fs::rename(from, to)
     }
-}
-
-/// PEM armour (RFC 7468): base64 in 64-column lines.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// The DER inside the first PEM block labelled `label`.
-pub fn pem_decode(label: &str, text: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = start + text[start..].find(&end)?;
-    let b64: String = text[start..stop]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    STANDARD.decode(b64).ok()
 }
 
 fn hex_upper(bytes: &[u8]) -> String {

@@ -10,7 +10,7 @@
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting status.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -20,137 +20,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shoal_protocol::{ContainerStatus, NodeFailure, Phase, PhaseTiming};
 
 use crate::engine::{CreateRequest, Engine, EngineError};
 use crate::keys::constant_time_eq;
-use crate::store::{now_ms, ClusterRow, ClusterState, NodeRow};
+use crate::view::ClusterView;
 
 /// Largest request body the operator API takes (a blueprint is a few KiB).
 pub const MAX_BODY: usize = 256 << 10;
 
-/// A cluster as the API shows it.
+/// What `serve` writes for the CLI: where the operator API is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterView {
-    /// Name.
-    pub name: String,
-    /// Provider.
-    pub provider: String,
-    /// State.
-    pub state: ClusterState,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Plan generation.
-    pub generation: u64,
-    /// The base URL agents use.
+pub struct ApiInfo {
+    /// Base URL of the operator API.
+    pub url: String,
+    /// Base URL of the metadata API.
     pub metadata_url: String,
-    /// Node count.
-    pub node_count: u32,
-    /// Blueprint name.
-    pub blueprint: String,
-    /// Overlay range.
-    pub overlay: String,
-    /// When it was requested (ms since the epoch).
-    pub created_ms: u64,
-    /// Milliseconds from request to AVAILABLE.
+    /// The server's pid.
+    pub pid: u32,
+    /// The CA certificate clients of an `https` URL must trust.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_to_available_ms: Option<u64>,
-    /// Where everything the cluster owns at its provider can be found (cloud
-    /// providers: the tag or resource group), so a FAILED cluster's leftovers can be
-    /// checked by hand; `delete` finds them the same way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<String>,
-    /// Nodes (in `show`; empty in `list`).
-    #[serde(default)]
-    pub nodes: Vec<NodeView>,
-}
-
-/// A node as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Node id.
-    pub id: String,
-    /// Index.
-    pub index: u32,
-    /// Provider's id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
-    /// Private address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub private_ip: Option<Ipv4Addr>,
-    /// Phase.
-    pub phase: Phase,
-    /// Failure, when failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<NodeFailure>,
-    /// Milliseconds since the node was requested.
-    pub elapsed_ms: u64,
-    /// Containers as the agent reported them.
-    #[serde(default)]
-    pub containers: Vec<ContainerStatus>,
-    /// Phase timings the agent reported.
-    #[serde(default)]
-    pub timings: Vec<PhaseTiming>,
-    /// When the VM was requested and seen running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_ms: Option<u64>,
-    /// When the provider reported the VM running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub running_ms: Option<u64>,
-    /// Provider facts: the local provider's `netns`, `docker_socket`, log paths.
-    #[serde(flatten)]
-    pub details: BTreeMap<String, String>,
-}
-
-impl ClusterView {
-    /// Builds the view of a stored cluster.
-    pub fn new(c: &ClusterRow, nodes: &[NodeRow]) -> ClusterView {
-        let blueprint = serde_json::from_str::<serde_json::Value>(&c.blueprint)
-            .ok()
-            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(String::from))
-            .unwrap_or_default();
-        let now = now_ms();
-        ClusterView {
-            name: c.name.clone(),
-            provider: c.provider.clone(),
-            state: c.state,
-            reason: c.reason.clone(),
-            generation: c.generation,
-            metadata_url: c.metadata_url.clone(),
-            node_count: c.node_count,
-            blueprint,
-            overlay: c.overlay.clone(),
-            created_ms: c.created_ms,
-            time_to_available_ms: c.available_ms.map(|a| a.saturating_sub(c.created_ms)),
-            resources: None,
-            nodes: nodes
-                .iter()
-                .map(|n| NodeView {
-                    id: n.id.clone(),
-                    index: n.index,
-                    instance_id: n.instance_id.clone(),
-                    private_ip: n.private_ip,
-                    phase: n.phase,
-                    error: n.status.as_ref().and_then(|s| s.error.clone()),
-                    elapsed_ms: now.saturating_sub(n.requested_ms.unwrap_or(c.created_ms)),
-                    containers: n
-                        .status
-                        .as_ref()
-                        .map(|s| s.containers.clone())
-                        .unwrap_or_default(),
-                    timings: n
-                        .status
-                        .as_ref()
-                        .map(|s| s.timings.clone())
-                        .unwrap_or_default(),
-                    requested_ms: n.requested_ms,
-                    running_ms: n.running_ms,
-                    details: n.details.clone(),
-                })
-                .collect(),
-        }
-    }
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// An API error.
@@ -261,7 +150,7 @@ async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
 
 /// The OpenAPI document of this API, kept true by `tests/openapi/run` (schemathesis
 /// against a live coordinator) and by the unit tests below.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
@@ -394,7 +283,7 @@ async fn user_data(
 mod tests {
     use super::*;
     use crate::engine::EngineSettings;
-    use crate::store::Store;
+    use crate::store::{ClusterState, Store};
 
     /// The routes `router` serves, by path and method: the document must list exactly
     /// these (schemathesis, in tests/openapi/run, checks the answers against it).

@@ -1,6 +1,9 @@
 //! The command line: `shoal serve` runs the coordinator; every other command talks to
 //! a running one over the operator API.
 
+pub mod doctor;
+pub mod progress;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,11 +11,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use shoal_protocol::Phase;
 
-use crate::api::ClusterView;
+use crate::api::ApiInfo;
 use crate::engine::CreateRequest;
 use crate::providers::ProviderParams;
-use crate::server::ApiInfo;
 use crate::store::ClusterState;
+use crate::view::ClusterView;
 
 /// Shoal: container clusters on cloud VMs, up in seconds.
 #[derive(Debug, Parser)]
@@ -79,7 +82,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The provider to check for.
-    #[arg(long, default_value = "local", value_parser = clap::builder::PossibleValuesParser::new(crate::doctor::PROVIDERS))]
+    #[arg(long, default_value = "local", value_parser = clap::builder::PossibleValuesParser::new(crate::cli::doctor::PROVIDERS))]
     pub provider: String,
     /// Print JSON.
     #[arg(long)]
@@ -447,7 +450,9 @@ pub async fn run_credential(state_dir: &Path, cmd: &CredentialCommand) -> Result
             );
             // RSA key generation is CPU work: keep it off the async workers.
             let cred = tokio::task::spawn_blocking(move || {
-                crate::credentials::create_azure(&dir, &name, &tenant, &client, &sub)
+                crate::providers::azure::credentials::create_azure(
+                    &dir, &name, &tenant, &client, &sub,
+                )
             })
             .await
             .map_err(|e| cli_err(e.to_string()))?
@@ -456,7 +461,8 @@ pub async fn run_credential(state_dir: &Path, cmd: &CredentialCommand) -> Result
             Ok(0)
         }
         CredentialCommand::List { json } => {
-            let list = crate::credentials::list(state_dir).map_err(|e| cli_err(e.to_string()))?;
+            let list = crate::providers::azure::credentials::list(state_dir)
+                .map_err(|e| cli_err(e.to_string()))?;
             if *json {
                 println!("{}", to_json(&list)?);
             } else {
@@ -525,7 +531,7 @@ pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
             width,
         }) => {
             let c = client.show(name).await?;
-            let t = crate::timeline::Timeline::from_view(&c, crate::store::now_ms());
+            let t = crate::view::timeline::Timeline::from_view(&c, crate::store::now_ms());
             let svg_to_stdout = svg.as_deref() == Some(Path::new("-"));
             if let Some(file) = svg.as_deref().filter(|_| !svg_to_stdout) {
                 std::fs::write(file, t.render_svg()).map_err(|e| {
@@ -726,7 +732,7 @@ pub fn next_step(code: &str, path: &str, body: Option<&serde_json::Value>) -> St
             ": choose another name, or delete it first with `shoal cluster delete {name} --wait`"
         ),
         "conflict" => format!(": see its state with `shoal cluster show {name}`"),
-        "provider-unavailable" if crate::doctor::PROVIDERS.contains(&provider) => format!(
+        "provider-unavailable" if crate::cli::doctor::PROVIDERS.contains(&provider) => format!(
             ": `shoal doctor --provider {provider}` says what this machine lacks"
         ),
         "unauthorized" => ": the token does not match this coordinator: give the --state-dir it runs with, or its token in SHOAL_TOKEN".into(),
@@ -775,7 +781,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
 }
 
 /// Polls until the cluster reaches one of `states`, showing progress on stderr (see
-/// [`crate::progress`]).
+/// [`crate::cli::progress`]).
 async fn wait_for(
     client: &Client,
     name: &str,
@@ -784,7 +790,7 @@ async fn wait_for(
     use std::io::Write as _;
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let mut progress = crate::progress::Progress::new(tty);
+    let mut progress = crate::cli::progress::Progress::new(tty);
     loop {
         let c = client.show(name).await?;
         let text = progress.update(&c, start.elapsed());
@@ -808,7 +814,7 @@ async fn run_doctor(
     coordinator: Option<String>,
     a: &DoctorArgs,
 ) -> Result<i32, CliError> {
-    let report = crate::doctor::run(&crate::doctor::Options {
+    let report = crate::cli::doctor::run(&crate::cli::doctor::Options {
         provider: a.provider.clone(),
         state_dir: state_dir.to_path_buf(),
         image_dir: a.image_dir.clone(),

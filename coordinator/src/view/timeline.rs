@@ -18,8 +18,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::Phase;
 
-use crate::api::{ClusterView, NodeView};
 use crate::store::ClusterState;
+use crate::view::{ClusterView, NodeView};
 
 /// A stage of a node's boot: a span on the waterfall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! `shoal serve`: opens the store, sets up the providers, resumes clusters in flight,
 //! and runs the operator API (loopback) and the metadata API (facing the VMs).
 
+pub mod listener;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState};
+use self::listener::Limits;
+use crate::api::{self, ApiInfo, ApiState};
 use crate::engine::{Engine, EngineSettings};
 use crate::keys;
-use crate::listener::{self, Limits};
 use crate::metadata;
 use crate::providers::local::{LocalProvider, LocalSettings};
 use crate::providers::Provider;
@@ -53,20 +54,6 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// Limits of the metadata listener (rate, connections, timeouts).
     pub metadata_limits: Limits,
-}
-
-/// What `serve` writes for the CLI: where the operator API is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiInfo {
-    /// Base URL of the operator API.
-    pub url: String,
-    /// Base URL of the metadata API.
-    pub metadata_url: String,
-    /// The server's pid.
-    pub pid: u32,
-    /// The CA certificate clients of an `https` URL must trust.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert: Option<PathBuf>,
 }
 
 /// `serve` failures.

@@ -3,6 +3,8 @@
 //! so a restarted coordinator resumes where it stopped ([`Engine::reconcile`]); every
 //! provider call is idempotent, so resuming never makes a VM twice.
 
+pub mod planner;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -14,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use shoal_protocol::{is_dns_label, AgentConfig, NodeStatus, Phase, DEFAULT_AGENT_DEADLINE_SECS};
 use tokio::task::JoinHandle;
 
+use self::planner::{PlannedNode, PlannerError};
 use crate::blueprint::{Blueprint, BlueprintError};
 use crate::keys;
 use crate::metadata::Hub;
-use crate::planner::{self, PlannedNode, PlannerError};
 use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
 use crate::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError};
 use crate::userdata::{self, UserDataError};

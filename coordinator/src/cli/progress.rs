@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use shoal_protocol::Phase;
 
-use crate::api::{ClusterView, NodeView};
 use crate::store::ClusterState;
+use crate::view::{ClusterView, NodeView};
 
 /// The steps a node goes through, in order: its bar fills one cell group per step.
 const STEPS: [Phase; 8] = [

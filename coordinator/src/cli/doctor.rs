@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiInfo;
 use crate::providers::aws::credentials::{resolve, Env};
 use crate::providers::ProviderParams;
-use crate::server::ApiInfo;
 
 /// How a check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -683,7 +683,7 @@ fn aws_checks(opts: &Options, checks: &mut Vec<Check>) {
 
 fn azure_checks(opts: &Options, checks: &mut Vec<Check>) {
     const FIX: &str = "shoal credential create azure NAME --tenant-id … --client-id … --subscription-id …, then upload the certificate it prints to the app registration";
-    match crate::credentials::list(&opts.state_dir) {
+    match crate::providers::azure::credentials::list(&opts.state_dir) {
         Err(e) => checks.push(check(
             "azure-credentials",
             Status::Fail,
