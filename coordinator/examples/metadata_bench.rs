@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::body::Bytes;
 use clap::Parser;
 use shoal::blueprint::Blueprint;
 use shoal::engine::planner::{self, PlannedNode};
 use shoal::engine::{Engine, EngineSettings};
+use shoal::providers::registry::Registry;
 use shoal::providers::ProviderParams;
-use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store};
+use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, SqliteStore, Store};
 use shoal::{keys, metadata};
 use shoal_protocol::{AgentConfig, Phase};
 
@@ -131,7 +131,7 @@ fn rss_kib() -> u64 {
 async fn run(args: Args) -> anyhow::Result<()> {
     let name = "bench";
     std::fs::create_dir_all(args.dir.join("agents"))?;
-    let store = Arc::new(Store::open(&args.dir.join("state"))?);
+    let store = Arc::new(SqliteStore::open(&args.dir.join("state"))?);
     let blueprint = Blueprint::built_in(&args.blueprint)
         .with_context(|| format!("no built-in blueprint {:?}", args.blueprint))??;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -151,11 +151,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         key: key.clone(),
         generation: 0,
         plan: None,
-        blueprint: serde_json::to_string(&blueprint)?,
+        blueprint: blueprint.clone(),
         params: ProviderParams::default(),
         metadata_url: metadata_url.clone(),
         node_count: args.nodes,
-        overlay: args.overlay.clone(),
+        overlay: args.overlay.parse()?,
         vni: 4242,
         domain: blueprint.domain.clone(),
         created_ms: now,
@@ -201,42 +201,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &serde_json::to_vec_pretty(&cfg)?,
         )?;
     }
-    store.insert_cluster(&cluster, &rows)?;
+    store.insert_cluster(&cluster, &rows).await?;
     write_private(&args.dir.join("key"), key.as_bytes())?;
 
-    let mut plan = planner::build(
-        name,
-        &blueprint,
-        args.overlay.parse()?,
-        cluster.vni,
-        &planned,
-    )?;
+    let mut plan = planner::build(name, &blueprint, cluster.overlay, cluster.vni, &planned)?;
+    // The store assigns the first generation, 1: the file holds what will be served.
     plan.generation = 1;
-    let json = serde_json::to_string(&plan)?;
-    std::fs::write(args.dir.join("plan.json"), &json)?;
+    std::fs::write(args.dir.join("plan.json"), serde_json::to_string(&plan)?)?;
 
     let engine = Engine::new(
         store.clone(),
-        Vec::new(),
-        BTreeMap::new(),
+        Registry::default(),
         EngineSettings::default(),
-    )?;
+    )
+    .await?;
+    let md = engine.metadata_state();
     let publish = {
-        let engine = engine.clone();
+        let md = md.clone();
         let store = store.clone();
         let key = key.clone();
-        move || -> anyhow::Result<()> {
-            let generation = store.set_plan(name, &json)?;
-            engine
-                .hub
-                .publish(&key, generation, Bytes::from(json.clone()));
-            Ok(())
+        move || {
+            let (md, store, key, plan) = (md.clone(), store.clone(), key.clone(), plan.clone());
+            async move {
+                let stored = store.publish_plan(name, plan).await?;
+                md.hub.publish(&key, stored.generation(), stored.json);
+                anyhow::Ok(())
+            }
         }
     };
     if !args.hold {
-        publish()?;
+        publish().await?;
     }
-    let app = metadata::router(engine.clone());
+    let app = metadata::router(md.clone());
     let server = if args.half_close {
         tokio::spawn(serve_half_close(listener, app))
     } else {
@@ -258,12 +254,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     while let Some(line) = lines.recv().await {
         match line.trim() {
             "publish" if !published => {
-                publish()?;
+                publish().await?;
                 published = true;
                 println!("published {}", unix_micros());
             }
             "publish" => println!("published already"),
-            "stats" => println!("waiting {} rss_kib {}", engine.hub.waiting(), rss_kib()),
+            "stats" => println!("waiting {} rss_kib {}", md.hub.waiting(), rss_kib()),
             other => println!("unknown command {other:?} (publish, stats)"),
         }
     }

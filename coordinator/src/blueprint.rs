@@ -18,6 +18,11 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("ambari", include_str!("../blueprints/ambari.toml")),
 ];
 
+/// The names of the built-in blueprints, for messages and completions.
+pub fn built_in_names() -> Vec<&'static str> {
+    BUILT_IN.iter().map(|(name, _)| *name).collect()
+}
+
 /// The built-in blueprint used when none is given.
 pub const DEFAULT_BLUEPRINT: &str = "demo";
 
@@ -158,7 +163,7 @@ pub enum BlueprintError {
         message: String,
     },
     /// Neither a built-in name nor a readable file.
-    #[error("no blueprint {0:?}: it is neither a built-in one (demo, ambari) nor a readable file")]
+    #[error("no blueprint {0:?}: it is neither a built-in one ({names}) nor a readable file", names = built_in_names().join(", "))]
     NotFound(String),
 }
 

@@ -115,7 +115,8 @@ fn a_non_loopback_operator_api_is_served_over_tls_with_the_ca() {
         .env_remove("SHOAL_CA_CERT")
         .output()
         .expect("cli");
-    assert_eq!(out.status.code(), Some(1));
+    // Exit 3: no coordinator it can talk to (docs/cli-exit-codes.md).
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SHOAL_CA_CERT"), "{err}");
     // With the CA given: served.

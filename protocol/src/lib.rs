@@ -26,8 +26,9 @@ pub use contract::{MAX_PLAN_BYTES, MAX_STATUS_BYTES};
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Bytes a VXLAN encapsulation adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// Most nodes a plan may list.
-pub const MAX_NODES: usize = 4096;
+/// Most nodes a cluster (and so a plan) may have: the one limit the coordinator, its
+/// CLI and the agents all enforce.
+pub const MAX_NODES: usize = 1000;
 /// Most containers one node may run.
 pub const MAX_CONTAINERS_PER_NODE: usize = 64;
 

@@ -67,7 +67,6 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, "bad-request")
             }
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Store(crate::store::StoreError::Exists(_)) => {
                 (StatusCode::CONFLICT, "exists")
             }
@@ -157,16 +156,13 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Result<Response, ApiError> {
-    let text = s
-        .engine
-        .metrics
-        .render(&s.engine)
-        .map_err(EngineError::from)?;
+    let snap = s.engine.metrics_snapshot().await?;
+    let text = s.engine.metrics().render(&snap);
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn list(State(s): State<ApiState>) -> Result<Json<Vec<ClusterView>>, ApiError> {
-    let clusters = s.engine.store.clusters().map_err(EngineError::from)?;
+    let clusters = s.engine.clusters().await?;
     Ok(Json(
         clusters
             .iter()
@@ -207,21 +203,14 @@ async fn create(
     }
     let req: CreateRequest =
         serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))?;
-    let row = s.engine.create(req)?;
-    let nodes = s.engine.store.nodes(&row.name).map_err(EngineError::from)?;
+    let (row, nodes) = s.engine.create(req).await?;
     let mut v = ClusterView::new(&row, &nodes);
     v.resources = s.engine.footprint(&row);
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
-fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
-    let c = s
-        .engine
-        .store
-        .cluster(name)
-        .map_err(EngineError::from)?
-        .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-    let nodes = s.engine.store.nodes(name).map_err(EngineError::from)?;
+async fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
+    let (c, nodes) = s.engine.cluster(name).await?;
     let mut v = ClusterView::new(&c, &nodes);
     v.resources = s.engine.footprint(&c);
     Ok(v)
@@ -242,7 +231,7 @@ async fn show(
     State(s): State<ApiState>,
     name: PathResult<String>,
 ) -> Result<Json<ClusterView>, ApiError> {
-    view(&s, &path_or_400(name)?).map(Json)
+    view(&s, &path_or_400(name)?).await.map(Json)
 }
 
 async fn delete(
@@ -250,8 +239,10 @@ async fn delete(
     name: PathResult<String>,
 ) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
     let name = path_or_400(name)?;
-    s.engine.delete(&name)?;
-    Ok((StatusCode::ACCEPTED, Json(view(&s, &name)?)))
+    let (c, nodes) = s.engine.delete(&name).await?;
+    let mut v = ClusterView::new(&c, &nodes);
+    v.resources = s.engine.footprint(&c);
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,7 +262,7 @@ async fn user_data(
         message: e.body_text(),
     })?;
     let node = q.node.unwrap_or_else(|| "node-0".to_string());
-    let doc = s.engine.user_data(&name, &node)?;
+    let doc = s.engine.user_data(&name, &node).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/cloud-config; charset=utf-8")],
         doc,
@@ -283,7 +274,8 @@ async fn user_data(
 mod tests {
     use super::*;
     use crate::engine::EngineSettings;
-    use crate::store::{ClusterState, Store};
+    use crate::providers::registry::Registry;
+    use crate::store::{ClusterState, SqliteStore};
 
     /// The routes `router` serves, by path and method: the document must list exactly
     /// these (schemathesis, in tests/openapi/run, checks the answers against it).
@@ -373,11 +365,11 @@ mod tests {
 
     async fn serve() -> (String, String) {
         let engine = Engine::new(
-            Arc::new(Store::in_memory().expect("store")),
-            vec![],
-            BTreeMap::new(),
+            Arc::new(SqliteStore::in_memory().expect("store")),
+            Registry::default(),
             EngineSettings::default(),
         )
+        .await
         .expect("engine");
         let token = crate::keys::random_secret();
         let app = router(ApiState {

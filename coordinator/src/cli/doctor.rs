@@ -7,65 +7,16 @@
 //! a throwaway network namespace, file modes, credentials as the providers resolve
 //! them, and the coordinator's own `/v1/health`.
 
-use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::client::operator_http_client;
 use crate::api::ApiInfo;
-use crate::providers::aws::credentials::{resolve, Env};
-use crate::providers::ProviderParams;
-
-/// How a check ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Fine.
-    Ok,
-    /// Context a person should know; nothing to fix.
-    Info,
-    /// Works, but not as it should (or cannot be checked).
-    Warn,
-    /// A run will fail until this is fixed.
-    Fail,
-}
-
-impl Status {
-    fn tag(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Info => "info",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
-        }
-    }
-}
-
-/// One check's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// A short, stable name (`dockerd`, `kernel-vxlan`, `state-dir`, …).
-    pub name: String,
-    /// How it ended.
-    pub status: Status,
-    /// What was found.
-    pub detail: String,
-    /// What to do about it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-fn check(name: &str, status: Status, detail: impl Into<String>, fix: Option<String>) -> Check {
-    Check {
-        name: name.to_string(),
-        status,
-        detail: detail.into(),
-        fix,
-    }
-}
+use crate::providers::preflight::{check, Check, PreflightOptions, Status};
+use crate::providers::registry;
 
 /// What `shoal doctor` found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,23 +100,25 @@ pub struct Options {
     pub profile: Option<String>,
 }
 
-/// The providers `doctor` knows.
-pub const PROVIDERS: &[&str] = &["local", "aws", "azure"];
-
-/// Runs every check for the chosen provider.
+/// Runs every check for the chosen provider: the provider's own preflight, the state
+/// directory, and the coordinator.
 pub async fn run(opts: &Options) -> Report {
-    let mut checks = Vec::new();
-    match opts.provider.as_str() {
-        "local" => local_checks(opts, &mut checks),
-        "aws" => aws_checks(opts, &mut checks),
-        "azure" => azure_checks(opts, &mut checks),
-        other => checks.push(check(
+    let preflight = PreflightOptions {
+        state_dir: opts.state_dir.clone(),
+        image_dir: opts.image_dir.clone(),
+        agent_bin: opts.agent_bin.clone(),
+        region: opts.region.clone(),
+        profile: opts.profile.clone(),
+        host_only: false,
+    };
+    let mut checks = registry::preflight(&opts.provider, &preflight).unwrap_or_else(|| {
+        vec![check(
             "provider",
             Status::Fail,
-            format!("unknown provider {other:?}"),
-            Some(format!("use one of: {}", PROVIDERS.join(", "))),
-        )),
-    }
+            format!("unknown provider {:?}", opts.provider),
+            Some(format!("use one of: {}", registry::NAMES.join(", "))),
+        )]
+    });
     checks.extend(state_dir_checks(&opts.state_dir));
     checks.push(coordinator_check(opts).await);
     let ok = checks.iter().all(|c| c.status != Status::Fail);
@@ -175,315 +128,6 @@ pub async fn run(opts: &Options) -> Report {
         checks,
         ok,
     }
-}
-
-/// The first `name` on `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
-    std::env::split_paths(&paths)
-        .map(|p| p.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-}
-
-/// Runs a tool (found on `PATH`) and returns its output, or why it could not.
-fn output(tool: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "{} {} failed ({}): {}",
-            tool.display(),
-            args.join(" "),
-            out.status,
-            text.trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
-    let root = is_root();
-    checks.push(if root {
-        check("root", Status::Ok, "running as root", None)
-    } else {
-        check(
-            "root",
-            Status::Fail,
-            format!(
-                "running as uid {}: the local provider creates network namespaces and runs a dockerd per VM",
-                nix::unistd::geteuid()
-            ),
-            Some("run `shoal serve` (and this check) as root, e.g. with sudo".into()),
-        )
-    });
-
-    checks.push(match which("dockerd") {
-        None => check(
-            "dockerd",
-            Status::Fail,
-            "dockerd not found on PATH: every local VM runs its own Docker engine",
-            Some("apt-get install docker.io (Shoal starts its own dockerds; the host's may stay stopped)".into()),
-        ),
-        Some(p) => match output(&p, &["--version"]) {
-            Err(e) => check("dockerd", Status::Fail, e, Some("reinstall docker.io".into())),
-            Ok(v) => {
-                let v = v.trim().to_string();
-                match docker_version(&v) {
-                    Some((major, minor)) if (major, minor) < (20, 10) => check(
-                        "dockerd",
-                        Status::Fail,
-                        format!("{}: {v}: too old, the agent speaks Docker API 1.41 (Docker 20.10 or later)", p.display()),
-                        Some("apt-get install docker.io from Debian 12 or later".into()),
-                    ),
-                    Some(_) => check("dockerd", Status::Ok, format!("{}: {v}", p.display()), None),
-                    None => check(
-                        "dockerd",
-                        Status::Warn,
-                        format!("{}: cannot read the version from {v:?}", p.display()),
-                        None,
-                    ),
-                }
-            }
-        },
-    });
-
-    for (tool, package, why) in [
-        ("ip", "iproute2", "namespaces, veths, the VPC bridge"),
-        (
-            "nsenter",
-            "util-linux",
-            "starts each VM's dockerd and agent inside its namespace",
-        ),
-        (
-            "iptables",
-            "iptables",
-            "each VM's dockerd masquerades traffic leaving the overlay",
-        ),
-    ] {
-        checks.push(match which(tool) {
-            Some(p) => check(tool, Status::Ok, format!("{} ({why})", p.display()), None),
-            None => check(
-                tool,
-                Status::Fail,
-                format!("{tool} not found on PATH: needed for {why}"),
-                Some(format!("apt-get install {package}")),
-            ),
-        });
-    }
-
-    kernel_checks(root, checks);
-    forward_check(root, checks);
-
-    // The agent and the baked images.
-    let agent = opts.agent_bin.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("shoal-agent")))
-            .unwrap_or_else(|| "shoal-agent".into())
-    });
-    checks.push(if agent.is_file() {
-        check("agent-binary", Status::Ok, agent.display().to_string(), None)
-    } else {
-        check(
-            "agent-binary",
-            Status::Fail,
-            format!("{} not found: local VMs run it", agent.display()),
-            Some("cargo build -p shoal-agent (it goes beside shoal), or give `shoal serve --agent-bin PATH` and `shoal doctor --agent-bin PATH`".into()),
-        )
-    });
-    let image_dir = opts
-        .image_dir
-        .clone()
-        .unwrap_or_else(|| opts.state_dir.join("images"));
-    let tar = image_dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
-    checks.push(if tar.is_file() {
-        check("demo-image", Status::Ok, tar.display().to_string(), None)
-    } else {
-        check(
-            "demo-image",
-            Status::Fail,
-            format!(
-                "{} is missing: the demo blueprint (the default) needs image shoal/demo:1 baked in, and local VMs have no registry",
-                tar.display()
-            ),
-            Some(format!(
-                "cloud-init/build-demo-image {} (from Shoal's source tree), or start `shoal serve --image-dir DIR` with a directory that has it",
-                image_dir.display()
-            )),
-        )
-    });
-}
-
-/// `Docker version 20.10.24+dfsg1, build 297e128` → (20, 10).
-fn docker_version(v: &str) -> Option<(u32, u32)> {
-    let rest = v.split("version ").nth(1)?;
-    let mut it = rest.split(['.', ',', '+', '-', ' ']);
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-fn kernel_checks(root: bool, checks: &mut Vec<Check>) {
-    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
-    let ip = which("ip");
-    // The surest test is to make the devices, in a namespace of our own so the host is
-    // never touched; that needs root and `ip`.
-    let tried = match (&ip, root) {
-        (Some(ip), true) => Some(try_devices(ip)),
-        _ => None,
-    };
-    for (feature, module, what) in [
-        (
-            "kernel-bridge",
-            "bridge",
-            "the VPC bridge and each VM's Docker bridge",
-        ),
-        ("kernel-vxlan", "vxlan", "the overlay between VMs"),
-        ("kernel-veth", "veth", "each VM's link to the VPC"),
-    ] {
-        let c = match &tried {
-            Some(results) => match results.iter().find(|(m, _)| *m == module) {
-                Some((_, Ok(()))) => check(
-                    feature,
-                    Status::Ok,
-                    format!("created a {module} device in a throwaway namespace ({what})"),
-                    None,
-                ),
-                Some((_, Err(e))) => check(
-                    feature,
-                    Status::Fail,
-                    format!("cannot create a {module} device: {e}"),
-                    Some(format!(
-                        "modprobe {module}; if the module is missing, install the kernel's extra modules (e.g. linux-modules-extra-$(uname -r)) or use a kernel with CONFIG_{}",
-                        module.to_uppercase()
-                    )),
-                ),
-                None => check(feature, Status::Warn, "not tried", None),
-            },
-            None if loaded(module) => check(
-                feature,
-                Status::Ok,
-                format!("module {module} is loaded ({what})"),
-                None,
-            ),
-            None => check(
-                feature,
-                Status::Warn,
-                format!("module {module} is not loaded and cannot be tried without root and `ip`; it may be built in or load on demand"),
-                Some("run `shoal doctor` as root to try it".into()),
-            ),
-        };
-        checks.push(c);
-    }
-}
-
-/// Creates a bridge, a VXLAN device and a veth pair in a throwaway namespace.
-fn try_devices(ip: &Path) -> Vec<(&'static str, Result<(), String>)> {
-    let ns = format!("shoal-doctor-{}", std::process::id());
-    if let Err(e) = output(ip, &["netns", "add", &ns]) {
-        return ["bridge", "vxlan", "veth"]
-            .into_iter()
-            .map(|m| (m, Err(format!("cannot make a throwaway namespace: {e}"))))
-            .collect();
-    }
-    let results = vec![
-        (
-            "bridge",
-            output(ip, &["-n", &ns, "link", "add", "d-br", "type", "bridge"]).map(|_| ()),
-        ),
-        (
-            "vxlan",
-            output(
-                ip,
-                &[
-                    "-n",
-                    &ns,
-                    "link",
-                    "add",
-                    "d-vx",
-                    "type",
-                    "vxlan",
-                    "id",
-                    "4242",
-                    "dstport",
-                    "4789",
-                    "nolearning",
-                ],
-            )
-            .map(|_| ()),
-        ),
-        (
-            "veth",
-            output(
-                ip,
-                &[
-                    "-n", &ns, "link", "add", "d-v0", "type", "veth", "peer", "name", "d-v1",
-                ],
-            )
-            .map(|_| ()),
-        ),
-    ];
-    // Deleting the namespace deletes every device in it.
-    let _ = output(ip, &["netns", "delete", &ns]);
-    results
-}
-
-fn forward_check(root: bool, checks: &mut Vec<Check>) {
-    const WHY: &str = "Shoal keeps the local VPC bridge in a namespace of its own (shoal-vpc, or <--local-prefix>-vpc), so VM-to-VM frames never cross the host's FORWARD chain";
-    let policy = match (which("iptables"), root) {
-        (Some(ipt), true) => output(&ipt, &["-S", "FORWARD"]).ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("-P FORWARD ").map(|p| p.trim().to_string()))
-        }),
-        _ => None,
-    };
-    let host_dockerd = host_dockerd_pid();
-    let detail = match (&policy, host_dockerd) {
-        (Some(p), Some(pid)) if p == "DROP" => format!(
-            "the host's FORWARD policy is DROP and a host dockerd runs (pid {pid}; Docker sets DROP): a bridge on the host would silently drop traffic between VMs. {WHY}: nothing to do"
-        ),
-        (Some(p), _) if p == "DROP" => format!(
-            "the host's FORWARD policy is DROP (Docker sets it): a bridge on the host would silently drop traffic between VMs. {WHY}: nothing to do"
-        ),
-        (Some(p), _) => format!("the host's FORWARD policy is {p}. {WHY}, whatever the policy"),
-        (None, _) => format!("FORWARD policy not read (needs root and iptables). {WHY}"),
-    };
-    checks.push(check("forward-policy", Status::Info, detail, None));
-}
-
-/// A dockerd that is not one of Shoal's (those run with `--exec-root` under a state
-/// directory).
-fn host_dockerd_pid() -> Option<u32> {
-    let dir = std::fs::read_dir("/proc").ok()?;
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "dockerd" {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmd).contains("--exec-root") {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// The state directory and the operator token: present, private, usable.
@@ -624,112 +268,6 @@ pub fn state_dir_checks(dir: &Path) -> Vec<Check> {
     out
 }
 
-/// Masks an access key id: `AKIA…WXYZ`.
-pub fn mask_key_id(id: &str) -> String {
-    let chars: Vec<char> = id.chars().collect();
-    if chars.len() <= 8 {
-        return "****".into();
-    }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}…{tail}")
-}
-
-fn aws_checks(opts: &Options, checks: &mut Vec<Check>) {
-    let mut params = ProviderParams {
-        region: Some(opts.region.clone().unwrap_or_else(|| "us-east-1".into())),
-        ..ProviderParams::default()
-    };
-    if let Some(p) = &opts.profile {
-        params.extra.insert("profile".into(), p.clone());
-    }
-    checks.push(match resolve(&Env::Process, &params) {
-        Ok(s) => check(
-            "aws-credentials",
-            Status::Ok,
-            format!(
-                "access key {} from {}",
-                mask_key_id(s.credentials.access_key_id()),
-                s.credentials.source()
-            ),
-            None,
-        ),
-        Err(e) => check(
-            "aws-credentials",
-            Status::Fail,
-            e.to_string(),
-            Some("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with a profile in ~/.aws/credentials (static keys; `aws configure export-credentials` turns SSO and role profiles into keys)".into()),
-        ),
-    });
-    // The region as `cluster create` would find it without --region.
-    params.region = opts.region.clone();
-    checks.push(match resolve(&Env::Process, &params) {
-        Ok(s) => check(
-            "aws-region",
-            Status::Ok,
-            format!("{} (EC2 endpoint {})", s.region, s.endpoint),
-            None,
-        ),
-        Err(e) if e.to_string().contains("no AWS region") => check(
-            "aws-region",
-            Status::Warn,
-            "no default region",
-            Some("give --region to `shoal cluster create`, or set AWS_REGION".into()),
-        ),
-        // A credentials problem is reported above.
-        Err(_) => check("aws-region", Status::Warn, "not resolved (see above)", None),
-    });
-}
-
-fn azure_checks(opts: &Options, checks: &mut Vec<Check>) {
-    const FIX: &str = "shoal credential create azure NAME --tenant-id … --client-id … --subscription-id …, then upload the certificate it prints to the app registration";
-    match crate::providers::azure::credentials::list(&opts.state_dir) {
-        Err(e) => checks.push(check(
-            "azure-credentials",
-            Status::Fail,
-            e.to_string(),
-            None,
-        )),
-        Ok(list) if list.is_empty() => checks.push(check(
-            "azure-credentials",
-            Status::Fail,
-            format!(
-                "no Azure credential stored in {}",
-                opts.state_dir.join("credentials/azure").display()
-            ),
-            Some(FIX.into()),
-        )),
-        Ok(list) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            for c in list {
-                let name = format!("azure:{}", c.name);
-                checks.push(match (&c.azure, &c.problem) {
-                    (_, Some(p)) => check(&name, Status::Fail, p.clone(), Some(format!("delete {} and create it again: {FIX}", opts.state_dir.join("credentials/azure").join(&c.name).display()))),
-                    (Some(i), None) if i.not_after < now => check(
-                        &name,
-                        Status::Fail,
-                        format!("certificate {} expired", i.thumbprint_sha1),
-                        Some(format!("create a new credential: {FIX}")),
-                    ),
-                    (Some(i), None) => check(
-                        &name,
-                        Status::Ok,
-                        format!(
-                            "subscription {}, tenant {}, app {}, certificate {} (Azure checks it at the first call)",
-                            i.subscription_id, i.tenant_id, i.client_id, i.thumbprint_sha1
-                        ),
-                        None,
-                    ),
-                    (None, None) => check(&name, Status::Warn, "unreadable", None),
-                });
-            }
-        }
-    }
-}
-
 /// The coordinator answers `/v1/health` with the operator token, and offers the
 /// chosen provider.
 async fn coordinator_check(opts: &Options) -> Check {
@@ -786,14 +324,9 @@ async fn coordinator_check(opts: &Options) -> Check {
             }
         },
     };
-    let http = match crate::cli::operator_http_client(
-        &url,
-        ca_cert,
-        &opts.state_dir,
-        Duration::from_secs(5),
-    ) {
+    let http = match operator_http_client(&url, ca_cert, &opts.state_dir, Duration::from_secs(5)) {
         Ok(h) => h,
-        Err(e) => return check(NAME, Status::Fail, e, None),
+        Err(e) => return check(NAME, Status::Fail, e.to_string(), None),
     };
     let resp = match http
         .get(format!("{url}/v1/health"))
@@ -932,25 +465,6 @@ mod tests {
         assert_eq!(status_of(&c, "state-dir"), Status::Ok);
         assert_eq!(status_of(&c, "token"), Status::Ok);
         let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn docker_versions_are_read() {
-        assert_eq!(
-            docker_version("Docker version 20.10.24+dfsg1, build 297e128"),
-            Some((20, 10))
-        );
-        assert_eq!(
-            docker_version("Docker version 28.2.2, build e6534b4"),
-            Some((28, 2))
-        );
-        assert_eq!(docker_version("nonsense"), None);
-    }
-
-    #[test]
-    fn key_ids_are_masked() {
-        assert_eq!(mask_key_id("AKIAIOSFODNN7EXAMPLE"), "AKIA…MPLE");
-        assert_eq!(mask_key_id("short"), "****");
     }
 
     #[tokio::test]

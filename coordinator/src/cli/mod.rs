@@ -1,21 +1,25 @@
 //! The command line: `shoal serve` runs the coordinator; every other command talks to
-//! a running one over the operator API.
+//! a running one over the operator API, or works on the state directory alone
+//! (`credential`, `doctor`). [`run`] dispatches; each command lives in its module.
 
+pub mod client;
+pub mod cluster;
+pub mod credential;
 pub mod doctor;
+pub mod error;
 pub mod progress;
+pub mod serve;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use shoal_protocol::Phase;
+use shoal_protocol::MAX_NODES;
 
-use crate::api::ApiInfo;
-use crate::engine::CreateRequest;
-use crate::providers::ProviderParams;
-use crate::store::ClusterState;
-use crate::view::ClusterView;
+pub use self::client::{operator_http_client, Client};
+use self::error::to_json;
+pub use self::error::{exit, CliError};
+use crate::providers::registry;
 
 /// Shoal: container clusters on cloud VMs, up in seconds.
 #[derive(Debug, Parser)]
@@ -82,7 +86,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The provider to check for.
-    #[arg(long, default_value = "local", value_parser = clap::builder::PossibleValuesParser::new(crate::cli::doctor::PROVIDERS))]
+    #[arg(long, default_value = "local", value_parser = clap::builder::PossibleValuesParser::new(registry::NAMES))]
     pub provider: String,
     /// Print JSON.
     #[arg(long)]
@@ -239,9 +243,9 @@ pub struct CreateArgs {
     #[arg(long, default_value = "local")]
     pub provider: String,
     /// Number of nodes.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=MAX_NODES as i64))]
     pub nodes: u32,
-    /// Blueprint: a built-in name (demo, ambari) or a TOML file.
+    /// Blueprint: a built-in name (see `coordinator/blueprints/`: demo, …) or a TOML file.
     #[arg(long)]
     pub blueprint: Option<String>,
     /// Wait until the cluster is AVAILABLE (exit 1 if it fails), showing progress.
@@ -270,6 +274,39 @@ pub struct CreateArgs {
     pub set: Vec<(String, String)>,
 }
 
+/// Runs the command; returns the process exit status (see [`exit`]). Failures are
+/// printed as `shoal: <message>`.
+pub async fn run(cli: Cli) -> u8 {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let result = match &cli.command {
+        Command::Serve(a) => return serve::run(&state_dir, a).await,
+        Command::Credential(cmd) => credential::run(&state_dir, cmd).await,
+        Command::Doctor(a) => run_doctor(&state_dir, cli.coordinator.clone(), a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "shoal", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man { out_dir } => run_man(out_dir.as_deref()),
+        Command::Cluster(cmd) => match Client::discover(&state_dir, cli.coordinator.as_deref()) {
+            Ok(client) => cluster::run(&client, cmd).await,
+            Err(e) => Err(e),
+        },
+        Command::UserData {
+            cluster,
+            node,
+            json,
+        } => match Client::discover(&state_dir, cli.coordinator.as_deref()) {
+            Ok(client) => cluster::user_data(&client, cluster, node.as_deref(), *json).await,
+            Err(e) => Err(e),
+        },
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("shoal: {e}");
+        e.exit_code()
+    })
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
@@ -289,532 +326,13 @@ pub fn default_state_dir() -> PathBuf {
         .join("shoal")
 }
 
-/// A CLI failure: printed as `shoal: <message>`, exit status 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
-
-fn cli_err(msg: impl Into<String>) -> CliError {
-    CliError(msg.into())
-}
-
-/// An HTTP client for the operator API at `base`: for an `https://` URL it trusts the
-/// coordinator's CA only: `ca_cert` (from `SHOAL_CA_CERT` or `api.json`), else the state
-/// directory's `ca.pem`.
-pub fn operator_http_client(
-    base: &str,
-    ca_cert: Option<PathBuf>,
-    state_dir: &Path,
-    timeout: Duration,
-) -> Result<reqwest::Client, String> {
-    let mut http = reqwest::Client::builder().timeout(timeout);
-    if base.starts_with("https://") {
-        let path = ca_cert
-            .or_else(|| std::env::var_os("SHOAL_CA_CERT").map(PathBuf::from))
-            .unwrap_or_else(|| state_dir.join(crate::tls::CA_CERT_FILE));
-        let pem = std::fs::read(&path).map_err(|e| {
-            format!(
-                "the coordinator at {base} serves TLS, but its CA certificate {} cannot be read: {e}. Copy <state-dir>/ca.pem from the coordinator and set SHOAL_CA_CERT",
-                path.display()
-            )
-        })?;
-        let cert =
-            reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
-        http = http.tls_certs_only([cert]);
-    }
-    http.build().map_err(|e| format!("HTTP client: {e}"))
-}
-
-/// A client of the operator API.
-#[derive(Debug)]
-pub struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// Finds the coordinator: `--coordinator` with `SHOAL_TOKEN`, or the state dir's
-    /// `api.json` and `token`.
-    pub fn discover(state_dir: &Path, coordinator: Option<&str>) -> Result<Client, CliError> {
-        let token = match std::env::var("SHOAL_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => std::fs::read_to_string(state_dir.join("token"))
-                .map(|t| t.trim().to_string())
-                .map_err(|e| {
-                    cli_err(format!(
-                        "cannot read the operator token {}: {e}. Run this as the user who runs `shoal serve`, point --state-dir at its state directory, or set SHOAL_TOKEN",
-                        state_dir.join("token").display()
-                    ))
-                })?,
-        };
-        let mut ca_cert = std::env::var_os("SHOAL_CA_CERT").map(PathBuf::from);
-        let base = match coordinator {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => {
-                let path = state_dir.join("api.json");
-                let text = std::fs::read_to_string(&path).map_err(|_| {
-                    cli_err(format!(
-                        "no coordinator is running for state dir {} (no {}): start one with `shoal serve --state-dir {}`, or give --coordinator URL",
-                        state_dir.display(),
-                        path.display(),
-                        state_dir.display()
-                    ))
-                })?;
-                let info: ApiInfo = serde_json::from_str(&text)
-                    .map_err(|e| cli_err(format!("{}: {e}", path.display())))?;
-                ca_cert = ca_cert.or(info.ca_cert);
-                info.url
-            }
-        };
-        let http = operator_http_client(&base, ca_cert, state_dir, Duration::from_secs(30))
-            .map_err(cli_err)?;
-        Ok(Client { base, token, http })
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<reqwest::Response, CliError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| {
-            cli_err(format!(
-                "cannot reach the coordinator at {}: {e}. Is `shoal serve` running? `shoal doctor` checks this machine and the coordinator",
-                self.base
-            ))
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        let v = serde_json::from_str::<serde_json::Value>(&text).ok();
-        let code = v
-            .as_ref()
-            .and_then(|v| v["error"]["code"].as_str().map(String::from))
-            .unwrap_or_default();
-        let message = v
-            .as_ref()
-            .and_then(|v| v["error"]["message"].as_str().map(String::from))
-            .unwrap_or(text);
-        let hint = next_step(&code, path, body);
-        Err(cli_err(format!(
-            "{message} (HTTP {}){hint}",
-            status.as_u16()
-        )))
-    }
-
-    async fn json<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T, CliError> {
-        self.call(method, path, body)
-            .await?
-            .json()
-            .await
-            .map_err(|e| cli_err(format!("unexpected answer from the coordinator: {e}")))
-    }
-
-    /// One cluster.
-    pub async fn show(&self, name: &str) -> Result<ClusterView, CliError> {
-        self.json(reqwest::Method::GET, &format!("/v1/clusters/{name}"), None)
-            .await
-    }
-}
-
-/// Runs a credential command (local to the state directory; no server needed).
-pub async fn run_credential(state_dir: &Path, cmd: &CredentialCommand) -> Result<i32, CliError> {
-    match cmd {
-        CredentialCommand::Create(CredentialCreate::Azure {
-            name,
-            tenant_id,
-            client_id,
-            subscription_id,
-        }) => {
-            let (dir, name, tenant, client, sub) = (
-                state_dir.to_path_buf(),
-                name.clone(),
-                tenant_id.clone(),
-                client_id.clone(),
-                subscription_id.clone(),
-            );
-            // RSA key generation is CPU work: keep it off the async workers.
-            let cred = tokio::task::spawn_blocking(move || {
-                crate::providers::azure::credentials::create_azure(
-                    &dir, &name, &tenant, &client, &sub,
-                )
-            })
-            .await
-            .map_err(|e| cli_err(e.to_string()))?
-            .map_err(|e| cli_err(e.to_string()))?;
-            println!("{}", cred.instructions());
-            Ok(0)
-        }
-        CredentialCommand::List { json } => {
-            let list = crate::providers::azure::credentials::list(state_dir)
-                .map_err(|e| cli_err(e.to_string()))?;
-            if *json {
-                println!("{}", to_json(&list)?);
-            } else {
-                println!("{:<8} {:<24} STATUS", "PROVIDER", "NAME");
-                for c in &list {
-                    println!(
-                        "{:<8} {:<24} {}",
-                        c.provider,
-                        c.name,
-                        c.problem.as_deref().unwrap_or("ok")
-                    );
-                }
-            }
-            Ok(0)
-        }
-    }
-}
-
-/// Runs a client command; returns the process exit status.
-pub async fn run_client(cli: &Cli) -> Result<i32, CliError> {
-    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    // Commands that need no coordinator.
-    match &cli.command {
-        Command::Credential(cmd) => return run_credential(&state_dir, cmd).await,
-        Command::Doctor(a) => return run_doctor(&state_dir, cli.coordinator.clone(), a).await,
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "shoal", &mut std::io::stdout());
-            return Ok(0);
-        }
-        Command::Man { out_dir } => return run_man(out_dir.as_deref()),
-        _ => {}
-    }
-    let client = Client::discover(&state_dir, cli.coordinator.as_deref())?;
-    match &cli.command {
-        Command::Serve(_)
-        | Command::Credential(_)
-        | Command::Doctor(_)
-        | Command::Completions { .. }
-        | Command::Man { .. } => Err(cli_err("not a client command")),
-        Command::UserData {
-            cluster,
-            node,
-            json,
-        } => {
-            let node = node.clone().unwrap_or_else(|| "node-0".to_string());
-            let path = format!("/v1/clusters/{cluster}/user-data?node={node}");
-            let text = client
-                .call(reqwest::Method::GET, &path, None)
-                .await?
-                .text()
-                .await
-                .map_err(|e| cli_err(e.to_string()))?;
-            if *json {
-                let v = serde_json::json!({ "cluster": cluster, "node": node, "user_data": text });
-                println!("{}", to_json(&v)?);
-            } else {
-                print!("{text}");
-            }
-            Ok(0)
-        }
-        Command::Cluster(ClusterCommand::Timeline {
-            name,
-            svg,
-            json,
-            width,
-        }) => {
-            let c = client.show(name).await?;
-            let t = crate::view::timeline::Timeline::from_view(&c, crate::store::now_ms());
-            let svg_to_stdout = svg.as_deref() == Some(Path::new("-"));
-            if let Some(file) = svg.as_deref().filter(|_| !svg_to_stdout) {
-                std::fs::write(file, t.render_svg()).map_err(|e| {
-                    cli_err(format!(
-                        "cannot write the SVG to {}: {e} (is its directory there and writable?)",
-                        file.display()
-                    ))
-                })?;
-                eprintln!("timeline of {name} written to {}", file.display());
-            }
-            if svg_to_stdout {
-                print!("{}", t.render_svg());
-            } else if *json {
-                println!("{}", to_json(&t)?);
-            } else {
-                let colour =
-                    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-                print!(
-                    "{}",
-                    t.render_text(width.unwrap_or_else(terminal_width), colour)
-                );
-            }
-            Ok(0)
-        }
-        Command::Cluster(ClusterCommand::List { json }) => {
-            let list: Vec<ClusterView> = client
-                .json(reqwest::Method::GET, "/v1/clusters", None)
-                .await?;
-            if *json {
-                println!("{}", to_json(&list)?);
-            } else {
-                println!(
-                    "{:<20} {:<10} {:<8} {:>5}  BLUEPRINT",
-                    "NAME", "STATE", "PROVIDER", "NODES"
-                );
-                for c in &list {
-                    println!(
-                        "{:<20} {:<10} {:<8} {:>5}  {}",
-                        c.name, c.state, c.provider, c.node_count, c.blueprint
-                    );
-                }
-            }
-            Ok(0)
-        }
-        Command::Cluster(ClusterCommand::Show { name, json }) => {
-            let c = client.show(name).await?;
-            if *json {
-                println!("{}", to_json(&c)?);
-            } else {
-                print_cluster(&c);
-            }
-            Ok(0)
-        }
-        Command::Cluster(ClusterCommand::Create(a)) => {
-            let (blueprint, blueprint_toml) = match &a.blueprint {
-                None => (None, None),
-                Some(b) if crate::blueprint::Blueprint::built_in(b).is_some() => {
-                    (Some(b.clone()), None)
-                }
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        cli_err(format!(
-                            "--blueprint {path:?} is neither a built-in blueprint (demo, ambari) nor a readable file: {e}"
-                        ))
-                    })?;
-                    (None, Some(text))
-                }
-            };
-            let req = CreateRequest {
-                name: a.name.clone(),
-                provider: a.provider.clone(),
-                nodes: a.nodes,
-                blueprint,
-                blueprint_toml,
-                params: ProviderParams {
-                    region: a.region.clone(),
-                    image: a.image.clone(),
-                    instance_type: a.instance_type.clone(),
-                    credential: a.credential.clone(),
-                    exposed_ports: vec![],
-                    operator_cidr: a.operator_cidr.clone(),
-                    extra: a.set.iter().cloned().collect(),
-                },
-            };
-            let body = serde_json::to_value(&req).map_err(|e| cli_err(e.to_string()))?;
-            let c: ClusterView = client
-                .json(reqwest::Method::POST, "/v1/clusters", Some(&body))
-                .await?;
-            eprintln!(
-                "cluster {} requested: {} node(s) on {}",
-                c.name, c.node_count, c.provider
-            );
-            if !a.wait {
-                if a.json {
-                    println!("{}", to_json(&c)?);
-                }
-                return Ok(0);
-            }
-            let c = wait_for(
-                &client,
-                &a.name,
-                &[ClusterState::Available, ClusterState::Failed],
-            )
-            .await?;
-            if a.json {
-                println!("{}", to_json(&c)?);
-            } else {
-                print_cluster(&c);
-            }
-            if c.state == ClusterState::Available {
-                Ok(0)
-            } else {
-                eprintln!(
-                    "shoal: cluster {} FAILED: {}",
-                    c.name,
-                    c.reason.as_deref().unwrap_or("no reason recorded")
-                );
-                for n in c.nodes.iter().filter(|n| n.phase == Phase::Failed) {
-                    if let Some(e) = &n.error {
-                        eprintln!("  {}: {}: {}", n.id, e.reason, e.message);
-                    }
-                    if let Some(log) = n.details.get("agent_log") {
-                        eprintln!("  {}: agent log {log}", n.id);
-                    }
-                }
-                eprintln!(
-                    "shoal: `shoal cluster timeline {}` shows where it stopped",
-                    c.name
-                );
-                match &c.resources {
-                    Some(r) => eprintln!(
-                        "shoal: `shoal cluster delete {}` removes what was made ({r})",
-                        c.name
-                    ),
-                    None => eprintln!(
-                        "shoal: `shoal cluster delete {}` removes what was made",
-                        c.name
-                    ),
-                }
-                Ok(1)
-            }
-        }
-        Command::Cluster(ClusterCommand::Delete { name, wait, json }) => {
-            let c: ClusterView = client
-                .json(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/clusters/{name}"),
-                    None,
-                )
-                .await?;
-            eprintln!("cluster {} is {}", c.name, c.state);
-            if !wait {
-                if *json {
-                    println!("{}", to_json(&c)?);
-                }
-                return Ok(0);
-            }
-            let c = wait_for(&client, name, &[ClusterState::Deleted]).await?;
-            if *json {
-                println!("{}", to_json(&c)?);
-            }
-            if c.state != ClusterState::Deleted {
-                eprintln!(
-                    "shoal: deleting {} failed: {}",
-                    c.name,
-                    c.reason.as_deref().unwrap_or("no reason recorded")
-                );
-                eprintln!(
-                    "next: fix the cause, then `shoal cluster delete {}` again (it is safe to repeat)",
-                    c.name
-                );
-                return Ok(1);
-            }
-            eprintln!("cluster {} is {}", c.name, c.state);
-            Ok(0)
-        }
-    }
-}
-
-/// What to do after an API error, from its stable code: the text the CLI appends to
-/// the coordinator's message.
-pub fn next_step(code: &str, path: &str, body: Option<&serde_json::Value>) -> String {
-    let name = body
-        .and_then(|b| b["name"].as_str())
-        .map(String::from)
-        .or_else(|| {
-            path.strip_prefix("/v1/clusters/")
-                .map(|r| r.split(['/', '?']).next().unwrap_or(r).to_string())
-        })
-        .unwrap_or_else(|| "NAME".into());
-    let provider = body.and_then(|b| b["provider"].as_str()).unwrap_or("local");
-    match code {
-        "not-found" if path.contains("/user-data") => {
-            format!(": see the cluster's nodes with `shoal cluster show {name}`")
-        }
-        "not-found" => ": see the clusters there are with `shoal cluster list`".into(),
-        "exists" => format!(
-            ": choose another name, or delete it first with `shoal cluster delete {name} --wait`"
-        ),
-        "conflict" => format!(": see its state with `shoal cluster show {name}`"),
-        "provider-unavailable" if crate::cli::doctor::PROVIDERS.contains(&provider) => format!(
-            ": `shoal doctor --provider {provider}` says what this machine lacks"
-        ),
-        "unauthorized" => ": the token does not match this coordinator: give the --state-dir it runs with, or its token in SHOAL_TOKEN".into(),
-        "internal" => ": the coordinator's log says more (`shoal serve` writes it to stderr)".into(),
-        _ => String::new(),
-    }
-}
-
-/// The terminal's width: `$COLUMNS`, else the TTY's, else 100.
-fn terminal_width() -> usize {
-    if let Some(w) = std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.trim().parse::<usize>().ok())
-        .filter(|w| *w >= 40)
-    {
-        return w;
-    }
-    tty_columns().unwrap_or(100)
-}
-
-nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::libc::winsize);
-
-fn tty_columns() -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let out = std::io::stdout();
-    if !out.is_terminal() {
-        return None;
-    }
-    let mut ws = nix::libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points to a
-    // live, properly aligned local; the descriptor is stdout's, open for this call.
-    let r = unsafe { tiocgwinsz(out.as_raw_fd(), &mut ws) };
-    match r {
-        Ok(_) if ws.ws_col >= 40 => Some(usize::from(ws.ws_col)),
-        _ => None,
-    }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
-    serde_json::to_string_pretty(v).map_err(|e| cli_err(e.to_string()))
-}
-
-/// Polls until the cluster reaches one of `states`, showing progress on stderr (see
-/// [`crate::cli::progress`]).
-async fn wait_for(
-    client: &Client,
-    name: &str,
-    states: &[ClusterState],
-) -> Result<ClusterView, CliError> {
-    use std::io::Write as _;
-    let start = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let mut progress = crate::cli::progress::Progress::new(tty);
-    loop {
-        let c = client.show(name).await?;
-        let text = progress.update(&c, start.elapsed());
-        if !text.is_empty() {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(text.as_bytes());
-            let _ = err.flush();
-        }
-        let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
-        if states.contains(&c.state) || delete_failed {
-            return Ok(c);
-        }
-        // A terminal is redrawn often enough to look alive; logs need fewer polls.
-        tokio::time::sleep(Duration::from_millis(if tty { 100 } else { 200 })).await;
-    }
-}
-
 /// `shoal doctor`.
 async fn run_doctor(
     state_dir: &Path,
     coordinator: Option<String>,
     a: &DoctorArgs,
-) -> Result<i32, CliError> {
-    let report = crate::cli::doctor::run(&crate::cli::doctor::Options {
+) -> Result<u8, CliError> {
+    let report = doctor::run(&doctor::Options {
         provider: a.provider.clone(),
         state_dir: state_dir.to_path_buf(),
         image_dir: a.image_dir.clone(),
@@ -830,80 +348,27 @@ async fn run_doctor(
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         print!("{}", report.render_text(colour));
     }
-    Ok(if report.ok { 0 } else { 1 })
+    Ok(if report.ok { exit::OK } else { exit::FAILED })
 }
 
 /// `shoal man`: the page of `shoal`, or every page into a directory.
-fn run_man(out_dir: Option<&Path>) -> Result<i32, CliError> {
+fn run_man(out_dir: Option<&Path>) -> Result<u8, CliError> {
     let cmd = <Cli as clap::CommandFactory>::command();
     match out_dir {
         None => {
             let mut out = std::io::stdout();
             clap_mangen::Man::new(cmd)
                 .render(&mut out)
-                .map_err(|e| cli_err(format!("writing the manual page: {e}")))?;
+                .map_err(|e| CliError::Local(format!("writing the manual page: {e}")))?;
         }
         Some(dir) => {
             std::fs::create_dir_all(dir)
-                .map_err(|e| cli_err(format!("cannot create {}: {e}", dir.display())))?;
-            clap_mangen::generate_to(cmd, dir)
-                .map_err(|e| cli_err(format!("writing manual pages to {}: {e}", dir.display())))?;
+                .map_err(|e| CliError::Local(format!("cannot create {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cmd, dir).map_err(|e| {
+                CliError::Local(format!("writing manual pages to {}: {e}", dir.display()))
+            })?;
             eprintln!("manual pages written to {}", dir.display());
         }
     }
-    Ok(0)
-}
-
-/// Prints a cluster for a person.
-pub fn print_cluster(c: &ClusterView) {
-    let avail = c
-        .time_to_available_ms
-        .map(|ms| format!("  (available in {:.1}s)", ms as f64 / 1000.0))
-        .unwrap_or_default();
-    println!(
-        "cluster {}  {}  provider {}  blueprint {}  generation {}{avail}",
-        c.name, c.state, c.provider, c.blueprint, c.generation
-    );
-    if let Some(r) = &c.reason {
-        println!("reason: {r}");
-    }
-    println!("metadata {}  overlay {}", c.metadata_url, c.overlay);
-    if let Some(r) = &c.resources {
-        println!("resources: {r}");
-    }
-    println!(
-        "{:<8} {:<15} {:<14} {:<34} CONTAINERS",
-        "NODE", "ADDRESS", "PHASE", "INSTANCE"
-    );
-    for n in &c.nodes {
-        let containers = n
-            .containers
-            .iter()
-            .map(|k| {
-                format!(
-                    "{} {} {}",
-                    k.hostname,
-                    k.address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "host".into()),
-                    k.state
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        println!(
-            "{:<8} {:<15} {:<14} {:<34} {}",
-            n.id,
-            n.private_ip.map(|i| i.to_string()).unwrap_or_default(),
-            n.phase.as_str(),
-            n.instance_id.as_deref().unwrap_or(""),
-            containers
-        );
-        if let Some(e) = &n.error {
-            println!("         error {}: {}", e.reason, e.message);
-        }
-        if let Some(state) = n.details.get("vm-state").filter(|s| *s != "running") {
-            println!("         VM {state}");
-        }
-    }
+    Ok(exit::OK)
 }

@@ -2,34 +2,54 @@
 //! DELETED. Every transition is written to the store before anything is done about it,
 //! so a restarted coordinator resumes where it stopped ([`Engine::reconcile`]); every
 //! provider call is idempotent, so resuming never makes a VM twice.
+//!
+//! The engine owns the store, the plans being served ([`PlanHub`]), the providers and
+//! the tasks driving clusters; the listeners reach it only through its methods and
+//! through the narrow [`MetadataState`] it hands the metadata router.
 
+mod error;
 pub mod planner;
+pub mod request;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
-use shoal_protocol::{is_dns_label, AgentConfig, NodeStatus, Phase, DEFAULT_AGENT_DEADLINE_SECS};
+use futures_util::future::BoxFuture;
+use shoal_protocol::{AgentConfig, NodeStatus, Phase, DEFAULT_AGENT_DEADLINE_SECS};
 use tokio::task::JoinHandle;
 
-use self::planner::{PlannedNode, PlannerError};
-use crate::blueprint::{Blueprint, BlueprintError};
+pub use self::error::EngineError;
+use self::planner::PlannedNode;
+pub use self::request::{dry_run_plan, validate_request, CreateRequest, ValidRequest};
 use crate::keys;
-use crate::metadata::Hub;
-use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
-use crate::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError};
-use crate::userdata::{self, UserDataError};
-
-/// Most nodes one cluster may have.
-pub const MAX_NODES: u32 = 1000;
+use crate::metadata::{MetadataState, NodeKey, PlanHub, StatusSink};
+use crate::metrics::{Metrics, Snapshot};
+use crate::providers::registry::Registry;
+use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, VmState};
+use crate::store::{
+    now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError, StoredPlan, VmRecord,
+};
+use crate::userdata;
 
 /// How long listing the VMs of a failed creation may take: the provider may be what
 /// failed, and the cluster should go FAILED soon.
 const LEFTOVER_DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// States a creation is in flight in.
+const CREATING: &[ClusterState] = &[ClusterState::Requested, ClusterState::Creating];
+/// States from which every node's `ready` makes a cluster AVAILABLE (a FAILED one
+/// recovers when its agents get there after all).
+const SETTLING: &[ClusterState] = &[ClusterState::Creating, ClusterState::Failed];
+/// States a deletion may start from: all but DELETED.
+const DELETABLE: &[ClusterState] = &[
+    ClusterState::Requested,
+    ClusterState::Creating,
+    ClusterState::Available,
+    ClusterState::Failed,
+    ClusterState::Deleting,
+];
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -55,230 +75,120 @@ impl Default for EngineSettings {
     }
 }
 
-/// What `POST /v1/clusters` takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    /// Cluster name.
-    pub name: String,
-    /// Provider.
-    pub provider: String,
-    /// Node count.
-    pub nodes: u32,
-    /// A built-in blueprint's name (default `demo`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blueprint: Option<String>,
-    /// A blueprint's TOML text (instead of a name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blueprint_toml: Option<String>,
-    /// Provider settings.
-    #[serde(default)]
-    pub params: ProviderParams,
-}
-
-/// A creation request that passed [`validate_request`].
-#[derive(Debug, Clone)]
-pub struct ValidRequest {
-    /// The blueprint, parsed and checked.
-    pub blueprint: Blueprint,
-    /// The overlay range.
-    pub overlay: Ipv4Net,
-}
-
-/// Placeholder underlay addresses for the dry-run plan of [`validate_request`]: the
-/// first of these ranges that does not meet the overlay.
-const DRY_RUN_UNDERLAYS: [&str; 2] = ["100.64.0.0/10", "198.18.0.0/15"];
-
-/// Checks a creation request without touching any state: name, node count, blueprint
-/// (built-in or uploaded), and a dry run of the planner with placeholder addresses, so
-/// a request that could never be planned (an overlay too small for the node count, a
-/// reference that does not resolve) is refused before any VM is made. Pure: the fuzz
-/// target `create_request` runs it.
-pub fn validate_request(req: &CreateRequest) -> Result<ValidRequest, EngineError> {
-    if !is_dns_label(&req.name) || req.name.len() > 40 {
-        return Err(EngineError::BadRequest(format!(
-            "cluster name {:?} must be 1 to 40 of a-z, 0-9 and '-', not starting or ending with '-'",
-            req.name
-        )));
-    }
-    if req.nodes == 0 || req.nodes > MAX_NODES {
-        return Err(EngineError::BadRequest(format!(
-            "--nodes must be between 1 and {MAX_NODES}, not {}",
-            req.nodes
-        )));
-    }
-    let blueprint = match (&req.blueprint, &req.blueprint_toml) {
-        (Some(_), Some(_)) => {
-            return Err(EngineError::BadRequest(
-                "give a blueprint name or its text, not both".into(),
-            ))
-        }
-        (_, Some(text)) => Blueprint::parse("(uploaded)", text)?,
-        (name, None) => {
-            let name = name
-                .as_deref()
-                .unwrap_or(crate::blueprint::DEFAULT_BLUEPRINT);
-            Blueprint::built_in(name).ok_or_else(|| {
-                EngineError::BadRequest(format!(
-                    "no built-in blueprint {name:?} (built-in: demo, ambari); upload a file instead"
-                ))
-            })??
-        }
-    };
-    blueprint.assign(req.nodes)?;
-    let overlay: Ipv4Net = match blueprint.overlay {
-        Some(o) => o,
-        None => planner::DEFAULT_OVERLAY
-            .parse()
-            .map_err(|_| EngineError::BadRequest("bad default overlay".into()))?,
-    };
-    // A request the planner refuses is the operator's to fix (400), not a fault.
-    dry_run_plan(&req.name, &blueprint, overlay, req.nodes).map_err(|e| match e {
-        EngineError::Planner(p) => EngineError::BadRequest(format!(
-            "the blueprint cannot be planned for {} node(s): {p}",
-            req.nodes
-        )),
-        other => other,
-    })?;
-    Ok(ValidRequest { blueprint, overlay })
-}
-
-/// Builds the plan of `nodes` nodes with placeholder addresses outside the overlay.
-pub fn dry_run_plan(
-    cluster: &str,
-    blueprint: &Blueprint,
-    overlay: Ipv4Net,
-    nodes: u32,
-) -> Result<shoal_protocol::Plan, EngineError> {
-    let underlay = DRY_RUN_UNDERLAYS
-        .iter()
-        .filter_map(|r| r.parse::<Ipv4Net>().ok())
-        .find(|u| !u.contains(&overlay.network()) && !overlay.contains(&u.network()))
-        .ok_or_else(|| EngineError::BadRequest(format!("overlay {overlay} is too large")))?;
-    let planned: Vec<PlannedNode> = underlay
-        .hosts()
-        .take(nodes as usize)
-        .enumerate()
-        .map(|(i, ip)| PlannedNode {
-            id: format!("node-{i}"),
-            index: i as u32,
-            private_ip: ip,
-            instance_id: None,
-        })
-        .collect();
-    Ok(planner::build(cluster, blueprint, overlay, 1, &planned)?)
-}
-
-/// An engine failure, shown to the operator as is.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// Bad request.
-    #[error("{0}")]
-    BadRequest(String),
-    /// No such cluster.
-    #[error("no cluster named {0:?}")]
-    NotFound(String),
-    /// Conflicts with the cluster's state.
-    #[error("{0}")]
-    Conflict(String),
-    /// The provider is not usable here.
-    #[error("provider {name} is not available: {why}")]
-    ProviderUnavailable {
-        /// Provider.
-        name: String,
-        /// Why.
-        why: String,
-    },
-    /// Store.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Provider.
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    /// User-data.
-    #[error(transparent)]
-    UserData(#[from] UserDataError),
-    /// Blueprint.
-    #[error(transparent)]
-    Blueprint(#[from] BlueprintError),
-    /// Planning.
-    #[error(transparent)]
-    Planner(#[from] PlannerError),
-    /// Timed out.
-    #[error("{0}")]
-    Timeout(String),
-}
-
 /// The engine: store, served plans, providers, and the tasks driving clusters.
 #[derive(Debug)]
 pub struct Engine {
-    /// The store.
-    pub store: Arc<Store>,
-    /// Plans being served.
-    pub hub: Arc<Hub>,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    providers: BTreeMap<String, Arc<dyn Provider>>,
-    unavailable: BTreeMap<String, String>,
+    store: Arc<dyn Store>,
+    hub: Arc<PlanHub>,
+    metrics: Arc<Metrics>,
+    providers: Registry,
     settings: EngineSettings,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
+fn node_keys(nodes: &[NodeRow]) -> Vec<NodeKey> {
+    nodes
+        .iter()
+        .map(|n| NodeKey {
+            node: n.id.clone(),
+            token: n.token.clone(),
+        })
+        .collect()
+}
+
 impl Engine {
-    /// Builds an engine; `unavailable` names providers that cannot run here, and why.
-    pub fn new(
-        store: Arc<Store>,
-        providers: Vec<Arc<dyn Provider>>,
-        unavailable: BTreeMap<String, String>,
+    /// Builds an engine over `store` and starts serving the plans of every cluster not
+    /// DELETED.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        providers: Registry,
         settings: EngineSettings,
     ) -> Result<Arc<Engine>, StoreError> {
-        let hub = Arc::new(Hub::default());
-        for c in store.clusters()? {
+        let hub = Arc::new(PlanHub::default());
+        for c in store.clusters().await? {
             if c.state == ClusterState::Deleted {
                 continue;
             }
-            hub.register(&c.key, &c.name);
+            let nodes = store.nodes(&c.name).await?;
+            hub.register(&c.key, &c.name, node_keys(&nodes));
             if let Some(plan) = &c.plan {
-                hub.publish(&c.key, c.generation, Bytes::from(plan.clone()));
+                hub.publish(&c.key, plan.generation(), plan.json.clone());
             }
         }
         Ok(Arc::new(Engine {
             store,
             hub,
             metrics: Arc::default(),
-            providers: providers
-                .into_iter()
-                .map(|p| (p.name().to_string(), p))
-                .collect(),
-            unavailable,
+            providers,
             settings,
             tasks: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// The provider called `name`.
-    pub fn provider(&self, name: &str) -> Result<Arc<dyn Provider>, EngineError> {
-        if let Some(p) = self.providers.get(name) {
-            return Ok(p.clone());
+    /// What the metadata router needs: the plans, where reports go, the counters.
+    pub fn metadata_state(self: &Arc<Self>) -> MetadataState {
+        MetadataState {
+            hub: self.hub.clone(),
+            sink: self.clone(),
+            metrics: self.metrics.clone(),
         }
-        Err(EngineError::ProviderUnavailable {
-            name: name.to_string(),
-            why: self.unavailable.get(name).cloned().unwrap_or_else(|| {
-                format!(
-                    "unknown provider (known: {})",
-                    self.providers
-                        .keys()
-                        .chain(self.unavailable.keys())
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }),
-        })
+    }
+
+    /// The coordinator's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The gauges `/metrics` reads at scrape time: clusters by state, nodes by phase,
+    /// long-polls held, the store's commits.
+    pub async fn metrics_snapshot(&self) -> Result<Snapshot, EngineError> {
+        let mut snap = Snapshot {
+            long_polls: self.hub.waiting(),
+            store: self.store.stats(),
+            ..Snapshot::default()
+        };
+        for c in self.store.clusters().await? {
+            snap.count_cluster(c.state);
+            if c.state == ClusterState::Deleted {
+                continue;
+            }
+            for n in self.store.nodes(&c.name).await? {
+                snap.count_node(n.phase);
+            }
+        }
+        Ok(snap)
+    }
+
+    fn provider(&self, name: &str) -> Result<Arc<dyn Provider>, EngineError> {
+        self.providers
+            .get(name)
+            .map_err(|u| EngineError::ProviderUnavailable {
+                name: u.name,
+                why: u.why,
+            })
+    }
+
+    /// Every cluster, by name.
+    pub async fn clusters(&self) -> Result<Vec<ClusterRow>, EngineError> {
+        Ok(self.store.clusters().await?)
+    }
+
+    /// One cluster and its nodes.
+    pub async fn cluster(&self, name: &str) -> Result<(ClusterRow, Vec<NodeRow>), EngineError> {
+        let c = self
+            .store
+            .cluster(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let nodes = self.store.nodes(name).await?;
+        Ok((c, nodes))
     }
 
     /// Records a new cluster and starts creating it.
-    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<ClusterRow, EngineError> {
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateRequest,
+    ) -> Result<(ClusterRow, Vec<NodeRow>), EngineError> {
         let ValidRequest { blueprint, overlay } = validate_request(&req)?;
         let provider = self.provider(&req.provider)?;
         let metadata_url = provider
@@ -302,14 +212,13 @@ impl Engine {
             key: keys::random_secret(),
             generation: 0,
             plan: None,
-            blueprint: serde_json::to_string(&blueprint)
-                .map_err(|e| EngineError::BadRequest(e.to_string()))?,
+            domain: blueprint.domain.clone(),
+            blueprint,
             params,
             metadata_url,
             node_count: req.nodes,
-            overlay: overlay.to_string(),
+            overlay,
             vni: rand::random_range(1..=0x00ff_ffff),
-            domain: blueprint.domain.clone(),
             created_ms: now,
             updated_ms: now,
             available_ms: None,
@@ -321,7 +230,7 @@ impl Engine {
                 token: keys::random_secret(),
                 instance_id: None,
                 private_ip: None,
-                details: BTreeMap::new(),
+                details: Default::default(),
                 phase: Phase::Pending,
                 status: None,
                 requested_ms: Some(now),
@@ -329,11 +238,11 @@ impl Engine {
                 updated_ms: now,
             })
             .collect();
-        self.store.insert_cluster(&row, &nodes)?;
-        self.hub.register(&row.key, &row.name);
+        self.store.insert_cluster(&row, &nodes).await?;
+        self.hub.register(&row.key, &row.name, node_keys(&nodes));
         tracing::info!(cluster = %row.name, provider = %row.provider, nodes = req.nodes, "cluster requested");
         self.spawn_create(&row.name);
-        Ok(row)
+        Ok((row, nodes))
     }
 
     fn spawn_task(&self, name: &str, task: JoinHandle<()>) {
@@ -360,74 +269,81 @@ impl Engine {
                 if !matches!(e, EngineError::Provider(ProviderError::Config { .. })) {
                     engine.record_leftovers(&n).await;
                 }
-                engine.fail(&n, &e.to_string());
+                engine.fail(&n, &e.to_string()).await;
             }
         });
         self.spawn_task(name, task);
-        // The watchdog: agents that never report ready fail the cluster in the end.
+        self.spawn_watchdog(name, None);
+    }
+
+    /// Fails the cluster if it is still being created after the creation timeout: its
+    /// agents never all reported ready. `why` replaces the list of stuck nodes.
+    fn spawn_watchdog(self: &Arc<Self>, name: &str, why: Option<&'static str>) {
         let engine = self.clone();
         let n = name.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(engine.settings.create_timeout).await;
-            if let Ok(Some(c)) = engine.store.cluster(&n) {
-                if matches!(c.state, ClusterState::Creating | ClusterState::Requested) {
+            let Ok(Some(c)) = engine.store.cluster(&n).await else {
+                return;
+            };
+            if !CREATING.contains(&c.state) {
+                return;
+            }
+            let reason = match why {
+                Some(w) => w.to_string(),
+                None => {
                     let stuck = engine
                         .store
                         .nodes(&n)
+                        .await
                         .unwrap_or_default()
                         .into_iter()
                         .filter(|n| n.phase != Phase::Ready)
                         .map(|n| format!("{} ({})", n.id, n.phase))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    engine.fail(
-                        &n,
-                        &format!(
-                            "not every node was ready within {}s: {stuck}",
-                            engine.settings.create_timeout.as_secs()
-                        ),
-                    );
+                    format!(
+                        "not every node was ready within {}s: {stuck}",
+                        engine.settings.create_timeout.as_secs()
+                    )
                 }
-            }
+            };
+            engine.fail(&n, &reason).await;
         });
     }
 
-    fn fail(&self, name: &str, reason: &str) {
+    async fn fail(&self, name: &str, reason: &str) {
         tracing::warn!(cluster = %name, %reason, "cluster failed");
-        if let Ok(Some(c)) = self.store.cluster(name) {
-            if matches!(c.state, ClusterState::Requested | ClusterState::Creating) {
-                if let Err(e) = self
-                    .store
-                    .set_state(name, ClusterState::Failed, Some(reason))
-                {
-                    tracing::error!(cluster = %name, error = %e, "cannot record the failure");
-                }
-            }
+        if let Err(e) = self
+            .store
+            .transition(name, CREATING, ClusterState::Failed, Some(reason))
+            .await
+        {
+            tracing::error!(cluster = %name, error = %e, "cannot record the failure");
         }
     }
 
     async fn drive_create(self: &Arc<Self>, name: &str) -> Result<(), EngineError> {
-        let Some(c) = self.store.cluster(name)? else {
+        let Some(c) = self.store.cluster(name).await? else {
             return Ok(());
         };
-        if !matches!(c.state, ClusterState::Requested | ClusterState::Creating) {
+        if !CREATING.contains(&c.state) {
             return Ok(());
         }
         crate::fault::point("recorded");
-        self.store.set_state(name, ClusterState::Creating, None)?;
+        if !self
+            .store
+            .transition(name, CREATING, ClusterState::Creating, None)
+            .await?
+        {
+            return Ok(());
+        }
         let provider = self.provider(&c.provider)?;
         let cref = c.cluster_ref();
-        let nodes = self.store.nodes(name)?;
+        let nodes = self.store.nodes(name).await?;
         let mut requests = Vec::with_capacity(nodes.len());
         for n in &nodes {
-            let cfg = AgentConfig {
-                metadata_url: c.metadata_url.clone(),
-                cluster_key: c.key.clone(),
-                node_id: n.id.clone(),
-                node_token: n.token.clone(),
-                ca_cert_pem: self.settings.ca_cert_pem.clone(),
-                deadline_secs: self.settings.agent_deadline_secs,
-            };
+            let cfg = self.agent_config(&c, n);
             requests.push(NodeRequest {
                 node_id: n.id.clone(),
                 index: n.index,
@@ -443,11 +359,11 @@ impl Engine {
             )
             .await?;
         crate::fault::point("vms-created");
-        self.record_vms(name, &infos)?;
+        self.record_vms(name, &infos).await?;
         // Clouds assign private addresses a little after the call: describe until all are known.
         let mut delay = Duration::from_millis(200);
         loop {
-            let nodes = self.store.nodes(name)?;
+            let nodes = self.store.nodes(name).await?;
             if nodes.iter().all(|n| n.private_ip.is_some()) {
                 break;
             }
@@ -461,25 +377,36 @@ impl Engine {
                     provider.describe_nodes(&cref, &c.params),
                 )
                 .await?;
-            self.record_vms(name, &infos)?;
+            self.record_vms(name, &infos).await?;
         }
-        self.publish_plan(name)?;
+        self.publish_plan(name).await?;
         crate::fault::point("plan-published");
         Ok(())
     }
 
-    fn record_vms(&self, name: &str, infos: &[NodeInfo]) -> Result<(), EngineError> {
+    fn agent_config(&self, c: &ClusterRow, n: &NodeRow) -> AgentConfig {
+        AgentConfig {
+            metadata_url: c.metadata_url.clone(),
+            cluster_key: c.key.clone(),
+            node_id: n.id.clone(),
+            node_token: n.token.clone(),
+            ca_cert_pem: self.settings.ca_cert_pem.clone(),
+            deadline_secs: self.settings.agent_deadline_secs,
+        }
+    }
+
+    async fn record_vms(&self, name: &str, infos: &[NodeInfo]) -> Result<(), EngineError> {
         for info in infos {
             let mut details = info.details.clone();
             details.insert("vm-state".into(), info.state.as_str().into());
-            self.store.set_node_vm(
-                name,
-                &info.node_id,
-                &info.instance_id,
-                info.private_ip,
-                &details,
-                info.state == VmState::Running,
-            )?;
+            let vm = VmRecord {
+                node_id: info.node_id.clone(),
+                instance_id: info.instance_id.clone(),
+                private_ip: info.private_ip,
+                details,
+                running: info.state == VmState::Running,
+            };
+            self.store.set_node_vm(name, &vm).await?;
         }
         Ok(())
     }
@@ -489,7 +416,7 @@ impl Engine {
     /// failure; `delete` removes them with everything else the cluster owns. Best
     /// effort and bounded: the provider may be what failed.
     async fn record_leftovers(&self, name: &str) {
-        let Ok(Some(c)) = self.store.cluster(name) else {
+        let Ok(Some(c)) = self.store.cluster(name).await else {
             return;
         };
         let Ok(provider) = self.provider(&c.provider) else {
@@ -511,7 +438,7 @@ impl Engine {
                     .into_iter()
                     .filter(|i| i.state != VmState::Terminated)
                     .collect();
-                if let Err(e) = self.record_vms(name, &left) {
+                if let Err(e) = self.record_vms(name, &left).await {
                     tracing::warn!(cluster = %name, error = %e, "cannot record the VMs left by a failed creation");
                 }
             }
@@ -528,24 +455,15 @@ impl Engine {
     pub fn footprint(&self, c: &ClusterRow) -> Option<String> {
         self.providers
             .get(&c.provider)
+            .ok()
             .and_then(|p| p.footprint(&c.cluster_ref(), &c.params))
     }
 
-    /// Builds the plan from the stored nodes and serves it under the next generation.
-    fn publish_plan(&self, name: &str) -> Result<u64, EngineError> {
-        let c = self
-            .store
-            .cluster(name)?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        let blueprint: Blueprint = serde_json::from_str(&c.blueprint)
-            .map_err(|_| StoreError::Corrupt(format!("blueprint of {name}")))?;
-        let overlay: Ipv4Net = c
-            .overlay
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("overlay of {name}")))?;
-        let planned: Vec<PlannedNode> = self
-            .store
-            .nodes(name)?
+    /// Builds the plan from the stored nodes; the store assigns its generation, and the
+    /// hub serves exactly what was stored.
+    async fn publish_plan(&self, name: &str) -> Result<StoredPlan, EngineError> {
+        let (c, nodes) = self.cluster(name).await?;
+        let planned: Vec<PlannedNode> = nodes
             .into_iter()
             .map(|n| PlannedNode {
                 private_ip: n.private_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -554,28 +472,26 @@ impl Engine {
                 instance_id: n.instance_id,
             })
             .collect();
-        let mut plan = planner::build(&c.name, &blueprint, overlay, c.vni, &planned)?;
-        plan.generation = c.generation + 1;
-        let json = serde_json::to_string(&plan)
-            .map_err(|e| EngineError::BadRequest(format!("serialising the plan: {e}")))?;
-        let generation = self.store.set_plan(name, &json)?;
-        self.hub.publish(&c.key, generation, Bytes::from(json));
-        tracing::info!(cluster = %name, generation, "plan ready");
-        Ok(generation)
+        let plan = planner::build(&c.name, &c.blueprint, c.overlay, c.vni, &planned)?;
+        let stored = self.store.publish_plan(name, plan).await?;
+        self.hub
+            .publish(&c.key, stored.generation(), stored.json.clone());
+        tracing::info!(cluster = %name, generation = stored.generation(), "plan ready");
+        Ok(stored)
     }
 
     /// Records an agent's report and moves the cluster on.
-    pub fn on_status(
+    pub async fn on_status(
         &self,
         cluster: &str,
         node: &str,
         status: &NodeStatus,
     ) -> Result<(), EngineError> {
-        self.store.set_node_status(cluster, node, status)?;
-        let Some(c) = self.store.cluster(cluster)? else {
+        self.store.set_node_status(cluster, node, status).await?;
+        let Some(c) = self.store.cluster(cluster).await? else {
             return Ok(());
         };
-        if !matches!(c.state, ClusterState::Creating | ClusterState::Failed) {
+        if !SETTLING.contains(&c.state) {
             return Ok(());
         }
         if status.phase == Phase::Failed && c.state == ClusterState::Creating {
@@ -584,10 +500,11 @@ impl Engine {
                 .as_ref()
                 .map(|e| (e.reason.as_str(), e.message.as_str()))
                 .unwrap_or(("unknown", "no reason given"));
-            self.fail(cluster, &format!("{node}: {code}: {message}"));
+            self.fail(cluster, &format!("{node}: {code}: {message}"))
+                .await;
             return Ok(());
         }
-        self.settle(cluster)?;
+        self.settle(&c).await?;
         Ok(())
     }
 
@@ -595,14 +512,11 @@ impl Engine {
     /// plan; returns whether it is. Run on every report, and by [`Engine::reconcile`]:
     /// a crash may fall between the last report and this transition, and agents that
     /// are ready do not report again.
-    fn settle(&self, cluster: &str) -> Result<bool, EngineError> {
-        let Some(c) = self.store.cluster(cluster)? else {
-            return Ok(false);
-        };
-        if !matches!(c.state, ClusterState::Creating | ClusterState::Failed) {
+    async fn settle(&self, c: &ClusterRow) -> Result<bool, EngineError> {
+        if !SETTLING.contains(&c.state) {
             return Ok(c.state == ClusterState::Available);
         }
-        let nodes = self.store.nodes(cluster)?;
+        let nodes = self.store.nodes(&c.name).await?;
         let all_ready = c.generation > 0
             && nodes.iter().all(|n| {
                 n.phase == Phase::Ready
@@ -610,29 +524,37 @@ impl Engine {
                         .as_ref()
                         .is_some_and(|s| s.generation == c.generation)
             });
-        if all_ready {
-            crate::fault::point("all-ready");
-            self.store
-                .set_state(cluster, ClusterState::Available, None)?;
+        if !all_ready {
+            return Ok(false);
+        }
+        crate::fault::point("all-ready");
+        if self
+            .store
+            .transition(&c.name, SETTLING, ClusterState::Available, None)
+            .await?
+        {
             let elapsed_ms = now_ms().saturating_sub(c.created_ms);
             self.metrics.observe_available(elapsed_ms as f64 / 1000.0);
-            tracing::info!(cluster = %cluster, elapsed_ms, "cluster available");
+            tracing::info!(cluster = %c.name, elapsed_ms, "cluster available");
         }
-        Ok(all_ready)
+        Ok(true)
     }
 
     /// Starts deleting a cluster (again, if a previous deletion did not finish).
-    pub fn delete(self: &Arc<Self>, name: &str) -> Result<ClusterRow, EngineError> {
-        let c = self
-            .store
-            .cluster(name)?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        if c.state == ClusterState::Deleted {
-            return Ok(c);
+    pub async fn delete(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(ClusterRow, Vec<NodeRow>), EngineError> {
+        let (c, _) = self.cluster(name).await?;
+        if c.state != ClusterState::Deleted
+            && self
+                .store
+                .transition(name, DELETABLE, ClusterState::Deleting, None)
+                .await?
+        {
+            self.spawn_delete(name);
         }
-        self.store.set_state(name, ClusterState::Deleting, None)?;
-        self.spawn_delete(name);
-        Ok(self.store.cluster(name)?.unwrap_or(c))
+        self.cluster(name).await
     }
 
     fn spawn_delete(self: &Arc<Self>, name: &str) {
@@ -643,18 +565,22 @@ impl Engine {
         let task = tokio::spawn(async move {
             if let Err(e) = engine.drive_delete(&n).await {
                 tracing::warn!(cluster = %n, error = %e, "deletion failed; `shoal cluster delete` retries it");
-                let _ = engine.store.set_state(
-                    &n,
-                    ClusterState::Deleting,
-                    Some(&format!("deletion failed, retry it: {e}")),
-                );
+                let _ = engine
+                    .store
+                    .transition(
+                        &n,
+                        &[ClusterState::Deleting],
+                        ClusterState::Deleting,
+                        Some(&format!("deletion failed, retry it: {e}")),
+                    )
+                    .await;
             }
         });
         self.spawn_task(name, task);
     }
 
     async fn drive_delete(&self, name: &str) -> Result<(), EngineError> {
-        let Some(c) = self.store.cluster(name)? else {
+        let Some(c) = self.store.cluster(name).await? else {
             return Ok(());
         };
         let provider = self.provider(&c.provider)?;
@@ -668,15 +594,17 @@ impl Engine {
             )
             .await?;
         self.hub.remove(&c.key);
-        self.store.set_state(name, ClusterState::Deleted, None)?;
+        self.store
+            .transition(name, &[ClusterState::Deleting], ClusterState::Deleted, None)
+            .await?;
         tracing::info!(cluster = %name, "cluster deleted");
         Ok(())
     }
 
     /// Resumes every cluster in flight: after a restart, creations continue and
     /// deletions finish.
-    pub fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
-        for c in self.store.clusters()? {
+    pub async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
+        for c in self.store.clusters().await? {
             match c.state {
                 ClusterState::Requested | ClusterState::Creating => {
                     tracing::info!(cluster = %c.name, "resuming creation");
@@ -684,10 +612,13 @@ impl Engine {
                         // VMs and plan exist: only the agents' reports are awaited.
                         // They may all be in already, the crash having come before
                         // the cluster was marked AVAILABLE.
-                        if self.settle(&c.name)? {
+                        if self.settle(&c).await? {
                             continue;
                         }
-                        self.spawn_watchdog_only(&c.name);
+                        self.spawn_watchdog(
+                            &c.name,
+                            Some("not every node was ready in time after a coordinator restart"),
+                        );
                     } else {
                         self.spawn_create(&c.name);
                     }
@@ -702,29 +633,9 @@ impl Engine {
         Ok(())
     }
 
-    fn spawn_watchdog_only(self: &Arc<Self>, name: &str) {
-        let engine = self.clone();
-        let n = name.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(engine.settings.create_timeout).await;
-            if let Ok(Some(c)) = engine.store.cluster(&n) {
-                if c.state == ClusterState::Creating {
-                    engine.fail(
-                        &n,
-                        "not every node was ready in time after a coordinator restart",
-                    );
-                }
-            }
-        });
-    }
-
     /// The user-data of one node, as its VM received it.
-    pub fn user_data(&self, name: &str, node: &str) -> Result<String, EngineError> {
-        let c = self
-            .store
-            .cluster(name)?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        let nodes = self.store.nodes(name)?;
+    pub async fn user_data(&self, name: &str, node: &str) -> Result<String, EngineError> {
+        let (c, nodes) = self.cluster(name).await?;
         let n = nodes.iter().find(|n| n.id == node).ok_or_else(|| {
             EngineError::NotFound(format!(
                 "{name}/{node} (its nodes are {})",
@@ -735,14 +646,7 @@ impl Engine {
                     .join(", ")
             ))
         })?;
-        Ok(userdata::render(&AgentConfig {
-            metadata_url: c.metadata_url.clone(),
-            cluster_key: c.key.clone(),
-            node_id: n.id.clone(),
-            node_token: n.token.clone(),
-            ca_cert_pem: self.settings.ca_cert_pem.clone(),
-            deadline_secs: self.settings.agent_deadline_secs,
-        }))
+        Ok(userdata::render(&self.agent_config(&c, n)))
     }
 
     /// The metadata URL cloud VMs are told (`shoal serve --advertise-url`).
@@ -752,62 +656,26 @@ impl Engine {
 
     /// Names of the providers, usable or not, with why not.
     pub fn providers(&self) -> Vec<(String, Option<String>)> {
-        self.providers
-            .keys()
-            .map(|k| (k.clone(), None))
-            .chain(
-                self.unavailable
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone()))),
-            )
-            .collect()
+        self.providers.list()
+    }
+
+    /// Lets the providers release what they hold (the coordinator is stopping).
+    pub async fn shutdown(&self) {
+        self.providers.shutdown().await;
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(nodes: u32, toml: Option<&str>) -> CreateRequest {
-        CreateRequest {
-            name: "lab".into(),
-            provider: "local".into(),
-            nodes,
-            blueprint: None,
-            blueprint_toml: toml.map(String::from),
-            params: ProviderParams::default(),
-        }
-    }
-
-    #[test]
-    fn requests_that_could_never_be_planned_are_refused_up_front() {
-        assert!(validate_request(&request(3, None)).is_ok());
-        // An overlay with no room for the nodes used to be accepted, its VMs made, and
-        // the cluster failed only when the plan was built.
-        let small = r#"
-name = "small"
-overlay = "10.77.0.0/24"
-[[group]]
-name = "all"
-count = "rest"
-[[group.container]]
-name = "c"
-image = "busybox:1"
-"#;
-        let e = validate_request(&request(2, Some(small))).expect_err("too small");
-        assert!(e.to_string().contains("room for"), "{e}");
-        assert!(matches!(e, EngineError::BadRequest(_)), "{e:?}");
-        // The default overlay (a /16) has room for 255 nodes.
-        let e = validate_request(&request(999, None)).expect_err("999 nodes");
-        assert!(matches!(e, EngineError::BadRequest(_)), "{e:?}");
-        // Found by the create_request fuzz target: an overlay with host bits set was
-        // accepted, and the plan made from it refused by every agent.
-        let host_bits = small.replace("10.77.0.0/24", "10.77.0.5/22");
-        let e = validate_request(&request(2, Some(&host_bits))).expect_err("host bits");
-        assert!(e.to_string().contains("host bits"), "{e}");
-        assert!(validate_request(&request(0, None)).is_err());
-        let mut bad = request(1, None);
-        bad.name = "../etc".into();
-        assert!(validate_request(&bad).is_err());
+impl StatusSink for Engine {
+    fn report<'a>(
+        &'a self,
+        cluster: &'a str,
+        node: &'a str,
+        status: &'a NodeStatus,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.on_status(cluster, node, status)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

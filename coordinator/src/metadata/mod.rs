@@ -9,8 +9,9 @@
 //! Unknown keys get 404, as fast as known ones: lookups go through an in-memory map,
 //! never the database, and a key that is not shaped like one is refused before it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+pub mod hub;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -19,90 +20,52 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_STATUS_BYTES};
 use shoal_protocol::NodeStatus;
-use tokio::sync::watch;
 
-use crate::engine::Engine;
+pub use self::hub::{NodeKey, PlanDoc, PlanHub};
 use crate::keys::{constant_time_eq, is_secret_shaped};
+use crate::metrics::Metrics;
 
 /// The longest a long-poll is held.
 pub const MAX_WAIT: Duration = Duration::from_secs(contract::MAX_WAIT_SECS);
 
-/// A served plan: its generation and its JSON bytes, shared by every response.
+/// Where the metadata API hands the reports it accepted (the engine). A report is
+/// answered 204 only once the sink has it recorded.
+pub trait StatusSink: Send + Sync + std::fmt::Debug {
+    /// Records `node`'s report; the error is logged, never shown to the agent.
+    fn report<'a>(
+        &'a self,
+        cluster: &'a str,
+        node: &'a str,
+        status: &'a NodeStatus,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// What the metadata router needs, and nothing more.
 #[derive(Debug, Clone)]
-pub struct PlanDoc {
-    /// Generation.
-    pub generation: u64,
-    /// The JSON document.
-    pub bytes: Bytes,
-}
-
-#[derive(Debug)]
-struct Entry {
-    cluster: String,
-    plan: watch::Sender<Option<PlanDoc>>,
-}
-
-/// The plans being served, by cluster key.
-#[derive(Debug, Default)]
-pub struct Hub {
-    by_key: RwLock<HashMap<String, Arc<Entry>>>,
-}
-
-impl Hub {
-    /// Starts serving `cluster` under `key` (204 until a plan is published).
-    pub fn register(&self, key: &str, cluster: &str) {
-        let (tx, _) = watch::channel(None);
-        if let Ok(mut map) = self.by_key.write() {
-            map.entry(key.to_string()).or_insert_with(|| {
-                Arc::new(Entry {
-                    cluster: cluster.to_string(),
-                    plan: tx,
-                })
-            });
-        }
-    }
-
-    /// Publishes a plan: every held long-poll with a smaller `after` answers now.
-    pub fn publish(&self, key: &str, generation: u64, bytes: Bytes) {
-        if let Some(e) = self.entry(key) {
-            e.plan.send_replace(Some(PlanDoc { generation, bytes }));
-        }
-    }
-
-    /// Stops serving `key` (404 from now on).
-    pub fn remove(&self, key: &str) {
-        if let Ok(mut map) = self.by_key.write() {
-            map.remove(key);
-        }
-    }
-
-    fn entry(&self, key: &str) -> Option<Arc<Entry>> {
-        self.by_key.read().ok()?.get(key).cloned()
-    }
-
-    /// Long-polls in flight (receivers beyond the sender's own).
-    pub fn waiting(&self) -> usize {
-        self.by_key
-            .read()
-            .map(|m| m.values().map(|e| e.plan.receiver_count()).sum())
-            .unwrap_or(0)
-    }
+pub struct MetadataState {
+    /// The plans served, and who may report.
+    pub hub: Arc<PlanHub>,
+    /// Where accepted reports go.
+    pub sink: Arc<dyn StatusSink>,
+    /// Request counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The metadata router.
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(state: MetadataState) -> Router {
     Router::new()
         .route(contract::PLAN_ROUTE, get(get_plan))
         .route(contract::STATUS_ROUTE, put(put_status))
         .layer(DefaultBodyLimit::max(MAX_STATUS_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            engine.clone(),
+            state.metrics.clone(),
             crate::metrics::track_metadata,
         ))
-        .with_state(engine)
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,7 +88,7 @@ fn not_found() -> Response {
 }
 
 async fn get_plan(
-    State(engine): State<Arc<Engine>>,
+    State(state): State<MetadataState>,
     Path(key): Path<String>,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -138,7 +101,7 @@ async fn get_plan(
     if !is_secret_shaped(&key) {
         return not_found();
     }
-    let Some(entry) = engine.hub.entry(&key) else {
+    let Some(entry) = state.hub.entry(&key) else {
         return not_found();
     };
     let after = q.after.unwrap_or(0);
@@ -189,7 +152,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn put_status(
-    State(engine): State<Arc<Engine>>,
+    State(state): State<MetadataState>,
     Path((key, node)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -197,18 +160,14 @@ async fn put_status(
     if !is_secret_shaped(&key) {
         return not_found();
     }
-    let Some(entry) = engine.hub.entry(&key) else {
+    let Some(entry) = state.hub.entry(&key) else {
         return not_found();
     };
-    let Ok(Some(row)) = engine
-        .store
-        .nodes(&entry.cluster)
-        .map(|nodes| nodes.into_iter().find(|n| n.id == node))
-    else {
+    let Some(token) = entry.token(&node) else {
         return error(StatusCode::NOT_FOUND, "unknown node");
     };
     let authorized =
-        bearer(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), row.token.as_bytes()));
+        bearer(&headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -222,7 +181,7 @@ async fn put_status(
     if let Err(e) = status.validate() {
         return error(StatusCode::BAD_REQUEST, &format!("invalid status: {e}"));
     }
-    match engine.on_status(&entry.cluster, &node, &status) {
+    match state.sink.report(&entry.cluster, &node, &status).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             tracing::error!(cluster = %entry.cluster, %node, error = %e, "recording a status failed");

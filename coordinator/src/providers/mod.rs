@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub mod aws;
 pub mod azure;
 pub mod local;
+pub mod preflight;
+pub mod registry;
 pub mod retry;
 
 /// The cluster a provider call is about.
@@ -166,6 +168,19 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The largest user-data (after any compression) the provider's API accepts.
     fn user_data_limit(&self) -> Option<usize> {
         None
+    }
+
+    /// An address of this machine the provider's VMs reach the coordinator at (the
+    /// local VPC gateway): the metadata listener's default address, and a name in its
+    /// certificate.
+    fn gateway(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+
+    /// Releases what the provider holds for the coordinator's lifetime, when the
+    /// coordinator stops (the local VPC, once no local VM is left).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 
     /// The metadata base URL this provider's VMs reach the coordinator at, when the

@@ -3,7 +3,6 @@
 
 pub mod listener;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +16,8 @@ use crate::api::{self, ApiInfo, ApiState};
 use crate::engine::{Engine, EngineSettings};
 use crate::keys;
 use crate::metadata;
-use crate::providers::local::{LocalProvider, LocalSettings};
-use crate::providers::Provider;
-use crate::store::Store;
+use crate::providers::registry::{Registry, RegistrySettings};
+use crate::store::SqliteStore;
 use crate::tls::{self, Ca};
 
 /// Default operator API address.
@@ -126,7 +124,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = Arc::new(Store::open(&opts.state_dir)?);
+    let store = Arc::new(SqliteStore::open(&opts.state_dir)?);
     let token = load_or_create_token(&opts.state_dir)?;
     let api_tls_needed = !opts.api_listen.ip().is_loopback();
     let ca = if opts.insecure_http && !api_tls_needed {
@@ -135,48 +133,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Some(Ca::load_or_create(&opts.state_dir)?)
     };
 
-    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
-    let mut unavailable = BTreeMap::new();
-    let mut local: Option<Arc<LocalProvider>> = None;
-    match LocalProvider::usable() {
-        Ok(()) => {
-            let p = Arc::new(LocalProvider::new(LocalSettings {
-                dir: opts.state_dir.join("local"),
-                prefix: opts.local_prefix.clone(),
-                vpc: opts.local_vpc,
-                agent_bin: opts.agent_bin.clone(),
-                image_dir: opts.image_dir.clone(),
-                metadata_port: opts
-                    .metadata_listen
-                    .map_or(DEFAULT_METADATA_PORT, |a| a.port()),
-                metadata_scheme: if opts.insecure_http { "http" } else { "https" }.into(),
-            })?);
-            p.ensure_vpc().await?;
-            providers.push(p.clone());
-            local = Some(p);
-        }
-        Err(why) => {
-            unavailable.insert("local".to_string(), why);
-        }
-    }
-    providers.push(Arc::new(crate::providers::aws::AwsProvider::new()));
-    match crate::providers::azure::AzureProvider::new(opts.state_dir.clone()) {
-        Ok(p) => providers.push(Arc::new(p)),
-        Err(e) => {
-            unavailable.insert("azure".to_string(), e.to_string());
-        }
-    }
-
-    let metadata_addr = match (opts.metadata_listen, &local) {
+    let providers = Registry::build(&RegistrySettings {
+        state_dir: opts.state_dir.clone(),
+        agent_bin: opts.agent_bin.clone(),
+        image_dir: opts.image_dir.clone(),
+        local_vpc: opts.local_vpc,
+        local_prefix: opts.local_prefix.clone(),
+        metadata_port: opts
+            .metadata_listen
+            .map_or(DEFAULT_METADATA_PORT, |a| a.port()),
+        metadata_scheme: if opts.insecure_http { "http" } else { "https" }.into(),
+    })
+    .await?;
+    let gateways = providers.gateways();
+    let metadata_addr = match (opts.metadata_listen, gateways.first()) {
         (Some(a), _) => a,
-        (None, Some(l)) => SocketAddr::from((l.gateway(), DEFAULT_METADATA_PORT)),
+        (None, Some(g)) => SocketAddr::new(*g, DEFAULT_METADATA_PORT),
         (None, None) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_METADATA_PORT)),
     };
     // One certificate for both listeners: every address they are reached at.
     let mut addresses = vec![metadata_addr.ip()];
-    if let Some(l) = &local {
-        addresses.push(l.gateway().into());
-    }
+    addresses.extend(gateways);
     if api_tls_needed {
         addresses.push(opts.api_listen.ip());
         addresses.push(std::net::Ipv4Addr::LOCALHOST.into());
@@ -208,7 +185,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         },
         ..EngineSettings::default()
     };
-    let engine = Engine::new(store, providers, unavailable, settings)?;
+    let engine = Engine::new(store, providers, settings).await?;
 
     let api_listener = TcpListener::bind(opts.api_listen)
         .await
@@ -247,7 +224,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(io(format!("writing {}", info_path.display())))?;
     tracing::info!(operator_api = %info.url, metadata_api = %info.metadata_url, "coordinator listening");
 
-    engine.reconcile()?;
+    engine.reconcile().await?;
 
     let api_app = listener::defend(
         api::router(ApiState {
@@ -260,7 +237,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             ..Limits::default()
         },
     );
-    let md_app = listener::defend(metadata::router(engine.clone()), &opts.metadata_limits);
+    let md_app = listener::defend(
+        metadata::router(engine.metadata_state()),
+        &opts.metadata_limits,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api_srv = listener::serve(
         api_listener,
@@ -302,12 +282,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if ours {
         let _ = std::fs::remove_file(&info_path);
     }
-    if let Some(l) = local {
-        match l.teardown_vpc_if_unused().await {
-            Ok(true) => tracing::info!("local VPC removed (no VM left)"),
-            Ok(false) => tracing::info!("local VPC kept: local clusters still exist"),
-            Err(e) => tracing::warn!(error = %e, "removing the local VPC failed"),
-        }
-    }
+    engine.shutdown().await;
     Ok(())
 }

@@ -89,10 +89,6 @@ pub struct NodeView {
 impl ClusterView {
     /// Builds the view of a stored cluster.
     pub fn new(c: &ClusterRow, nodes: &[NodeRow]) -> ClusterView {
-        let blueprint = serde_json::from_str::<serde_json::Value>(&c.blueprint)
-            .ok()
-            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(String::from))
-            .unwrap_or_default();
         let now = now_ms();
         ClusterView {
             name: c.name.clone(),
@@ -102,8 +98,8 @@ impl ClusterView {
             generation: c.generation,
             metadata_url: c.metadata_url.clone(),
             node_count: c.node_count,
-            blueprint,
-            overlay: c.overlay.clone(),
+            blueprint: c.blueprint.name.clone(),
+            overlay: c.overlay.to_string(),
             created_ms: c.created_ms,
             time_to_available_ms: c.available_ms.map(|a| a.saturating_sub(c.created_ms)),
             resources: None,

@@ -17,6 +17,9 @@
 
 pub mod credentials;
 pub mod ec2;
+pub mod preflight;
+
+pub use self::preflight::preflight;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -14,6 +14,9 @@
 pub mod arm;
 pub mod auth;
 pub mod credentials;
+pub mod preflight;
+
+pub use self::preflight::preflight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;

@@ -14,6 +14,8 @@
 //!   cloud VMs would; deletion stops everything, unmounts what is left and removes the
 //!   namespaces, so nothing remains.
 
+mod preflight;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -242,21 +244,6 @@ impl LocalProvider {
             s,
             leases: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// Whether this process may create namespaces.
-    pub fn usable() -> Result<(), String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("the local provider needs root (it creates network namespaces and runs a dockerd per VM)".into());
-        }
-        for tool in ["ip", "nsenter", "dockerd"] {
-            if which(tool).is_none() {
-                return Err(format!(
-                    "the local provider needs `{tool}` (apt-get install iproute2 util-linux docker.io)"
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The VPC gateway: this machine's address on the VPC.
@@ -675,14 +662,6 @@ impl LocalProvider {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 fn open_log(path: &Path) -> Result<std::fs::File, ProviderError> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -723,6 +702,21 @@ async fn stop_containers(sock: &Path) {
 impl Provider for LocalProvider {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn gateway(&self) -> Option<std::net::IpAddr> {
+        Some(self.gateway().into())
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        async move {
+            match self.teardown_vpc_if_unused().await {
+                Ok(true) => tracing::info!("local VPC removed (no VM left)"),
+                Ok(false) => tracing::info!("local VPC kept: local clusters still exist"),
+                Err(e) => tracing::warn!(error = %e, "removing the local VPC failed"),
+            }
+        }
+        .boxed()
     }
 
     fn metadata_url(&self) -> Option<String> {
