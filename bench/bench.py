@@ -10,6 +10,9 @@ Five measurements, each against the approach Shoal replaces or against its targe
 4. metadata    the coordinator's metadata router against nginx serving the same plan
                bytes (wrk), and the memory of 10,000 held long-polls
 5. footprint   the static agent's size, peak RSS and CPU time while converging
+6. status      1,000 agents reporting at once to a real `shoal serve`: reports/s, latency
+               and fsyncs per report, against the coordinator before its store took
+               reports off the async workers with group commit (commit dd7d294)
 
 Figures are medians of several runs with min and max. Nothing here fails on a number;
 it fails only when a benchmark itself breaks (a cluster fails, states differ, a tool
@@ -1184,13 +1187,145 @@ def bench_metadata(rep, args):
 
 
 # ---------------------------------------------------------------------------------
+# 6. Status reports against a real `shoal serve`, before and after group commit
+
+# main before issue #12: every report a transaction of its own (one fsync each), run on
+# a tokio worker under a std mutex.
+BASELINE_COMMIT = "dd7d294"
+
+
+def baseline_shoal():
+    """`shoal` as it was at BASELINE_COMMIT, built once into target/bench-baseline
+    (seeded with this tree's release artifacts, so only Shoal's own crates compile).
+    None when the commit is not in this clone (a shallow CI clone)."""
+    base = TARGET / "bench-baseline"
+    binary = base / "target" / "release" / "shoal"
+    stamp = base / "commit"
+    if binary.exists() and stamp.exists() and stamp.read_text().strip() == BASELINE_COMMIT:
+        return binary
+    if run(["git", "-C", str(REPO), "cat-file", "-e", BASELINE_COMMIT + "^{commit}"], check=False).returncode:
+        log(f"status: commit {BASELINE_COMMIT} is not in this clone; no baseline")
+        return None
+    src = base / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    run(["bash", "-c", f"git -C '{REPO}' archive {BASELINE_COMMIT} | tar -x -C '{src}'"])
+    if not (base / "target" / "release").exists() and RELEASE.exists():
+        (base / "target").mkdir(parents=True, exist_ok=True)
+        run(["cp", "-a", str(RELEASE), str(base / "target" / "release")])
+    log(f"status: building the baseline coordinator ({BASELINE_COMMIT}, release; once, then cached)")
+    run(["cargo", "build", "--release", "--quiet", "-p", "shoal", "--bin", "shoal"], cwd=src,
+        env={**os.environ, "CARGO_TARGET_DIR": str(base / "target")})
+    stamp.write_text(BASELINE_COMMIT)
+    return binary
+
+
+def strace_fsyncs(path):
+    """fsync + fdatasync calls in a `strace -c` summary."""
+    n = 0
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if f and f[-1] in ("fsync", "fdatasync") and len(f) >= 5:
+            n += int(f[3])
+    return n
+
+
+def status_run(binary, label, nodes, rounds, prefix, octet):
+    """Seeds a CREATING cluster of `nodes` nodes, serves it with `binary`, and has every
+    node report `rounds` times at once; then again under strace to count fsyncs."""
+    work = OUT / "status" / label
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(work), "--nodes", str(nodes),
+         "--first-ip", "10.217.0.10", "--seed-only"])
+    state = work / "state"
+    port = free_port()
+    logf = open(work / "serve.log", "w")
+    p = subprocess.Popen(
+        [str(binary), "--state-dir", str(state), "serve", "--api-listen", "127.0.0.1:0",
+         "--metadata-listen", f"127.0.0.1:{port}", "--rate-limit", "0",
+         "--max-conns-per-source", "10000", "--local-vpc", f"10.216.{octet}.0/24", "--local-prefix", prefix],
+        stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env={**os.environ, "RUST_LOG": "warn"})
+    try:
+        deadline = time.monotonic() + 30
+        while not (state / "api.json").exists():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"{label}: shoal serve did not start: {(work / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        load = [str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{port}",
+                "--ca", str(state / "ca.pem"), "--agents", str(work / "agents")]
+        out = json.loads(run(load + ["--rounds", str(rounds)]).stdout)
+        if out["errors"]:
+            raise BenchError(f"{label}: {out['errors']} reports refused")
+        trace = work / "strace.txt"
+        st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace),
+                               "-p", str(p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        traced = json.loads(run(load + ["--rounds", "2"]).stdout)
+        st.send_signal(signal.SIGINT)
+        st.wait(30)
+        out["fsyncs"] = strace_fsyncs(trace)
+        out["traced_reports"] = traced["reports"]
+        out["fsyncs_per_report"] = out["fsyncs"] / max(traced["reports"], 1)
+        return out
+    finally:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        logf.close()
+
+
+def bench_status(rep, args, prefix, octet):
+    nodes = 200 if args.quick else 1000
+    rounds = 2 if args.quick else 5
+    runs = 1 if args.quick else args.runs
+    if shutil.which("strace") is None:
+        raise BenchError("strace is missing (bench/run installs it)")
+    variants = [("after", RELEASE / "shoal")]
+    base = None if args.quick else baseline_shoal()
+    if base:
+        variants.insert(0, ("before", base))
+    res = {v: [] for v, _ in variants}
+    for r in range(runs):
+        for label, binary in variants:
+            log(f"status: {nodes} agents x {rounds} reports ({label}), run {r + 1}/{runs}")
+            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet))
+    rep.raw["status"] = res
+    names = {"before": f"before (`{BASELINE_COMMIT}`: one transaction and fsync per report, on the async workers)",
+             "after": "after (a database thread, group commit)"}
+    rows = []
+    for label, _ in variants:
+        x = res[label]
+        rows.append([names[label], summary([v["per_sec"] for v in x], "reports/s"),
+                     summary([v["p50_ms"] for v in x], "ms", 1), summary([v["p99_ms"] for v in x], "ms", 1),
+                     summary([v["first_round_p99_ms"] for v in x], "ms", 0),
+                     summary([v["fsyncs_per_report"] for v in x], "", 3)])
+    lines = [
+        f"{nodes} simulated agents (`coordinator/examples/status_load.rs`, one HTTPS client each) report "
+        f"{rounds} times each, all at once, to a real `shoal serve` holding a CREATING cluster of {nodes} nodes "
+        "(seeded by `metadata_bench --seed-only`), TLS with the coordinator's CA, rate limit off. "
+        "fsyncs are counted by `strace -f -c -e trace=fsync,fdatasync` on the coordinator in a second pass "
+        f"of 2 reports per agent. {runs} run(s), alternating.",
+        "",
+    ]
+    lines += table(["coordinator", "reports/s", "p50", "p99", "p99 of the first report (TLS handshake)",
+                    "fsyncs per report"], rows)
+    if not base:
+        lines += ["", "(No baseline in this run: --quick, or the baseline commit is not in this clone.)"]
+    rep.section("6. Status reports", lines)
+
+
+# ---------------------------------------------------------------------------------
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -1199,7 +1334,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -1224,6 +1359,8 @@ def main():
             bench_metadata(rep, args)
         if "footprint" in only:
             bench_footprint(rep, args)
+        if "status" in only:
+            bench_status(rep, args, tag + "s", (octet + 100) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:
         failed = e
     rep.sections.sort(key=lambda s: s[0])

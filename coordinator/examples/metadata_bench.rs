@@ -17,6 +17,10 @@
 //! With `--hold`, the plan is built but not published (answers are 204) until a line
 //! `publish` arrives on stdin; then it prints `published <unix µs>`. The line `stats`
 //! prints `waiting <held long-polls> rss_kib <resident set>`. End of stdin stops it.
+//!
+//! With `--seed-only`, it stores the cluster (CREATING, its plan published) in
+//! `DIR/state` and exits without serving: `shoal serve --state-dir DIR/state` then
+//! resumes it and takes its agents' reports (the status-report benchmark).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -67,6 +71,9 @@ struct Args {
     /// and so does not hold a second read buffer for each held long-poll.
     #[arg(long)]
     half_close: bool,
+    /// Store the cluster with its plan published, then exit without serving.
+    #[arg(long)]
+    seed_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -229,8 +236,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    if !args.hold {
+    if !args.hold || args.seed_only {
         publish().await?;
+    }
+    if args.seed_only {
+        println!("seeded {}", args.dir.join("state").display());
+        return Ok(());
     }
     let app = metadata::router(md.clone());
     let server = if args.half_close {
