@@ -1162,7 +1162,7 @@ def bench_metadata(rep, args):
         rows.append([who, summary([x["rps"] for x in res[who]], "req/s"), summary([x["p50"] for x in res[who]], "ms", 2),
                      summary([x["p99"] for x in res[who]], "ms", 2)])
     lines = [
-        f"The plan of a 100-node demo cluster ({size} bytes), built by `shoal::planner::build` "
+        f"The plan of a 100-node demo cluster ({size} bytes), built by `shoal::engine::planner::build` "
         "and served by the coordinator's own metadata router (`coordinator/examples/metadata_bench.rs`) "
         "or by Debian's nginx from a file with the same bytes. "
         f"`wrk -t2 -c{conns} -d{seconds}s --latency` on loopback, {runs} run(s) each, alternating. "

@@ -309,6 +309,17 @@ impl Blueprint {
         Ok(out)
     }
 
+    /// Every image the blueprint names, deduplicated, in order.
+    pub fn images(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in self.groups.iter().flat_map(|g| &g.containers) {
+            if !out.contains(&c.image) {
+                out.push(c.image.clone());
+            }
+        }
+        out
+    }
+
     /// Every port the blueprint publishes (for cloud firewall rules).
     pub fn exposed_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self

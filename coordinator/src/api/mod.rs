@@ -73,6 +73,9 @@ impl From<EngineError> for ApiError {
             EngineError::ProviderUnavailable { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "provider-unavailable")
             }
+            EngineError::Provider(crate::providers::ProviderError::ImagesMissing(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "images-missing")
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError {

@@ -200,6 +200,8 @@ impl Engine {
                     provider.name()
                 ))
             })?;
+        // Before anything is recorded: a VM that cannot get its images fails minutes later.
+        provider.check_images(&blueprint.images()).await?;
         let mut params = req.params.clone();
         params.exposed_ports = blueprint.exposed_ports();
         let now = now_ms();
@@ -677,5 +679,64 @@ impl StatusSink for Engine {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::providers::local::{LocalProvider, LocalSettings};
+    use crate::providers::ProviderParams;
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn an_image_missing_from_the_local_image_dir_is_refused_before_anything_is_recorded() {
+        let dir = std::env::temp_dir().join(format!("shoal-engine-{}", keys::random_hex(4)));
+        let local = LocalProvider::new(LocalSettings {
+            dir: dir.join("local"),
+            prefix: "tx".into(),
+            vpc: "10.250.0.0/24".parse().expect("vpc"),
+            agent_bin: "/nonexistent/shoal-agent".into(),
+            image_dir: dir.join("images"),
+            metadata_port: 8787,
+            metadata_scheme: "https".into(),
+        })
+        .expect("provider");
+        let engine = Engine::new(
+            Arc::new(SqliteStore::in_memory().expect("store")),
+            Registry::new(vec![Arc::new(local)], BTreeMap::new()),
+            EngineSettings::default(),
+        )
+        .await
+        .expect("engine");
+        let toml = r#"
+name = "nope"
+[[group]]
+name = "all"
+count = "rest"
+[[group.container]]
+name = "app"
+image = "registry.example.com/app:1"
+"#;
+        let e = engine
+            .create(CreateRequest {
+                name: "x".into(),
+                provider: "local".into(),
+                nodes: 2,
+                blueprint: None,
+                blueprint_toml: Some(toml.into()),
+                params: ProviderParams::default(),
+            })
+            .await
+            .expect_err("an image the VMs cannot get");
+        assert!(
+            matches!(&e, EngineError::Provider(ProviderError::ImagesMissing(m)) if m.contains("registry.example.com/app:1") && m.contains("registry.example.com_app_1.tar")),
+            "{e:?}"
+        );
+        assert!(engine.clusters().await.expect("list").is_empty());
+        assert!(!dir.join("local").exists(), "the provider made something");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

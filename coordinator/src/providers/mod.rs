@@ -157,6 +157,10 @@ pub enum ProviderError {
     /// Setting up a local VM failed.
     #[error("local: {0}")]
     Local(String),
+    /// Images the blueprint names cannot be had where the VMs run (the local provider's
+    /// image directory): each with the command that makes it.
+    #[error("{0}")]
+    ImagesMissing(String),
 }
 
 /// What every provider does. Methods return boxed futures so the engine can hold
@@ -181,6 +185,14 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// coordinator stops (the local VPC, once no local VM is left).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// Checks, before any VM is made, that every image of the blueprint can be had
+    /// where the VMs run; the local provider requires each to be baked in its image
+    /// directory (building the demo image there at first need). Clouds take images
+    /// from the VM image or a registry, which only the VM can try.
+    fn check_images<'a>(&'a self, _images: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// The metadata base URL this provider's VMs reach the coordinator at, when the

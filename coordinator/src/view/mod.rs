@@ -34,6 +34,9 @@ pub struct ClusterView {
     pub blueprint: String,
     /// Overlay range.
     pub overlay: String,
+    /// The images the blueprint names: what the VMs load from their image, or pull.
+    #[serde(default)]
+    pub images: Vec<String>,
     /// When it was requested (ms since the epoch).
     pub created_ms: u64,
     /// Milliseconds from request to AVAILABLE.
@@ -100,6 +103,7 @@ impl ClusterView {
             node_count: c.node_count,
             blueprint: c.blueprint.name.clone(),
             overlay: c.overlay.to_string(),
+            images: c.blueprint.images(),
             created_ms: c.created_ms,
             time_to_available_ms: c.available_ms.map(|a| a.saturating_sub(c.created_ms)),
             resources: None,

@@ -14,6 +14,7 @@
 //!   cloud VMs would; deletion stops everything, unmounts what is left and removes the
 //!   namespaces, so nothing remains.
 
+pub mod images;
 mod preflight;
 
 use std::collections::BTreeMap;
@@ -706,6 +707,28 @@ impl Provider for LocalProvider {
 
     fn gateway(&self) -> Option<std::net::IpAddr> {
         Some(self.gateway().into())
+    }
+
+    fn check_images<'a>(&'a self, images: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let dir = self.s.image_dir.clone();
+        let images = images.to_vec();
+        async move {
+            // Reading busybox and hashing a layer is blocking work.
+            let missing = tokio::task::spawn_blocking(move || images::missing(&dir, &images))
+                .await
+                .map_err(|e| err(format!("checking the images: {e}")))?;
+            if missing.is_empty() {
+                return Ok(());
+            }
+            Err(ProviderError::ImagesMissing(
+                missing
+                    .iter()
+                    .map(|m| format!("{} is not in the image directory ({}): {}", m.image, m.tarball.display(), m.fix))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ))
+        }
+        .boxed()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::LocalProvider;
+use super::{images, LocalProvider};
 use crate::providers::preflight::{check, is_root, output, which, Check, PreflightOptions, Status};
 
 impl LocalProvider {
@@ -109,19 +109,34 @@ fn agent_and_image_checks(opts: &PreflightOptions, checks: &mut Vec<Check>) {
         )
     });
     let image_dir = opts.image_dir();
-    let tar = image_dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
+    let tar = image_dir.join(shoal_protocol::image_tarball_name(images::DEMO_IMAGE));
+    let busybox = Path::new(images::BUSYBOX);
     checks.push(if tar.is_file() {
         check("demo-image", Status::Ok, tar.display().to_string(), None)
+    } else if busybox.is_file() {
+        check(
+            "demo-image",
+            Status::Info,
+            format!(
+                "{} not built yet: `shoal serve` builds it there at first need, from {} (or run cloud-init/build-demo-image {})",
+                tar.display(),
+                busybox.display(),
+                image_dir.display()
+            ),
+            None,
+        )
     } else {
         check(
             "demo-image",
             Status::Fail,
             format!(
-                "{} is missing: the demo blueprint (the default) needs image shoal/demo:1 baked in, and local VMs have no registry",
-                tar.display()
+                "{} is missing and {} is not there to build it: the demo blueprint (the default) needs image {} baked in, and local VMs have no registry",
+                tar.display(),
+                busybox.display(),
+                images::DEMO_IMAGE
             ),
             Some(format!(
-                "cloud-init/build-demo-image {} (from Shoal's source tree), or start `shoal serve --image-dir DIR` with a directory that has it",
+                "apt-get install busybox-static (then `shoal serve` builds it at first need), or cloud-init/build-demo-image {} from Shoal's source tree, or `shoal serve --image-dir DIR` with a directory that has it",
                 image_dir.display()
             )),
         )
