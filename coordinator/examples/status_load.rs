@@ -73,7 +73,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agents.push(cfg);
         }
     }
-    anyhow::ensure!(!agents.is_empty(), "no agent configuration in {:?}", args.agents);
+    anyhow::ensure!(
+        !agents.is_empty(),
+        "no agent configuration in {:?}",
+        args.agents
+    );
     let base = args.url.trim_end_matches('/').to_string();
     let start = Arc::new(tokio::sync::Barrier::new(agents.len()));
     let mut tasks = Vec::new();
@@ -105,7 +109,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut out = Vec::with_capacity(rounds as usize);
             for _ in 0..rounds {
                 let t = Instant::now();
-                let ok = match http.put(&url).bearer_auth(&token).json(&status).send().await {
+                let ok = match http
+                    .put(&url)
+                    .bearer_auth(&token)
+                    .json(&status)
+                    .send()
+                    .await
+                {
                     Ok(r) => r.status().is_success(),
                     Err(_) => false,
                 };

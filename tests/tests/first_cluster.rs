@@ -21,7 +21,16 @@ fn the_readme_example_works_as_written() {
     let c = TestCoordinator::start_bare();
     let images = c.state_dir.join("images");
     assert!(!images.join("shoal_demo_1.tar").exists());
-    let out = c.shoal(&["cluster", "create", "c", "--provider", "local", "--nodes", "2", "--wait"]);
+    let out = c.shoal(&[
+        "cluster",
+        "create",
+        "c",
+        "--provider",
+        "local",
+        "--nodes",
+        "2",
+        "--wait",
+    ]);
     assert!(
         out.status.success(),
         "{}\n{}\nserver log:\n{}",
@@ -45,8 +54,15 @@ fn the_readme_example_works_as_written() {
             .filter(|k| k["state"] == "running")
             .collect();
         assert!(!running.is_empty(), "{n:#}");
-        let out = c.docker(n, &["image", "inspect", "-f", "{{.RepoTags}}", "shoal/demo:1"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = c.docker(
+            n,
+            &["image", "inspect", "-f", "{{.RepoTags}}", "shoal/demo:1"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     c.shoal_ok(&["cluster", "delete", "c", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
@@ -90,7 +106,10 @@ image = "registry.example.com/team/app:2"
     let err = String::from_utf8_lossy(&out.stderr);
     // Exit 4: refused by the coordinator (docs/cli-exit-codes.md), at once.
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "not refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not refused at once"
+    );
     for expect in [
         "(HTTP 422)",
         "shoal/hadoop:1",
@@ -102,7 +121,11 @@ image = "registry.example.com/team/app:2"
     }
     let list: Value =
         serde_json::from_str(&c.shoal_ok(&["cluster", "list", "--json"])).expect("json");
-    assert_eq!(list, Value::Array(vec![]), "a refused request recorded a cluster");
+    assert_eq!(
+        list,
+        Value::Array(vec![]),
+        "a refused request recorded a cluster"
+    );
     assert_eq!(c.leftovers(true), Vec::<String>::new(), "a VM was made");
     // The API says the same, with its stable code.
     let (code, body) = shoal_e2e::http_request(

@@ -347,6 +347,7 @@ mod tests {
             node_count: 1,
             blueprint: "demo".into(),
             overlay: "10.240.0.0/16".into(),
+            images: vec![],
             created_ms: 1,
             time_to_available_ms: None,
             resources: None,

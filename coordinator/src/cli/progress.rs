@@ -180,6 +180,7 @@ mod tests {
             node_count: nodes.len() as u32,
             blueprint: "demo".into(),
             overlay: String::new(),
+            images: vec![],
             created_ms: 1,
             time_to_available_ms: None,
             resources: None,

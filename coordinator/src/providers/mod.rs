@@ -191,7 +191,10 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// where the VMs run; the local provider requires each to be baked in its image
     /// directory (building the demo image there at first need). Clouds take images
     /// from the VM image or a registry, which only the VM can try.
-    fn check_images<'a>(&'a self, _images: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn check_images<'a>(
+        &'a self,
+        _images: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async { Ok(()) })
     }
 

@@ -26,6 +26,16 @@ pub const CLOUD_BACKOFF: Backoff = Backoff {
     deadline: Duration::from_secs(180),
 };
 
+/// The `Retry-After` delay of an answer, in seconds (the form ARM and Entra ID use; an
+/// HTTP date is not understood, and the caller then falls back to its own schedule).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// Runs `op` until it succeeds, fails for good, or the deadline passes; then returns
 /// the last error. `classify` says which errors are retryable.
 pub async fn retry<T, E, F, Fut>(
@@ -72,6 +82,21 @@ mod tests {
             cap: Duration::from_millis(2),
             deadline: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn retry_after_reads_delay_seconds_only() {
+        use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        // An HTTP date leaves the delay to the caller's own schedule.
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[tokio::test]

@@ -739,6 +739,7 @@ mod tests {
             node_count: nodes.len() as u32,
             blueprint: "demo".into(),
             overlay: "10.240.0.0/16".into(),
+            images: vec![],
             created_ms: T0,
             time_to_available_ms: available,
             resources: None,

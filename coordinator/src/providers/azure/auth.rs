@@ -21,7 +21,7 @@ use serde::Deserialize;
 use shoal_protocol::backoff::Backoff;
 
 use crate::providers::azure::credentials::AzureCredential;
-use crate::providers::retry::{retry, Verdict};
+use crate::providers::retry::{retry, retry_after, Verdict};
 use crate::providers::ProviderError;
 
 /// Entra ID's authority host in Azure's public cloud.
@@ -365,7 +365,7 @@ impl TokenSource {
                 verdict: Verdict::Retry { after: None },
             })?;
         let status = resp.status();
-        let retry_after = super::arm::retry_after(resp.headers());
+        let retry_after = retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(|e| TokenCallError {
             error: ProviderError::Unavailable {
                 provider: "azure",

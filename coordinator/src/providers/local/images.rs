@@ -212,7 +212,7 @@ pub fn build_demo_image(out_dir: &Path, busybox: &Path) -> Result<PathBuf, Strin
         .output()
         .map_err(|e| format!("cannot run {} --list-full: {e}", busybox.display()))?;
     let mut fs: std::collections::BTreeMap<String, Node> = std::collections::BTreeMap::new();
-    let mut dir = |fs: &mut std::collections::BTreeMap<String, Node>, path: &str, mode: u32| {
+    let dir = |fs: &mut std::collections::BTreeMap<String, Node>, path: &str, mode: u32| {
         let mut at = String::new();
         for part in path.split('/') {
             if !at.is_empty() {
@@ -345,11 +345,8 @@ mod tests {
         assert_eq!(out.len(), 512 * 3 + 1024);
         let h = &out[..512];
         assert_eq!(&h[257..263], b"ustar\0");
-        let stored = u32::from_str_radix(
-            std::str::from_utf8(&h[148..154]).expect("octal"),
-            8,
-        )
-        .expect("checksum");
+        let stored = u32::from_str_radix(std::str::from_utf8(&h[148..154]).expect("octal"), 8)
+            .expect("checksum");
         let mut copy = h.to_vec();
         copy[148..156].copy_from_slice(b"        ");
         assert_eq!(stored, copy.iter().map(|b| u32::from(*b)).sum::<u32>());

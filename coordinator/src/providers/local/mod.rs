@@ -709,7 +709,10 @@ impl Provider for LocalProvider {
         Some(self.gateway().into())
     }
 
-    fn check_images<'a>(&'a self, images: &'a [String]) -> BoxFuture<'a, Result<(), ProviderError>> {
+    fn check_images<'a>(
+        &'a self,
+        images: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
         let dir = self.s.image_dir.clone();
         let images = images.to_vec();
         async move {
@@ -723,7 +726,14 @@ impl Provider for LocalProvider {
             Err(ProviderError::ImagesMissing(
                 missing
                     .iter()
-                    .map(|m| format!("{} is not in the image directory ({}): {}", m.image, m.tarball.display(), m.fix))
+                    .map(|m| {
+                        format!(
+                            "{} is not in the image directory ({}): {}",
+                            m.image,
+                            m.tarball.display(),
+                            m.fix
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; "),
             ))
