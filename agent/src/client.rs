@@ -1,7 +1,8 @@
 //! The metadata client: long-polls the plan and reports status.
 //!
-//! Only connection errors, 429 and 5xx are retried (with capped, jittered backoff under
-//! the configured deadline); any other answer fails at once with its status and body.
+//! Only connection errors, 429 and 5xx are retried ([`crate::retry`]: capped, jittered
+//! backoff, never sooner than the server's `Retry-After`, under the configured
+//! deadline); any other answer fails at once with its status and body.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use reqwest::StatusCode;
 use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_PLAN_BYTES};
 use shoal_protocol::{AgentConfig, NodeStatus, Plan, PlanError};
 
-use crate::retry;
+use crate::retry::{self, Attempt, GaveUp, Policy};
 
 pub use contract::LONG_POLL_SECS;
 
@@ -58,9 +59,62 @@ pub enum Fetched {
 #[error("cannot set up the HTTP client: {0}")]
 pub struct ClientError(String);
 
-enum Attempt {
-    Retry(String),
-    Fatal(u16, String),
+/// A failed request, worded without its URL (which holds the cluster key).
+#[derive(Debug)]
+enum Problem {
+    /// No usable answer: a connection error, a timeout, 429 or 5xx.
+    Unreachable(String),
+    /// A final answer.
+    Refused {
+        /// Status.
+        status: u16,
+        /// Body (truncated).
+        body: String,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Unreachable(m) => f.write_str(m),
+            Problem::Refused { status, body } => write!(f, "HTTP {status}: {body}"),
+        }
+    }
+}
+
+/// How an answer that is not a success ends the attempt: 429 and 5xx are retried (after
+/// the `Retry-After` the server gave), anything else is final.
+async fn unsuccessful(resp: reqwest::Response) -> Attempt<Problem> {
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let after = retry_after(resp.headers());
+        let mut m = format!("HTTP {}", status.as_u16());
+        if let Some(a) = after {
+            m.push_str(&format!(" (Retry-After: {} s)", a.as_secs()));
+        }
+        return Attempt::Retry {
+            error: Problem::Unreachable(m),
+            after,
+        };
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Attempt::Fail(Problem::Refused {
+        status: status.as_u16(),
+        body: truncate(&body),
+    })
+}
+
+/// The `Retry-After` of an answer, in seconds (the form the coordinator's rate limiter
+/// sends; an HTTP date is not understood, and the backoff schedule applies instead).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// The metadata client of one node.
@@ -104,7 +158,7 @@ impl MetadataClient {
         format!("{}{}", self.base, contract::plan_path(&self.key))
     }
 
-    async fn poll_once(&self, after: u64, wait: u64) -> Result<Option<Fetched>, Attempt> {
+    async fn poll_once(&self, after: u64, wait: u64) -> Result<Option<Fetched>, Attempt<Problem>> {
         let resp = self
             .http
             .get(self.plan_url())
@@ -112,20 +166,19 @@ impl MetadataClient {
             .send()
             .await
             // The URL holds the key: never let reqwest's error print it.
-            .map_err(|e| Attempt::Retry(describe(&e)))?;
-        let status = resp.status();
+            .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
         let generation = resp
             .headers()
             .get(GENERATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        match status {
+        match resp.status() {
             StatusCode::OK => {
                 let body = resp
                     .bytes()
                     .await
-                    .map_err(|e| Attempt::Retry(describe(&e)))?;
+                    .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
                 if body.len() > MAX_PLAN_BYTES {
                     return Ok(Some(Fetched::Invalid {
                         generation,
@@ -141,13 +194,23 @@ impl MetadataClient {
                 }))
             }
             StatusCode::NO_CONTENT => Ok(None),
-            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
-                Err(Attempt::Retry(format!("HTTP {}", s.as_u16())))
-            }
-            s => {
-                let body = resp.text().await.unwrap_or_default();
-                Err(Attempt::Fatal(s.as_u16(), truncate(&body)))
-            }
+            _ => Err(unsuccessful(resp).await),
+        }
+    }
+
+    /// The error of a request that [`retry::run`] gave up on.
+    fn gave_up(&self, e: GaveUp<Problem>, started: Instant) -> FetchError {
+        match e {
+            GaveUp::Failed(Problem::Refused { status, body }) => FetchError::Refused {
+                url: self.base.clone(),
+                status,
+                body,
+            },
+            other => FetchError::Unreachable {
+                url: self.base.clone(),
+                secs: started.elapsed().as_secs(),
+                last: other.to_string(),
+            },
         }
     }
 
@@ -160,35 +223,16 @@ impl MetadataClient {
         deadline: Option<Duration>,
     ) -> Result<Fetched, FetchError> {
         let start = Instant::now();
-        let mut attempt = 0u32;
+        let policy = Policy {
+            until: deadline.and_then(|d| start.checked_add(d)),
+            ..Policy::new("fetching the plan", retry::COORDINATOR)
+        };
         loop {
-            match self.poll_once(after, LONG_POLL_SECS).await {
+            match retry::run(&policy, || self.poll_once(after, LONG_POLL_SECS)).await {
                 Ok(Some(f)) => return Ok(f),
-                Ok(None) => {
-                    attempt = 0;
-                }
-                Err(Attempt::Fatal(status, body)) => {
-                    return Err(FetchError::Refused {
-                        url: self.base.clone(),
-                        status,
-                        body,
-                    })
-                }
-                Err(Attempt::Retry(last)) => {
-                    attempt += 1;
-                    let d = retry::delay(&retry::COORDINATOR, attempt);
-                    if let Some(limit) = deadline {
-                        if start.elapsed() + d > limit {
-                            return Err(FetchError::Unreachable {
-                                url: self.base.clone(),
-                                secs: limit.as_secs(),
-                                last,
-                            });
-                        }
-                    }
-                    tracing::info!(attempt, delay_ms = d.as_millis() as u64, error = %last, "coordinator not reachable yet; retrying");
-                    tokio::time::sleep(d).await;
-                }
+                // The long-poll ran out with no newer plan: ask again.
+                Ok(None) => {}
+                Err(e) => return Err(self.gave_up(e, start)),
             }
         }
     }
@@ -207,44 +251,31 @@ impl MetadataClient {
             self.base,
             contract::status_path(&self.key, &self.node)
         );
-        let mut last = String::new();
-        for attempt in 1..=attempts.max(1) {
-            let r = self
+        let start = Instant::now();
+        let policy = Policy {
+            until: None,
+            max_attempts: attempts.max(1),
+            ..Policy::new("reporting the status", retry::COORDINATOR)
+        };
+        let put = || async {
+            let resp = self
                 .http
                 .put(&url)
                 .bearer_auth(&self.token)
                 .timeout(Duration::from_secs(10))
                 .json(status)
                 .send()
-                .await;
-            match r {
-                Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp)
-                    if resp.status() == StatusCode::TOO_MANY_REQUESTS
-                        || resp.status().is_server_error() =>
-                {
-                    last = format!("HTTP {}", resp.status().as_u16());
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(FetchError::Refused {
-                        url: self.base.clone(),
-                        status,
-                        body: truncate(&body),
-                    });
-                }
-                Err(e) => last = describe(&e),
+                .await
+                .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(unsuccessful(resp).await)
             }
-            if attempt < attempts {
-                tokio::time::sleep(retry::delay(&retry::COORDINATOR, attempt)).await;
-            }
-        }
-        Err(FetchError::Unreachable {
-            url: self.base.clone(),
-            secs: 0,
-            last,
-        })
+        };
+        retry::run(&policy, put)
+            .await
+            .map_err(|e| self.gave_up(e, start))
     }
 }
 

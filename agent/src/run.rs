@@ -197,24 +197,22 @@ impl Agent {
                 return Ok(d.clone());
             }
         }
-        let start = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match docker::connect(&self.opts.docker_host).await {
-                Ok(d) => {
-                    self.docker = Some(d.clone());
-                    return Ok(d);
-                }
-                Err(e) => {
-                    let wait = retry::delay(&retry::DOCKER, attempt);
-                    if start.elapsed() + wait > retry::DOCKER.deadline {
-                        return Err(Failure::new(reason::DOCKER_UNREACHABLE, e.to_string()));
-                    }
-                    tracing::info!(attempt, error = %e, "Docker not reachable yet; retrying");
-                    tokio::time::sleep(wait).await;
-                }
+        let host = self.opts.docker_host.clone();
+        let policy = retry::Policy::new("connecting to Docker", retry::DOCKER);
+        let connected = retry::run(&policy, || async {
+            docker::connect(&host).await.map_err(|e| match e {
+                // A malformed endpoint stays malformed.
+                docker::DockerError::BadHost(_) => retry::Attempt::Fail(e),
+                docker::DockerError::Unreachable { .. } => retry::Attempt::retry(e),
+            })
+        })
+        .await;
+        match connected {
+            Ok(d) => {
+                self.docker = Some(d.clone());
+                Ok(d)
             }
+            Err(e) => Err(Failure::new(reason::DOCKER_UNREACHABLE, e.to_string())),
         }
     }
 
