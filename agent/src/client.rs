@@ -97,10 +97,55 @@ async fn unsuccessful(resp: reqwest::Response) -> Attempt<Problem> {
             after,
         };
     }
-    let body = resp.text().await.unwrap_or_default();
+    // Only the start of the body is read: it is quoted in the error, and a hostile
+    // server's endless body must not be held in memory.
+    let body = match read_prefix(resp, ERROR_BODY_BYTES).await {
+        Ok(b) => String::from_utf8_lossy(&b.bytes).into_owned(),
+        Err(_) => String::new(),
+    };
     Attempt::Fail(Problem::Refused {
         status: status.as_u16(),
         body: truncate(&body),
+    })
+}
+
+/// Most bytes of an error answer's body read (it is quoted, truncated, in the error).
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// The start of a body, read chunk by chunk.
+#[derive(Debug)]
+struct Prefix {
+    /// At most the limit's worth of bytes.
+    bytes: Vec<u8>,
+    /// Whether that is the whole body.
+    whole: bool,
+    /// Bytes received, the chunk that crossed the limit included.
+    seen: usize,
+}
+
+/// Reads `resp`'s body up to `limit` bytes and stops there: memory stays bounded
+/// whatever the server sends (an endless chunked body ends the read at the limit, and
+/// dropping the response closes the connection).
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix, reqwest::Error> {
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = resp.chunk().await? {
+        seen = seen.saturating_add(chunk.len());
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(Prefix {
+                bytes,
+                whole: false,
+                seen,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Prefix {
+        bytes,
+        whole: true,
+        seen,
     })
 }
 
@@ -175,20 +220,28 @@ impl MetadataClient {
             .unwrap_or(0);
         match resp.status() {
             StatusCode::OK => {
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
-                if body.len() > MAX_PLAN_BYTES {
-                    return Ok(Some(Fetched::Invalid {
+                let too_large = |size| {
+                    Ok(Some(Fetched::Invalid {
                         generation,
                         error: PlanError::TooLarge {
-                            size: body.len(),
+                            size,
                             limit: MAX_PLAN_BYTES,
                         },
-                    }));
+                    }))
+                };
+                // A declared size over the limit is refused unread.
+                if let Some(len) = resp.content_length() {
+                    if len > MAX_PLAN_BYTES as u64 {
+                        return too_large(usize::try_from(len).unwrap_or(usize::MAX));
+                    }
                 }
-                Ok(Some(match Plan::from_json(&body) {
+                let body = read_prefix(resp, MAX_PLAN_BYTES)
+                    .await
+                    .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
+                if !body.whole {
+                    return too_large(body.seen);
+                }
+                Ok(Some(match Plan::from_json(&body.bytes) {
                     Ok(p) => Fetched::Plan(p),
                     Err(error) => Fetched::Invalid { generation, error },
                 }))
