@@ -27,6 +27,22 @@ pub enum FetchError {
         /// The last failure.
         last: String,
     },
+    /// A redirect. A coordinator never sends one, and following it would send the
+    /// cluster key (in the path) to a host the agent was never configured with.
+    #[error(
+        "the coordinator at {url} answered HTTP {status}, a redirect to {location}; a Shoal \
+         coordinator never redirects, so the agent did not follow it (check metadata_url \
+         in the agent's configuration, and any proxy between this VM and the coordinator)"
+    )]
+    Redirected {
+        /// The metadata base URL.
+        url: String,
+        /// Status (3xx).
+        status: u16,
+        /// The origin (scheme, host, port) the answer pointed to; never its path, which
+        /// may hold the key.
+        location: String,
+    },
     /// A final answer (unknown key: 404; bad token: 401).
     #[error("the coordinator at {url} refused the request: HTTP {status}: {body}")]
     Refused {
@@ -71,6 +87,13 @@ enum Problem {
         /// Body (truncated).
         body: String,
     },
+    /// A redirect, not followed.
+    Redirected {
+        /// Status.
+        status: u16,
+        /// Where to, as [`location_origin`] words it.
+        location: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -78,6 +101,9 @@ impl std::fmt::Display for Problem {
         match self {
             Problem::Unreachable(m) => f.write_str(m),
             Problem::Refused { status, body } => write!(f, "HTTP {status}: {body}"),
+            Problem::Redirected { status, location } => {
+                write!(f, "HTTP {status}, a redirect to {location}")
+            }
         }
     }
 }
@@ -96,6 +122,12 @@ async fn unsuccessful(resp: reqwest::Response) -> Attempt<Problem> {
             error: Problem::Unreachable(m),
             after,
         };
+    }
+    if status.is_redirection() {
+        return Attempt::Fail(Problem::Redirected {
+            status: status.as_u16(),
+            location: location_origin(&resp),
+        });
     }
     // Only the start of the body is read: it is quoted in the error, and a hostile
     // server's endless body must not be held in memory.
@@ -149,6 +181,22 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix
     })
 }
 
+/// Where a redirect points, as its origin only (`http://host:port`): the path and query
+/// are left out, since a redirect to the same path elsewhere would carry the key.
+fn location_origin(resp: &reqwest::Response) -> String {
+    let Some(location) = resp.headers().get(reqwest::header::LOCATION) else {
+        return "nowhere (no Location header)".into();
+    };
+    let Ok(location) = location.to_str() else {
+        return "an unreadable Location".into();
+    };
+    match resp.url().join(location) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u.origin().ascii_serialization(),
+        Ok(u) => format!("a {}: URL", truncate(u.scheme())),
+        Err(_) => "an unparseable Location".into(),
+    }
+}
+
 /// The `Retry-After` of an answer, in seconds (the form the coordinator's rate limiter
 /// sends; an HTTP date is not understood, and the backoff schedule applies instead).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -179,6 +227,9 @@ impl MetadataClient {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(LONG_POLL_SECS + 15))
+            // A redirect is answered with an error (`FetchError::Redirected`), never
+            // followed: the key is in the path.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("shoal-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.ca_cert_pem {
             let cert = reqwest::Certificate::from_pem(pem.as_bytes())
@@ -254,6 +305,11 @@ impl MetadataClient {
     /// The error of a request that [`retry::run`] gave up on.
     fn gave_up(&self, e: GaveUp<Problem>, started: Instant) -> FetchError {
         match e {
+            GaveUp::Failed(Problem::Redirected { status, location }) => FetchError::Redirected {
+                url: self.base.clone(),
+                status,
+                location,
+            },
             GaveUp::Failed(Problem::Refused { status, body }) => FetchError::Refused {
                 url: self.base.clone(),
                 status,

@@ -32,7 +32,8 @@ pub mod exit {
     pub const CONFIG: i32 = 2;
     /// The coordinator could not be reached (or kept failing) until the deadline.
     pub const UNREACHABLE: i32 = 3;
-    /// The coordinator refused the agent (unknown cluster key: 404; bad node token: 401/403).
+    /// The coordinator refused the agent (unknown cluster key: 404; bad node token:
+    /// 401/403), or answered with a redirect, which the agent never follows.
     pub const REFUSED: i32 = 4;
     /// The plan failed validation, or does not list this node; nothing was changed
     /// (`--once` only: a resident agent waits for a newer plan).
@@ -157,7 +158,8 @@ impl Agent {
                 self.redeliveries = 0;
             }
             Err(e) => {
-                // Refused (401, 404, 400): sending it again would be refused again.
+                // Refused (401, 404, 400) or redirected: sending it again would be
+                // answered the same way.
                 tracing::warn!(%phase, error = %e, "status report refused");
                 self.undelivered = None;
             }
@@ -393,7 +395,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                     eprintln!("shoal-agent: {e}");
                     return exit::UNREACHABLE;
                 }
-                Err(e @ FetchError::Refused { .. }) => {
+                Err(e @ (FetchError::Refused { .. } | FetchError::Redirected { .. })) => {
                     tracing::error!("{e}");
                     eprintln!("shoal-agent: {e}");
                     return exit::REFUSED;

@@ -15,6 +15,7 @@ use common::{config, respond, Request, Server, TempDir, KEY, TOKEN};
 use shoal_protocol::contract::MAX_PLAN_BYTES;
 
 /// Exit codes of `shoal-agent run` (agent/src/run.rs, docs/agent-exit-codes.md).
+const REFUSED: i32 = 4;
 const PLAN_INVALID: i32 = 5;
 
 /// Starts the agent binary with `--once` on a configuration pointing at `url`.
@@ -156,4 +157,61 @@ fn an_endless_plan_body_is_refused_at_the_size_limit_in_bounded_memory() {
     assert!(sent < MAX_PLAN_BYTES + (32 << 20), "{sent} bytes sent");
     // The agent's whole footprint (a debug build) with a plan at the limit.
     assert!(peak_kib < 64 << 10, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
+fn a_redirect_is_not_followed_and_says_so() {
+    // Where a hostile server would send the agent: it answers as a coordinator would.
+    let elsewhere = Server::start(|_, s| common::send_plan(s, 1));
+    let origin = elsewhere.url();
+    let plan_path = shoal_protocol::contract::plan_path(KEY);
+    // (Location, the origin the error must name; None: the server's own.)
+    let cases = [
+        (
+            format!("{origin}{plan_path}?wait=30&after=0"),
+            Some(origin.clone()),
+        ),
+        (format!("{origin}/"), Some(origin.clone())),
+        (format!("{plan_path}/elsewhere"), None),
+    ];
+    for (location, named) in cases {
+        let server = Server::start(move |_, s| {
+            respond(s, "302 Found", &[("Location", location.as_str())], b"moved")
+        });
+        let named = named.unwrap_or_else(|| server.url());
+        let dir = TempDir::new("shoal-hostile");
+        let start = Instant::now();
+        let out = finish(
+            spawn_agent(&dir, &server.url(), 60),
+            Duration::from_secs(30),
+        );
+        let log = log_of(&out);
+        assert_eq!(out.status.code(), Some(REFUSED), "{log}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("shoal-agent: "))
+            .unwrap_or_else(|| panic!("no error line in:\n{log}"));
+        assert!(line.contains("HTTP 302"), "{line}");
+        assert!(line.contains("never redirects"), "{line}");
+        assert!(line.contains(&format!("a redirect to {named};")), "{line}");
+        // Both the status report and the plan request were redirected, and neither
+        // followed.
+        assert_eq!(
+            server.count(Request::is_status),
+            1,
+            "{:?}",
+            server.requests()
+        );
+        assert_eq!(server.count(Request::is_plan), 1, "{:?}", server.requests());
+    }
+    assert_eq!(
+        elsewhere.connections(),
+        0,
+        "the agent contacted the redirect's target"
+    );
 }
