@@ -4,6 +4,8 @@
 //! backoff, never sooner than the server's `Retry-After`, under the configured
 //! deadline); any other answer fails at once with its status and body.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -218,6 +220,11 @@ pub struct MetadataClient {
     key: String,
     node: String,
     token: String,
+    /// When the client was made: the origin of `answered_ms`.
+    born: Instant,
+    /// Milliseconds from `born` to the coordinator's latest complete answer (shared by
+    /// clones): the agent's deadline counts from it.
+    answered_ms: Arc<AtomicU64>,
 }
 
 impl MetadataClient {
@@ -242,7 +249,25 @@ impl MetadataClient {
             key: cfg.cluster_key.clone(),
             node: cfg.node_id.clone(),
             token: cfg.node_token.clone(),
+            born: Instant::now(),
+            answered_ms: Arc::default(),
         })
+    }
+
+    /// When the coordinator last gave a complete answer (a plan, a 204, an accepted
+    /// report), or when this client was made if it never has.
+    pub fn last_answer(&self) -> Instant {
+        self.born + Duration::from_millis(self.answered_ms.load(Ordering::Relaxed))
+    }
+
+    fn answered(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When a `deadline` of silence from the coordinator runs out.
+    fn until(&self, deadline: Option<Duration>) -> Option<Instant> {
+        deadline.and_then(|d| self.last_answer().checked_add(d))
     }
 
     /// The metadata base URL (no secret in it).
@@ -283,12 +308,14 @@ impl MetadataClient {
                 // A declared size over the limit is refused unread.
                 if let Some(len) = resp.content_length() {
                     if len > MAX_PLAN_BYTES as u64 {
+                        self.answered();
                         return too_large(usize::try_from(len).unwrap_or(usize::MAX));
                     }
                 }
                 let body = read_prefix(resp, MAX_PLAN_BYTES)
                     .await
                     .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
+                self.answered();
                 if !body.whole {
                     return too_large(body.seen);
                 }
@@ -297,13 +324,17 @@ impl MetadataClient {
                     Err(error) => Fetched::Invalid { generation, error },
                 }))
             }
-            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::NO_CONTENT => {
+                self.answered();
+                Ok(None)
+            }
             _ => Err(unsuccessful(resp).await),
         }
     }
 
-    /// The error of a request that [`retry::run`] gave up on.
-    fn gave_up(&self, e: GaveUp<Problem>, started: Instant) -> FetchError {
+    /// The error of a request that [`retry::run`] gave up on; `secs` is the deadline
+    /// (or the time spent, without one).
+    fn gave_up(&self, e: GaveUp<Problem>, secs: u64) -> FetchError {
         match e {
             GaveUp::Failed(Problem::Redirected { status, location }) => FetchError::Redirected {
                 url: self.base.clone(),
@@ -317,31 +348,39 @@ impl MetadataClient {
             },
             other => FetchError::Unreachable {
                 url: self.base.clone(),
-                secs: started.elapsed().as_secs(),
+                secs,
                 last: other.to_string(),
             },
         }
     }
 
-    /// Waits for a plan newer than `after`. With a deadline, gives up with
-    /// [`FetchError::Unreachable`] when nothing but retryable failures came until then;
-    /// without one (resident mode), retries for ever.
+    /// Waits for a plan newer than `after`. With a `deadline`, gives up with
+    /// [`FetchError::Unreachable`] once the coordinator has not answered for that long
+    /// ([`MetadataClient::last_answer`]; a 204 at the end of a long-poll is an answer):
+    /// retryable failures are retried until then, and a request still in flight then
+    /// (a connection, a held long-poll, a slow body) is dropped. Without one (resident
+    /// mode), retries for ever.
     pub async fn wait_for_plan(
         &self,
         after: u64,
         deadline: Option<Duration>,
     ) -> Result<Fetched, FetchError> {
         let start = Instant::now();
-        let policy = Policy {
-            until: deadline.and_then(|d| start.checked_add(d)),
-            ..Policy::new("fetching the plan", retry::COORDINATOR)
-        };
         loop {
-            match retry::run(&policy, || self.poll_once(after, LONG_POLL_SECS)).await {
+            let until = self.until(deadline);
+            let policy = Policy {
+                until,
+                ..Policy::new("fetching the plan", retry::COORDINATOR)
+            };
+            let wait = long_poll_wait(until);
+            match retry::run(&policy, || self.poll_once(after, wait)).await {
                 Ok(Some(f)) => return Ok(f),
                 // The long-poll ran out with no newer plan: ask again.
                 Ok(None) => {}
-                Err(e) => return Err(self.gave_up(e, start)),
+                Err(e) => {
+                    let secs = deadline.unwrap_or(start.elapsed()).as_secs();
+                    return Err(self.gave_up(e, secs));
+                }
             }
         }
     }
@@ -350,11 +389,18 @@ impl MetadataClient {
     /// report still undelivered then is the caller's to send again later
     /// ([`FetchError::Unreachable`]).
     pub async fn report(&self, status: &NodeStatus) -> Result<(), FetchError> {
-        self.report_with(status, 5).await
+        self.report_with(status, 5, None).await
     }
 
-    /// Reports this node's status in at most `attempts` tries.
-    pub async fn report_with(&self, status: &NodeStatus, attempts: u32) -> Result<(), FetchError> {
+    /// Reports this node's status in at most `attempts` tries and, with a `deadline`,
+    /// only until the coordinator has not answered for that long (as
+    /// [`MetadataClient::wait_for_plan`]).
+    pub async fn report_with(
+        &self,
+        status: &NodeStatus,
+        attempts: u32,
+        deadline: Option<Duration>,
+    ) -> Result<(), FetchError> {
         let url = format!(
             "{}{}",
             self.base,
@@ -362,7 +408,7 @@ impl MetadataClient {
         );
         let start = Instant::now();
         let policy = Policy {
-            until: None,
+            until: self.until(deadline),
             max_attempts: attempts.max(1),
             ..Policy::new("reporting the status", retry::COORDINATOR)
         };
@@ -377,15 +423,32 @@ impl MetadataClient {
                 .await
                 .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
             if resp.status().is_success() {
+                self.answered();
                 Ok(())
             } else {
                 Err(unsuccessful(resp).await)
             }
         };
-        retry::run(&policy, put)
-            .await
-            .map_err(|e| self.gave_up(e, start))
+        retry::run(&policy, put).await.map_err(|e| {
+            let secs = deadline.unwrap_or(start.elapsed()).as_secs();
+            self.gave_up(e, secs)
+        })
     }
+}
+
+/// Time left for the coordinator's answer to travel back after a long-poll it held.
+const ROUND_TRIP_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long to ask the coordinator to hold a long-poll: [`LONG_POLL_SECS`], or less so
+/// that its 204 arrives before the deadline (at least a second, so polls never spin).
+fn long_poll_wait(until: Option<Instant>) -> u64 {
+    until.map_or(LONG_POLL_SECS, |until| {
+        until
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(ROUND_TRIP_MARGIN)
+            .as_secs()
+            .clamp(1, LONG_POLL_SECS)
+    })
 }
 
 /// A reqwest error without its URL (which carries the cluster key).

@@ -101,7 +101,7 @@ impl<E: fmt::Display> fmt::Display for GaveUp<E> {
             }
             GaveUp::Deadline { attempt } => write!(
                 f,
-                "no answer before the deadline (attempt {attempt} was still in flight)"
+                "no complete answer before the deadline (attempt {attempt} was still in flight)"
             ),
         }
     }

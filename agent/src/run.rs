@@ -1,8 +1,10 @@
 //! The boot sequence and the resident loop.
 //!
 //! 1. Read the configuration; report `agent-started`.
-//! 2. Long-poll the plan until one is ready, within the configured deadline (after it:
-//!    exit [`exit::UNREACHABLE`] with what could not be reached).
+//! 2. Long-poll the plan until one is ready. Until then the configured deadline
+//!    (`deadline_secs`) runs from the coordinator's last answer (a 204 at the end of a
+//!    long-poll is one): past it, even with a request in flight, the agent exits
+//!    [`exit::UNREACHABLE`] with what could not be reached.
 //! 3. Validate the whole plan and find this node before touching anything; a bad plan
 //!    is reported (`plan-invalid`) and the agent waits for a newer one.
 //! 4. Converge: network (overlay), images, containers; each phase reported with its
@@ -12,7 +14,7 @@
 //!    after a failure (with backoff).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -97,6 +99,10 @@ struct Agent {
     undelivered: Option<NodeStatus>,
     /// Attempts at delivering `undelivered` so far.
     redeliveries: u32,
+    /// The configured deadline (`deadline_secs`) while the node has no valid plan: no
+    /// request carries the agent further than that past the coordinator's last answer.
+    /// `None` once a plan is held: a resident agent keeps trying.
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -146,7 +152,11 @@ impl Agent {
         };
         // A few quick tries only: the node's convergence does not wait for the
         // coordinator, and an undelivered report is sent again later (the latest one).
-        match self.client.report_with(&status, REPORT_ATTEMPTS).await {
+        match self
+            .client
+            .report_with(&status, REPORT_ATTEMPTS, self.deadline)
+            .await
+        {
             Ok(()) => {
                 self.undelivered = None;
                 self.redeliveries = 0;
@@ -179,7 +189,7 @@ impl Agent {
             return;
         };
         self.redeliveries = self.redeliveries.saturating_add(1);
-        match self.client.report_with(&status, 1).await {
+        match self.client.report_with(&status, 1, self.deadline).await {
             Ok(()) => {
                 tracing::info!(phase = %status.phase, attempts = self.redeliveries, "status report delivered after all");
                 self.undelivered = None;
@@ -347,7 +357,6 @@ pub async fn run(opts: RunOptions) -> i32 {
             return exit::CONFIG;
         }
     };
-    let boot = Instant::now();
     let deadline = Duration::from_secs(cfg.deadline_secs);
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
     let mut agent = Agent {
@@ -359,6 +368,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         converged_once: false,
         undelivered: None,
         redeliveries: 0,
+        deadline: Some(deadline),
     };
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
 
@@ -370,10 +380,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     let mut retry_at: Option<tokio::time::Instant> = None;
 
     loop {
-        // Before the first plan the deadline runs; afterwards the agent waits for ever.
-        let limit = current
-            .is_none()
-            .then(|| deadline.saturating_sub(boot.elapsed()));
+        let limit = agent.deadline;
         let retry_sleep = async {
             match retry_at {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -412,6 +419,8 @@ pub async fn run(opts: RunOptions) -> i32 {
                 Ok(Fetched::Plan(plan)) => {
                     tracing::info!(generation = plan.generation, "plan received");
                     after = plan.generation;
+                    // From the first plan on, the agent keeps trying for ever.
+                    agent.deadline = None;
                     agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
                     if !watching && !agent.opts.once {
                         watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());

@@ -15,13 +15,18 @@ use common::{config, respond, Request, Server, TempDir, KEY, TOKEN};
 use shoal_protocol::contract::MAX_PLAN_BYTES;
 
 /// Exit codes of `shoal-agent run` (agent/src/run.rs, docs/agent-exit-codes.md).
+const UNREACHABLE: i32 = 3;
 const REFUSED: i32 = 4;
 const PLAN_INVALID: i32 = 5;
 
 /// Starts the agent binary with `--once` on a configuration pointing at `url`.
 fn spawn_agent(dir: &TempDir, url: &str, deadline_secs: u64) -> Child {
     let cfg = dir.write_config(&config(url, deadline_secs));
-    Command::new(env!("CARGO_BIN_EXE_shoal-agent"))
+    // SHOAL_TEST_AGENT_BIN runs these cases against another build (the static one, or
+    // an older version to compare).
+    let bin = std::env::var_os("SHOAL_TEST_AGENT_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_shoal-agent").into());
+    Command::new(bin)
         .args(["run", "--once", "--config"])
         .arg(&cfg)
         .args(["--docker-host", "unix:///nonexistent/docker.sock"])
@@ -214,4 +219,62 @@ fn a_redirect_is_not_followed_and_says_so() {
         0,
         "the agent contacted the redirect's target"
     );
+}
+
+/// Runs the agent with `deadline_secs` against `server` and checks that it gives up
+/// with exit 3 no sooner than the deadline and no later than two seconds after it.
+fn gives_up_at_the_deadline(server: &Server, deadline_secs: u64) -> String {
+    let dir = TempDir::new("shoal-hostile");
+    let start = Instant::now();
+    let child = spawn_agent(&dir, &server.url(), deadline_secs);
+    let out = finish(child, Duration::from_secs(deadline_secs + 60));
+    let took = start.elapsed();
+    let log = log_of(&out);
+    eprintln!("deadline {deadline_secs} s: the agent exited after {took:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(UNREACHABLE),
+        "after {took:?}:\n{log}"
+    );
+    let deadline = Duration::from_secs(deadline_secs);
+    assert!(
+        took >= deadline - Duration::from_millis(500),
+        "{took:?}\n{log}"
+    );
+    assert!(took <= deadline + Duration::from_secs(2), "{took:?}\n{log}");
+    log
+}
+
+#[test]
+fn a_slow_drip_body_does_not_carry_the_agent_past_its_deadline() {
+    let server = Server::start(|req: &Request, s: &mut TcpStream| {
+        if !req.is_plan() {
+            return respond(s, "204 No Content", &[], b"");
+        }
+        // Headers at once, then one byte of body every two seconds.
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+              shoal-generation: 1\r\nContent-Length: 100000\r\n\r\n",
+        )?;
+        for _ in 0..60 {
+            s.write_all(b" ")?;
+            s.flush()?;
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        Ok(())
+    });
+    let log = gives_up_at_the_deadline(&server, 15);
+    assert!(log.contains("within 15s"), "{log}");
+    assert_eq!(server.count(Request::is_plan), 1, "{:?}", server.requests());
+}
+
+#[test]
+fn a_server_that_never_answers_does_not_carry_the_agent_past_its_deadline() {
+    // Accepts, reads the request, and holds the connection without a word: the status
+    // report and the long-poll alike.
+    let server = Server::start(|_, _| {
+        std::thread::sleep(Duration::from_secs(90));
+        Ok(())
+    });
+    gives_up_at_the_deadline(&server, 5);
 }

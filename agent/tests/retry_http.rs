@@ -78,7 +78,7 @@ async fn a_429_is_retried_after_its_retry_after() {
     });
     let start = Instant::now();
     client(&server.url())
-        .report_with(&report(), 3)
+        .report_with(&report(), 3, None)
         .await
         .expect("delivered after the 429");
     let took = start.elapsed();
@@ -110,7 +110,7 @@ async fn final_answers_are_not_retried() {
             }
             other => panic!("{status}: expected Refused, got {other:?}"),
         }
-        match c.report_with(&report(), 5).await {
+        match c.report_with(&report(), 5, None).await {
             Err(FetchError::Refused { status, .. }) => assert_eq!(status, code),
             other => panic!("{status}: expected Refused, got {other:?}"),
         }
@@ -137,7 +137,10 @@ async fn server_errors_are_retried_until_the_deadline_or_the_attempt_limit() {
         "{:?}",
         server.requests()
     );
-    let e = c.report_with(&report(), 3).await.expect_err("only 500s");
+    let e = c
+        .report_with(&report(), 3, None)
+        .await
+        .expect_err("only 500s");
     assert!(matches!(e, FetchError::Unreachable { .. }), "{e:?}");
     assert_eq!(server.count(Request::is_status), 3);
 }
@@ -187,4 +190,39 @@ async fn a_refused_connection_is_retried_until_the_server_is_up() {
     );
     let server = starter.join().expect("server thread");
     assert_eq!(server.count(Request::is_plan), 1);
+}
+
+#[tokio::test]
+async fn the_deadline_counts_from_the_coordinators_last_answer() {
+    // A coordinator whose plan is not ready yet: it holds each long-poll for what the
+    // agent asked (at most 1 s here) and answers 204, five times, then serves the plan.
+    let seen = AtomicUsize::new(0);
+    let server = Server::start(move |req, s| {
+        if seen.fetch_add(1, Ordering::SeqCst) < 5 {
+            let wait: u64 = req.param("wait").and_then(|w| w.parse().ok()).unwrap_or(0);
+            std::thread::sleep(Duration::from_secs(wait.min(1)));
+            respond(s, "204 No Content", &[], b"")
+        } else {
+            send_plan(s, 2)
+        }
+    });
+    let start = Instant::now();
+    let got = client(&server.url())
+        .wait_for_plan(0, Some(Duration::from_secs(3)))
+        .await
+        .expect("answers keep the agent waiting");
+    assert!(
+        matches!(got, Fetched::Plan(ref p) if p.generation == 2),
+        "{got:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // The agent asked the coordinator to answer before its deadline, leaving time for
+    // the answer to come back.
+    for req in server.requests() {
+        assert_eq!(req.param("wait"), Some("1"), "{req:?}");
+    }
 }
