@@ -19,12 +19,12 @@ pub use contract::LONG_POLL_SECS;
 /// A failure to obtain the plan.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Nothing but retryable failures until the deadline.
+    /// Nothing but retryable failures until the deadline (or the last attempt).
     #[error("could not reach the coordinator at {url} within {secs}s; last error: {last}")]
     Unreachable {
         /// The metadata base URL.
         url: String,
-        /// The deadline.
+        /// The deadline; without one, the time spent trying.
         secs: u64,
         /// The last failure.
         last: String,
