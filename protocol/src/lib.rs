@@ -439,7 +439,8 @@ mod tests;
 pub const AGENT_CONFIG_PATH: &str = "/etc/shoal/agent.json";
 /// Where baked container image tarballs live on a VM image.
 pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/shoal/images";
-/// How long an agent keeps trying to reach the coordinator before it gives up.
+/// How long an agent without a plan keeps trying to reach the coordinator before it
+/// gives up.
 pub const DEFAULT_AGENT_DEADLINE_SECS: u64 = 900;
 
 /// The agent's configuration, as the user-data writes it to [`AGENT_CONFIG_PATH`].
@@ -458,7 +459,8 @@ pub struct AgentConfig {
     /// PEM certificate of the coordinator's CA; the agent trusts only it when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_pem: Option<String>,
-    /// Seconds the agent keeps trying to obtain a plan before it exits with a reason.
+    /// Until it has a plan, the agent exits with a reason once the coordinator has not
+    /// answered for this many seconds (a request in flight does not carry it past).
     #[serde(default = "default_deadline")]
     pub deadline_secs: u64,
 }
