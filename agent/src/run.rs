@@ -298,14 +298,17 @@ impl Agent {
 /// reconvergence; a broken stream (daemon restart) signals one too once it is back.
 fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
     tokio::spawn(async move {
-        let mut broken = false;
+        // Set once a stream that was up broke (a daemon restart, most likely): the
+        // reconnection then signals a reconvergence. A first connection that fails
+        // (dockerd still starting at boot, while the first convergence waits for it
+        // anyway) signals nothing.
+        let mut lost = false;
         loop {
             let Ok(d) = docker::connect(&docker_host).await else {
-                broken = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            if broken {
+            if lost {
                 let _ = tx.try_send(());
             }
             let filters = std::collections::HashMap::from([
@@ -317,8 +320,12 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
                 .build();
             let mut events = d.events(Some(opts));
             while let Some(ev) = events.next().await {
-                let Ok(ev) = ev else {
-                    break;
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::info!(error = %docker::message(&e), "the Docker event stream broke; reconnecting");
+                        break;
+                    }
                 };
                 let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
                 let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
@@ -327,7 +334,7 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
                     let _ = tx.try_send(());
                 }
             }
-            broken = true;
+            lost = true;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
