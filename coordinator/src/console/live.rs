@@ -10,7 +10,8 @@
 //! page also re-renders every [`TICK`], because the stage running now ends at "now".
 //!
 //! Streams end after [`MAX_STREAM`] (the browser reconnects at once and gets a fresh
-//! render), and when the session does (the page is told, and goes to the login page).
+//! render), and when the session does, even with nothing changing (the page is told
+//! with a `session-ended` event, and goes to the login page).
 //! The page's script closes its stream while the tab is hidden, so tabs in the
 //! background hold no connection.
 
@@ -75,6 +76,11 @@ impl Feed {
                         std::future::pending::<()>().await
                     }
                 };
+                // The session may end while nothing changes: wake then, to say so.
+                let session_ends = self
+                    .sessions
+                    .ends_at(&self.session)
+                    .map_or_else(Instant::now, Instant::from_std);
                 tokio::select! {
                     r = self.changes.changed() => {
                         if r.is_err() {
@@ -82,6 +88,7 @@ impl Feed {
                         }
                     }
                     _ = tick => {}
+                    _ = tokio::time::sleep_until(session_ends) => {}
                     _ = tokio::time::sleep_until(self.ends) => return None,
                 }
                 tokio::time::sleep_until(sent + MIN_GAP).await;

@@ -18,6 +18,8 @@ pub mod form;
 pub mod live;
 pub mod pages;
 pub mod session;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/logout", post(logout))
         .route("/console/session", get(session_check))
         .route("/console/assets/{file}", get(asset))
+        // Browsers ask every page's origin for one, the API's documents included.
+        .route("/favicon.ico", get(|| asset(Path("icon.svg".to_string()))))
         .route("/console/", get(list))
         .route("/console/events", get(list_events))
         .route("/console/new", get(new_form))

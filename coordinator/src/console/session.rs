@@ -197,6 +197,17 @@ impl Sessions {
             .unwrap_or(false)
     }
 
+    /// When the session ends if it is not used before (`None`: it has ended).
+    pub fn ends_at(&self, session: &Session) -> Option<Instant> {
+        let now = Instant::now();
+        let entries = self.entries.lock().ok()?;
+        let e = entries.get(&session.key)?;
+        if self.expired(e, now) {
+            return None;
+        }
+        Some((e.seen + self.settings.idle).min(e.created + self.settings.lifetime))
+    }
+
     fn find_at(&self, headers: &HeaderMap, now: Instant, touch: bool) -> Option<Session> {
         let id = cookie(headers, self.cookie_name())?;
         let key = key_of(id);
