@@ -56,9 +56,9 @@ function watch(p) {
   p.on('pageerror', (e) => problems.push(`page error on ${p.url()}: ${e.message}`));
   p.on('console', (m) => {
     const t = m.text();
-    // The refused requests this test makes on purpose (401, 403, and the 409 of a
-    // taken name) are logged as failed loads.
-    if (m.type() === 'error' && !/status of 40[139]/.test(t)) problems.push(`console error on ${p.url()}: ${t}`);
+    // The refusals this test asks for on purpose (401, 403, the 409 of a taken name,
+    // the 422 of missing images) are logged as failed loads.
+    if (m.type() === 'error' && !/status of 4(01|03|09|22)/.test(t)) problems.push(`console error on ${p.url()}: ${t}`);
     if (/Content Security Policy/i.test(t)) problems.push(`CSP violation on ${p.url()}: ${t}`);
   });
 }
@@ -194,6 +194,33 @@ test('the OpenAPI document and the metrics open with the session', async () => {
     check(await r.text());
   }
   await docs.close();
+});
+
+test('an uploaded blueprint is read, and checked before anything is made', async () => {
+  await page.goto(`${URL_}/console/new`);
+  await page.fill('#name', `${NAME}-up`);
+  await page.check('#provider-local');
+  await page.fill('#nodes', '1');
+  assert.equal(await page.isChecked('#blueprint-upload'), false);
+  // An image no local VM has: the local provider refuses it before recording
+  // anything (its message names the image and the tarball it looks for).
+  await page.setInputFiles('#blueprint_file', {
+    name: 'mine.toml',
+    mimeType: 'application/toml',
+    buffer: Buffer.from('name = "mine"\n[[group]]\nname = "all"\ncount = "rest"\n[[group.container]]\nname = "app"\nimage = "registry.example.com/app:1"\n'),
+  });
+  assert.equal(await page.isChecked('#blueprint-upload'), true, 'choosing a file chooses "a blueprint file"');
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/console/clusters') && r.request().method() === 'POST'),
+    page.click('button:text-is("Create")'),
+  ]);
+  assert.equal(resp.status(), 422);
+  const error = await page.textContent('#form-error');
+  assert.match(error, /registry\.example\.com\/app:1/);
+  assert.match(error, /registry\.example\.com_app_1\.tar/);
+  assert.equal(await page.inputValue('#name'), `${NAME}-up`, 'what was typed is kept');
+  await page.goto(`${URL_}/console/`);
+  assert.equal(await page.locator(`tr[data-name="${NAME}-up"]`).count(), 0, 'nothing was recorded');
 });
 
 let listTab;

@@ -113,6 +113,39 @@ impl Console {
         Browser { cookie, csrf }
     }
 
+    /// Posts the create form as a browser does: multipart, with a file part (empty
+    /// when no file was chosen).
+    async fn multipart(
+        &self,
+        b: &Browser,
+        fields: &[(&str, &str)],
+        file: Option<(&str, &str)>,
+    ) -> reqwest::Response {
+        let boundary = "----shoalTestBoundary";
+        let mut body = String::new();
+        for (k, v) in [("csrf", b.csrf.as_str())].iter().chain(fields) {
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+            ));
+        }
+        let (filename, content) = file.unwrap_or(("", ""));
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"blueprint_file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
+        ));
+        self.http
+            .post(format!("{}/console/clusters", self.url))
+            .header(COOKIE, &b.cookie)
+            .header(ORIGIN, &self.url)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("create")
+    }
+
     async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
         let mut r = self.http.get(format!("{}{path}", self.url));
         if let Some(c) = cookie {
@@ -389,37 +422,20 @@ async fn the_event_stream_follows_a_creation_from_the_form() {
     event_with(&mut stream, &mut buf, "update", "No clusters yet").await;
 
     // The create form, as a browser sends it (multipart, no file chosen).
-    let boundary = "----shoalTestBoundary";
-    let mut body = String::new();
-    for (k, v) in [
-        ("csrf", b.csrf.as_str()),
-        ("name", "live"),
-        ("provider", "aws"),
-        ("nodes", "1"),
-        ("blueprint", "demo"),
-        ("region", "us-east-1"),
-        ("extra", "endpoint-url=http://127.0.0.1:9"),
-    ] {
-        body.push_str(&format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
-        ));
-    }
-    body.push_str(&format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"blueprint_file\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--{boundary}--\r\n"
-    ));
     let r = c
-        .http
-        .post(format!("{}/console/clusters", c.url))
-        .header(COOKIE, &b.cookie)
-        .header(ORIGIN, &c.url)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
+        .multipart(
+            &b,
+            &[
+                ("name", "live"),
+                ("provider", "aws"),
+                ("nodes", "1"),
+                ("blueprint", "demo"),
+                ("region", "us-east-1"),
+                ("extra", "endpoint-url=http://127.0.0.1:9"),
+            ],
+            None,
         )
-        .body(body)
-        .send()
-        .await
-        .expect("create");
+        .await;
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
     assert_eq!(
         header(r.headers(), "location"),
@@ -511,4 +527,47 @@ async fn an_open_stream_says_when_its_session_ends() {
         c.get("/console/events", Some(&b.cookie)).await.status(),
         401
     );
+}
+
+#[tokio::test]
+async fn an_uploaded_blueprint_is_parsed_and_used() {
+    let c = start().await;
+    let b = c.login().await;
+    let form = [
+        ("name", "mine"),
+        ("provider", "aws"),
+        ("nodes", "2"),
+        ("blueprint", "upload"),
+        ("region", "us-east-1"),
+    ];
+    // Not a blueprint: the parser's reason, nothing recorded.
+    let r = c
+        .multipart(&b, &form, Some(("bad.toml", "name = \"x\"\nbogus = 1\n")))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("page").contains("bogus"));
+    assert!(c.engine.clusters().await.expect("list").is_empty());
+    // A blueprint: used as uploaded (its line breaks and quotes intact).
+    let toml = "name = \"uploaded\"\r\n\r\n[[group]]\nname = \"all\"\ncount = \"rest\"\n[[group.container]]\nname = \"app\"\nimage = \"busybox:1\"\n";
+    let r = c.multipart(&b, &form, Some(("mine.toml", toml))).await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+    let (row, nodes) = c.engine.cluster("mine").await.expect("recorded");
+    assert_eq!(row.blueprint.name, "uploaded");
+    assert_eq!(row.blueprint.images(), vec!["busybox:1".to_string()]);
+    assert_eq!(nodes.len(), 2);
+    // A built-in chosen with a file given too: which one was meant is not guessed.
+    let r = c
+        .multipart(
+            &b,
+            &[
+                ("name", "two"),
+                ("provider", "aws"),
+                ("nodes", "1"),
+                ("blueprint", "demo"),
+            ],
+            Some(("mine.toml", toml)),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("page").contains("choose"));
 }
