@@ -3,11 +3,14 @@
 //!
 //! A stream costs nothing while nothing changes: it waits on the counter (no polling
 //! of the store), and the keep-alive comment every 15 s is its only traffic. When the
-//! counter moves, it waits until [`MIN_GAP`] has passed since its last update (so a
-//! burst of agent reports makes one render, not one per report), renders the page's
-//! live fragments with the same functions the page itself uses, and sends them only if
-//! they differ from what it sent last. While a cluster is on its way somewhere, its
-//! page also re-renders every [`TICK`], because the stage running now ends at "now".
+//! counter moves, it renders the page's live regions with the same functions the page
+//! itself uses, and sends those that differ from what it sent last. Renders are paced:
+//! the next comes no sooner than [`MIN_GAP`] after the last, nor sooner than the last
+//! one's size at [`PACE_BYTES_PER_SEC`] (so a burst of agent reports makes one render,
+//! not one per report, and a 1,000-node cluster's page, megabytes of HTML, costs a tab
+//! no more than a small one does). While a cluster is on its way somewhere, its page
+//! also re-renders every [`TICK`] (paced the same way), because the stage running now
+//! ends at "now".
 //!
 //! Streams end after [`MAX_STREAM`] (the browser reconnects at once and gets a fresh
 //! render), and when the session does, even with nothing changing (the page is told
@@ -15,6 +18,7 @@
 //! The page's script closes its stream while the tab is hidden, so tabs in the
 //! background hold no connection.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,8 @@ use super::session::{Session, Sessions};
 pub const MIN_GAP: Duration = Duration::from_millis(500);
 /// How often a page of something in flight re-renders with nothing changed.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Renders of one stream are paced to at most this many bytes of HTML a second.
+pub const PACE_BYTES_PER_SEC: f64 = 256.0 * 1024.0;
 /// How long one stream lasts before the browser is made to reconnect.
 pub const MAX_STREAM: Duration = Duration::from_secs(5 * 60);
 /// How long the browser waits before reconnecting.
@@ -39,8 +45,8 @@ const RETRY: Duration = Duration::from_secs(2);
 /// One render of a page's live parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    /// The fragments as a JSON object: the `data-live` region's name → its HTML.
-    pub json: String,
+    /// Each `data-live` region's name and HTML.
+    pub regions: Vec<(&'static str, String)>,
     /// Whether to re-render every [`TICK`] even with nothing changed.
     pub ticking: bool,
 }
@@ -53,9 +59,11 @@ struct Feed {
     sessions: Arc<Sessions>,
     session: Session,
     render: Render,
-    last: Option<String>,
+    /// What each region was last sent as.
+    last: BTreeMap<&'static str, String>,
     ticking: bool,
-    last_sent: Option<Instant>,
+    /// When the next render may be (`None` before the first).
+    next_at: Option<Instant>,
     ends: Instant,
     done: bool,
 }
@@ -67,7 +75,7 @@ impl Feed {
             return None;
         }
         loop {
-            if let Some(sent) = self.last_sent {
+            if let Some(at) = self.next_at {
                 let ticking = self.ticking;
                 let tick = async move {
                     if ticking {
@@ -91,7 +99,7 @@ impl Feed {
                     _ = tokio::time::sleep_until(session_ends) => {}
                     _ = tokio::time::sleep_until(self.ends) => return None,
                 }
-                tokio::time::sleep_until(sent + MIN_GAP).await;
+                tokio::time::sleep_until(at).await;
             }
             // Seen before rendering: a change made while rendering wakes the next wait.
             self.changes.borrow_and_update();
@@ -101,13 +109,23 @@ impl Feed {
             }
             let r = (self.render)().await;
             self.ticking = r.ticking;
-            let first = self.last.is_none();
-            self.last_sent = Some(Instant::now());
-            if self.last.as_deref() == Some(r.json.as_str()) {
+            let size: usize = r.regions.iter().map(|(_, html)| html.len()).sum();
+            let pace = Duration::from_secs_f64(size as f64 / PACE_BYTES_PER_SEC);
+            self.next_at = Some(Instant::now() + pace.max(MIN_GAP));
+            let first = self.last.is_empty();
+            let mut changed = serde_json::Map::new();
+            for (name, html) in r.regions {
+                if self.last.get(name) != Some(&html) {
+                    changed.insert(name.to_string(), serde_json::Value::String(html.clone()));
+                    self.last.insert(name, html);
+                }
+            }
+            if changed.is_empty() {
                 continue;
             }
-            let event = Event::default().event("update").data(&r.json);
-            self.last = Some(r.json);
+            let event = Event::default()
+                .event("update")
+                .data(serde_json::Value::Object(changed).to_string());
             return Some(if first { event.retry(RETRY) } else { event });
         }
     }
@@ -125,9 +143,9 @@ pub fn stream(
         sessions,
         session,
         render,
-        last: None,
+        last: BTreeMap::new(),
         ticking: false,
-        last_sent: None,
+        next_at: None,
         ends: Instant::now() + MAX_STREAM,
         done: false,
     };
@@ -136,4 +154,96 @@ pub fn stream(
         Some((Ok(e), feed))
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::console::session::SessionSettings;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// A feed whose render returns region `a` (the number of renders so far, unless
+    /// `big`: then that many KiB) and region `b` (always the same).
+    fn feed(big: bool) -> (watch::Sender<u64>, Feed, Arc<AtomicUsize>) {
+        let (tx, rx) = watch::channel(0);
+        let sessions = Arc::new(Sessions::new(TOKEN, false, SessionSettings::default()));
+        let session = sessions.login(TOKEN).expect("login").session;
+        let renders = Arc::new(AtomicUsize::new(0));
+        let n = renders.clone();
+        let render: Render = Box::new(move || {
+            let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+            Box::pin(async move {
+                let a = if big {
+                    format!("{i}{}", "x".repeat(i * 256 * 1024))
+                } else {
+                    i.to_string()
+                };
+                Rendered {
+                    regions: vec![("a", a), ("b", "same".into())],
+                    ticking: false,
+                }
+            })
+        });
+        let f = Feed {
+            changes: rx,
+            sessions,
+            session,
+            render,
+            last: BTreeMap::new(),
+            ticking: false,
+            next_at: None,
+            ends: Instant::now() + MAX_STREAM,
+            done: false,
+        };
+        (tx, f, renders)
+    }
+
+    fn data(e: &Event) -> String {
+        // Event has no getter: its wire form is what the browser gets.
+        format!("{e:?}")
+    }
+
+    #[tokio::test]
+    async fn the_first_update_is_whole_and_later_ones_carry_what_changed() {
+        let (tx, mut f, renders) = feed(false);
+        let first = data(&f.next().await.expect("first"));
+        assert!(first.contains("same"), "{first}");
+        // Many changes at once: one render, a while later, with region a only.
+        let t = Instant::now();
+        for _ in 0..100 {
+            tx.send_modify(|n| *n += 1);
+        }
+        let second = data(&f.next().await.expect("second"));
+        assert!(t.elapsed() >= MIN_GAP - Duration::from_millis(20));
+        assert!(!second.contains("same"), "b did not change: {second}");
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn big_renders_are_paced_by_their_size() {
+        let (tx, mut f, _) = feed(true);
+        let _ = f.next().await.expect("first: 256 KiB");
+        let t = Instant::now();
+        tx.send_modify(|n| *n += 1);
+        let _ = f.next().await.expect("second");
+        // 256 KiB at 256 KiB/s: a second, not MIN_GAP.
+        assert!(
+            t.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_logged_out_session_ends_the_stream() {
+        let (tx, mut f, _) = feed(false);
+        let _ = f.next().await.expect("first");
+        f.sessions.logout(&f.session);
+        tx.send_modify(|n| *n += 1);
+        assert!(data(&f.next().await.expect("ended")).contains("session-ended"));
+        assert!(f.next().await.is_none());
+    }
 }

@@ -339,7 +339,7 @@ async fn list_events(State(s): State<ConsoleState>, Authed(session): StreamSessi
                 Err(e) => format!(r#"<p class="error">{}</p>"#, pages::esc(&e.to_string())),
             };
             Rendered {
-                json: serde_json::json!({ "clusters": html }).to_string(),
+                regions: vec![("clusters", html)],
                 ticking: false,
             }
         })
@@ -403,22 +403,21 @@ async fn cluster_events(
                         )
                     });
                     Rendered {
-                        json: serde_json::json!({
-                            "summary": pages::summary_fragment(&v),
-                            "actions": pages::actions_fragment(&v),
-                            "nodes": pages::nodes_fragment(&v),
-                            "timeline": pages::timeline_fragment(&t),
-                        })
-                        .to_string(),
+                        regions: vec![
+                            ("summary", pages::summary_fragment(&v)),
+                            ("actions", pages::actions_fragment(&v)),
+                            ("nodes", pages::nodes_fragment(&v)),
+                            ("timeline", pages::timeline_fragment(&t)),
+                        ],
                         ticking: pages::in_flight(v.state)
                             || (settling && v.state != crate::store::ClusterState::Deleted),
                     }
                 }
                 Err(e) => Rendered {
-                    json: serde_json::json!({
-                        "summary": format!(r#"<p class="error">{}</p>"#, pages::esc(e.message())),
-                    })
-                    .to_string(),
+                    regions: vec![(
+                        "summary",
+                        format!(r#"<p class="error">{}</p>"#, pages::esc(e.message())),
+                    )],
                     ticking: false,
                 },
             }
