@@ -7,6 +7,7 @@
 //! the tasks driving clusters; the listeners reach it only through its methods and
 //! through the narrow [`MetadataState`] it hands the metadata router.
 
+pub mod changes;
 mod error;
 pub mod planner;
 pub mod request;
@@ -18,8 +19,10 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use shoal_protocol::{AgentConfig, NodeStatus, Phase, DEFAULT_AGENT_DEADLINE_SECS};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use self::changes::Watched;
 pub use self::error::EngineError;
 use self::planner::PlannedNode;
 pub use self::request::{dry_run_plan, validate_request, CreateRequest, ValidRequest};
@@ -79,6 +82,8 @@ impl Default for EngineSettings {
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<dyn Store>,
+    /// The same store as `store`, typed so its change counter can be subscribed to.
+    watched: Arc<Watched>,
     hub: Arc<PlanHub>,
     metrics: Arc<Metrics>,
     providers: Registry,
@@ -115,8 +120,10 @@ impl Engine {
                 hub.publish(&c.key, plan.generation(), plan.json.clone());
             }
         }
+        let watched = Arc::new(Watched::new(store));
         Ok(Arc::new(Engine {
-            store,
+            store: watched.clone(),
+            watched,
             hub,
             metrics: Arc::default(),
             providers,
@@ -132,6 +139,13 @@ impl Engine {
             sink: self.clone(),
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// A counter that moves whenever the state of some cluster or node changed: wait on
+    /// it (`changed().await`), then read what you show. Many writes between two waits
+    /// are seen as one change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.watched.subscribe()
     }
 
     /// The coordinator's counters.
