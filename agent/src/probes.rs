@@ -27,7 +27,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use shoal_protocol::{reason, ContainerPlan, NetworkMode, Plan, ProbeKind, ProbePlan};
 
-use crate::containers::{self, engine_message, ContainerError};
+use crate::containers::{self, ContainerError};
+use crate::docker::message as engine_message;
 
 /// Most bytes of an answer (HTTP body, command output) read per try.
 const MAX_ANSWER: usize = 1 << 20;

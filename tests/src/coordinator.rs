@@ -77,6 +77,9 @@ pub struct TestCoordinator {
     /// Environment variables every start of the server gets (cloud credentials and
     /// endpoints), on top of the test's own environment.
     pub env: Vec<(String, String)>,
+    /// Started as the README's "Using it" runs it: no `--agent-bin`, no `--image-dir`
+    /// (only the VPC range and name prefix that keep test runs apart).
+    pub bare: bool,
     child: Option<Child>,
     log: PathBuf,
     /// The image directory it serves with.
@@ -97,22 +100,30 @@ impl TestCoordinator {
     /// Starts `shoal serve` on another image directory than [`image_dir`] (it loads
     /// the images into its template before it serves).
     pub fn start_with_images(images: &Path, extra: &[&str]) -> TestCoordinator {
-        let mut c = Self::prepare(&[]);
+        let mut c = Self::prepare(&[], false);
         c.images = images.to_path_buf();
         c.spawn(extra);
+        c
+    }
+
+    /// Starts `shoal serve` as the README's "Using it" section does: the agent found
+    /// beside `shoal`, the image directory the state directory's own (`<state>/images`).
+    pub fn start_bare() -> TestCoordinator {
+        let mut c = Self::prepare(&[], true);
+        c.spawn(&[]);
         c
     }
 
     /// Starts `shoal serve` with extra arguments and environment variables; the
     /// variables are kept in [`TestCoordinator::env`] for every restart.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
-        let mut c = Self::prepare(env);
+        let mut c = Self::prepare(env, false);
         c.spawn(extra);
         c
     }
 
     /// A coordinator not started yet: its prefix, VPC range and state directory.
-    fn prepare(env: &[(&str, &str)]) -> TestCoordinator {
+    fn prepare(env: &[(&str, &str)], bare: bool) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter, skipping
@@ -141,6 +152,7 @@ impl TestCoordinator {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bare,
             child: None,
             images: image_dir(),
         }
@@ -155,16 +167,19 @@ impl TestCoordinator {
             .expect("serve log");
         let log2 = log.try_clone().expect("serve log");
         let _ = std::fs::remove_file(self.state_dir.join("api.json"));
-        let child = Command::new(bin("shoal"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(bin("shoal"));
+        cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("serve")
             .args(["--api-listen", "127.0.0.1:0"])
-            .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix])
-            .arg("--agent-bin")
-            .arg(bin("shoal-agent"))
-            .arg("--image-dir")
-            .arg(&self.images)
+            .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix]);
+        if !self.bare {
+            cmd.arg("--agent-bin")
+                .arg(bin("shoal-agent"))
+                .arg("--image-dir")
+                .arg(&self.images);
+        }
+        let child = cmd
             .args(extra)
             .env("RUST_LOG", "info")
             // After the default, so a test may ask for another level (RUST_LOG=debug).

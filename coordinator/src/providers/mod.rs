@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub mod aws;
 pub mod azure;
 pub mod local;
+pub mod preflight;
+pub mod registry;
+pub mod retry;
 
 /// The cluster a provider call is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +157,10 @@ pub enum ProviderError {
     /// Setting up a local VM failed.
     #[error("local: {0}")]
     Local(String),
+    /// Images the blueprint names cannot be had where the VMs run (the local provider's
+    /// image directory): each with the command that makes it.
+    #[error("{0}")]
+    ImagesMissing(String),
 }
 
 /// What every provider does. Methods return boxed futures so the engine can hold
@@ -165,6 +172,30 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The largest user-data (after any compression) the provider's API accepts.
     fn user_data_limit(&self) -> Option<usize> {
         None
+    }
+
+    /// An address of this machine the provider's VMs reach the coordinator at (the
+    /// local VPC gateway): the metadata listener's default address, and a name in its
+    /// certificate.
+    fn gateway(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+
+    /// Releases what the provider holds for the coordinator's lifetime, when the
+    /// coordinator stops (the local VPC, once no local VM is left).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Checks, before any VM is made, that every image of the blueprint can be had
+    /// where the VMs run; the local provider requires each to be baked in its image
+    /// directory (building the demo image there at first need). Clouds take images
+    /// from the VM image or a registry, which only the VM can try.
+    fn check_images<'a>(
+        &'a self,
+        _images: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// The metadata base URL this provider's VMs reach the coordinator at, when the
