@@ -129,6 +129,9 @@ async fn probe_until_ready(
     let target = container_ip(c, node_ip);
     let mut baseline = None;
     let mut tries = 0u32;
+    // What the last try that ran its course said: a try the deadline cuts short says
+    // only that it was cut, and the operator needs the probe's own answer.
+    let mut answered: Option<String> = None;
     loop {
         let begun = Instant::now();
         containers::check_up(docker, &name, &mut baseline).await?;
@@ -140,8 +143,20 @@ async fn probe_until_ready(
         );
         let outcome =
             match tokio::time::timeout(budget, try_once(docker, http, plan, target, c, p)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
+                Ok(r) => {
+                    if let Err(e) = &r {
+                        answered = Some(e.clone());
+                    }
+                    r
+                }
+                Err(_) if budget < timeout => Err(answered
+                    .clone()
+                    .unwrap_or_else(|| format!("no answer within {} ms", budget.as_millis()))),
+                Err(_) => {
+                    let e = format!("no answer within {} ms", budget.as_millis());
+                    answered = Some(e.clone());
+                    Err(e)
+                }
             };
         match outcome {
             Ok(()) => {

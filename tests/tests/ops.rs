@@ -585,7 +585,10 @@ fn waiting_draws_bars_on_a_terminal_and_every_read_command_speaks_json() {
     );
     assert!(screen.contains("[2/2] ready"), "{screen:?}");
     assert!(
-        screen.contains(&format!("[{}]", "#".repeat(shoal::cli::progress::BAR_CELLS))),
+        screen.contains(&format!(
+            "[{}]",
+            "#".repeat(shoal::cli::progress::BAR_CELLS)
+        )),
         "no full bar: {screen:?}"
     );
     // Without a terminal: plain lines, no escapes.
