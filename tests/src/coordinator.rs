@@ -33,12 +33,18 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The demo image directory made by `cloud-init/build-demo-image target/images`.
+/// Built again when `demo/shoal-demo` changes: a stamp beside the tarball holds the
+/// script it was built from.
 pub fn image_dir() -> PathBuf {
     let dir = target_dir().join("images");
     let tar = dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
-    if !tar.is_file() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/build-demo-image");
-        crate::run(Command::new(script).arg(&dir));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = std::fs::read(repo.join("demo/shoal-demo")).unwrap_or_default();
+    let stamp = dir.join(".shoal-demo.built-from");
+    let current = std::fs::read(&stamp).is_ok_and(|s| s == script);
+    if !tar.is_file() || !current {
+        crate::run(Command::new(repo.join("cloud-init/build-demo-image")).arg(&dir));
+        let _ = std::fs::write(&stamp, &script);
     }
     dir
 }

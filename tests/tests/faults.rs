@@ -12,21 +12,17 @@
 //! `agent_and_dockerd_restarts_converge_back` kills an agent mid-setup (SIGKILL, then
 //! restarted) and restarts a VM's dockerd.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::coordinator::{bin, TestCoordinator};
 use shoal_e2e::require_privileges;
+use shoal_e2e::vm::{nodes, processes, vm_dir};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker"];
 const BOOT: Duration = Duration::from_secs(180);
 const NODES: usize = 3;
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
 
 /// A coordinator that stops itself at `point`.
 fn coordinator_stopping_at(point: &str) -> TestCoordinator {
@@ -65,42 +61,6 @@ fn kill_at(c: &mut TestCoordinator, point: &str) {
         std::thread::sleep(Duration::from_millis(5));
     }
     c.stop("KILL");
-}
-
-/// Processes whose command line contains `needle` and whose program is `program`.
-fn processes(program: &str, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
-            continue;
-        }
-        if args.first().is_some_and(|a| a.ends_with(program))
-            && args.iter().any(|a| a.contains(needle))
-        {
-            out.push(format!(
-                "{}: {}",
-                e.file_name().to_string_lossy(),
-                args.join(" ")
-            ));
-        }
-    }
-    out
-}
-
-fn vm_dir(node: &Value) -> PathBuf {
-    Path::new(node["agent_log"].as_str().expect("agent_log"))
-        .parent()
-        .expect("vm dir")
-        .to_path_buf()
 }
 
 /// Every node of `name` was made exactly once, and the cluster runs.

@@ -24,11 +24,17 @@ pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "st
 pub(super) const NOT_TERMINATED: [&str; 5] =
     ["pending", "running", "stopping", "stopped", "shutting-down"];
 
-/// The idempotency token of a node's `RunInstances`: the same cluster and node always
-/// give the same token (at most 64 ASCII characters, as EC2 requires), so a call
-/// repeated after a timeout or a crash returns the instance launched the first time.
-pub fn client_token(cluster: &ClusterRef, node_id: &str) -> String {
-    let digest = Sha256::digest(format!("{}\0{}", cluster.tag(), node_id).as_bytes());
+/// The idempotency token of a node's `RunInstances`: the same cluster, node and
+/// incarnation always give the same token (at most 64 ASCII characters, as EC2
+/// requires), so a call repeated after a timeout or a crash returns the instance
+/// launched the first time; a repaired node (the next incarnation) gets a new one.
+pub fn client_token(cluster: &ClusterRef, node_id: &str, incarnation: u32) -> String {
+    let key = match incarnation {
+        // The first VM's token is what it was before repairs existed.
+        0 => format!("{}\0{}", cluster.tag(), node_id),
+        n => format!("{}\0{}\0{n}", cluster.tag(), node_id),
+    };
+    let digest = Sha256::digest(key.as_bytes());
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     let uid: String = cluster
         .uid
@@ -204,7 +210,10 @@ async fn run(
         )
         .set("MinCount", "1")
         .set("MaxCount", "1")
-        .set("ClientToken", client_token(cluster, &node.node_id))
+        .set(
+            "ClientToken",
+            client_token(cluster, &node.node_id, node.incarnation),
+        )
         .set(
             "UserData",
             base64::engine::general_purpose::STANDARD.encode(&node.user_data),
@@ -397,19 +406,22 @@ mod tests {
     #[test]
     fn client_tokens_are_stable_short_ascii_and_distinct() {
         let c = test_cluster();
-        let t = client_token(&c, "node-0");
-        assert_eq!(t, client_token(&c, "node-0"));
-        assert_ne!(t, client_token(&c, "node-1"));
+        let t = client_token(&c, "node-0", 0);
+        assert_eq!(t, client_token(&c, "node-0", 0));
+        assert_ne!(t, client_token(&c, "node-1", 0));
+        // A repaired node's new VM is a new launch.
+        assert_ne!(t, client_token(&c, "node-0", 1));
+        assert_ne!(client_token(&c, "node-0", 1), client_token(&c, "node-0", 2));
         let other = ClusterRef {
             name: "demo".into(),
             uid: "ba9876543210".into(),
         };
-        assert_ne!(t, client_token(&other, "node-0"));
+        assert_ne!(t, client_token(&other, "node-0", 0));
         let long = ClusterRef {
             name: "a".repeat(63),
             uid: "0123456789ab".into(),
         };
-        for tok in [t.clone(), client_token(&long, &"n".repeat(200))] {
+        for tok in [t.clone(), client_token(&long, &"n".repeat(200), 7)] {
             assert!(tok.len() <= 64 && tok.is_ascii(), "{tok}");
         }
         assert!(t.starts_with("shoal-0123456789ab-"), "{t}");

@@ -311,6 +311,32 @@ impl Provider for AwsProvider {
         })
     }
 
+    fn delete_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let client = self.client(params)?;
+            // Their instances, found by tag as deletion finds everything; the primary
+            // network interface and the root volume go with each (EC2 deletes both on
+            // termination), the cluster's network stays.
+            let ids: Vec<String> = instances::list(&client, cluster, Some(&NOT_TERMINATED))
+                .await?
+                .into_iter()
+                .filter(|i| i.node_id.as_ref().is_some_and(|n| nodes.contains(n)))
+                .map(|i| i.id)
+                .collect();
+            if ids.is_empty() {
+                tracing::info!(cluster = %cluster.tag(), nodes = ?nodes, "no instance left for these nodes");
+                return Ok(());
+            }
+            tracing::info!(cluster = %cluster.tag(), nodes = ?nodes, instances = ?ids, "terminating the nodes' instances");
+            instances::terminate(&client, &self.timing.wait, &ids).await
+        })
+    }
+
     fn delete_cluster<'a>(
         &'a self,
         cluster: &'a ClusterRef,
