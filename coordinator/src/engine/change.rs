@@ -308,6 +308,7 @@ impl Engine {
             )));
         };
         crate::fault::point("scale-recorded");
+        self.signals(name).ready.send_replace(0);
         self.register_nodes(name).await?;
         tracing::info!(cluster = %name, change = id, %summary, add = ?change.spec.add, remove = ?change.spec.remove, "scale requested");
         self.spawn_change(name);
@@ -390,6 +391,7 @@ impl Engine {
             )));
         };
         crate::fault::point("repair-recorded");
+        self.signals(name).ready.send_replace(0);
         // The old VMs' tokens stop working now: a lost node that comes back cannot
         // report over its replacement.
         self.register_nodes(name).await?;
@@ -540,7 +542,13 @@ impl Engine {
             at = step::VMS_CREATED;
         }
         if at == step::VMS_CREATED {
-            self.publish_if_changed(name).await?;
+            // A new generation even when the plan reads the same (a cloud may give the
+            // new VM the old one's address and id): the repair is a change of its own,
+            // each node's convergence to it on record. Once: a change resumed after the
+            // publication carries its generation already.
+            if ch.generation.is_none() {
+                self.publish_plan(name).await?;
+            }
             crate::fault::point("repair-plan-published");
             self.step(name, id, step::PUBLISHED).await?;
         }

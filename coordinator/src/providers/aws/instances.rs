@@ -50,6 +50,8 @@ pub fn client_token(cluster: &ClusterRef, node_id: &str, incarnation: u32) -> St
 pub(super) struct Instance {
     pub(super) id: String,
     pub(super) node_id: Option<String>,
+    /// The network interface it was launched with (device index 0).
+    pub(super) primary_eni: Option<String>,
     state: String,
     private_ip: Option<Ipv4Addr>,
     public_ip: Option<String>,
@@ -71,9 +73,18 @@ impl Instance {
                 child_text(r, "message").unwrap_or_default().to_string(),
             ))
         });
+        let primary_eni = items(node, "networkInterfaceSet")
+            .into_iter()
+            .find_map(|n| {
+                let index = child(n, "attachment").and_then(|a| child_text(a, "deviceIndex"));
+                (index == Some("0"))
+                    .then(|| child_text(n, "networkInterfaceId").map(str::to_string))
+                    .flatten()
+            });
         Some(Instance {
             id: child_text(node, "instanceId")?.to_string(),
             node_id: tags(node).remove(TAG_NODE),
+            primary_eni,
             state,
             private_ip: child_text(node, "privateIpAddress").and_then(|a| a.parse().ok()),
             public_ip: child_text(node, "ipAddress")
@@ -360,6 +371,25 @@ pub(super) async fn terminate(
     }
 }
 
+/// Deletes network interfaces that outlived their instance: EC2 deletes an instance's
+/// primary interface with it, but one whose `DeleteOnTermination` was turned off (or an
+/// emulator that keeps it) is left `available`. One already gone is no error.
+pub(super) async fn delete_leftover_interfaces(
+    client: &QueryClient,
+    enis: &[String],
+) -> Result<(), ProviderError> {
+    for eni in enis {
+        call_tolerating(
+            client,
+            "DeleteNetworkInterface",
+            &Params::new().set("NetworkInterfaceId", eni.clone()),
+            &["InvalidNetworkInterfaceID.NotFound"],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A polling loop's schedule: jittered, growing pauses until an overall deadline.
 #[derive(Debug)]
 struct Polling<'a> {
@@ -444,6 +474,8 @@ mod tests {
     <instanceState><code>16</code><name>running</name></instanceState>
     <privateIpAddress>10.77.0.12</privateIpAddress>
     <ipAddress>203.0.113.9</ipAddress>
+    <networkInterfaceSet><item><networkInterfaceId>eni-0abc</networkInterfaceId>
+      <attachment><deviceIndex>0</deviceIndex></attachment></item></networkInterfaceSet>
     <instanceType>t3.medium</instanceType>
     <placement><availabilityZone>us-east-1a</availabilityZone></placement>
     <tagSet><item><key>shoal:node</key><value>node-2</value></item>
@@ -465,5 +497,6 @@ mod tests {
         assert_eq!(info.details["availability-zone"], "us-east-1a");
         assert_eq!(info.details["public-ip"], "203.0.113.9");
         assert_eq!(inst[0].node_id.as_deref(), Some("node-2"));
+        assert_eq!(inst[0].primary_eni.as_deref(), Some("eni-0abc"));
     }
 }
