@@ -533,6 +533,9 @@ fn create_request(f: &Fields) -> (CreateValues, Result<CreateRequest, String>) {
                 extra,
                 ..ProviderParams::default()
             },
+            // The form offers no auto-repair delay: `shoal cluster repair` (or the
+            // API) replaces lost nodes of clusters created here.
+            auto_repair_secs: None,
         })
     })();
     (values, req)

@@ -181,7 +181,10 @@ fn state_badge(state: ClusterState) -> String {
 pub fn in_flight(state: ClusterState) -> bool {
     matches!(
         state,
-        ClusterState::Requested | ClusterState::Creating | ClusterState::Deleting
+        ClusterState::Requested
+            | ClusterState::Creating
+            | ClusterState::Updating
+            | ClusterState::Deleting
     )
 }
 
@@ -918,7 +921,10 @@ mod tests {
             created_ms: 1_767_225_600_000,
             time_to_available_ms: None,
             resources: None,
+            auto_repair_secs: None,
             nodes: vec![],
+            changes: vec![],
+            events: vec![],
         }
     }
 
