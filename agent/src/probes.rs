@@ -452,6 +452,8 @@ mod tests {
                     slice: "10.240.1.0/24".parse().expect("cidr"),
                     gateway: "10.240.1.1".parse().expect("ip"),
                     containers: vec![c("namenode", "node-0", "10.240.1.2")],
+                    leaving: false,
+                    drain: None,
                 },
                 NodePlan {
                     id: "node-1".into(),
@@ -461,8 +463,11 @@ mod tests {
                     slice: "10.240.2.0/24".parse().expect("cidr"),
                     gateway: "10.240.2.1".parse().expect("ip"),
                     containers: vec![c("datanode", "node-1", "10.240.2.2")],
+                    leaving: false,
+                    drain: None,
                 },
             ],
+            liveness: None,
         }
     }
 

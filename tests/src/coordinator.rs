@@ -339,6 +339,86 @@ impl TestCoordinator {
         (code, body.to_string())
     }
 
+    /// Plays a node's agent on a cloud where nobody boots the VMs (moto, the fake ARM):
+    /// PUTs a report of `phase` on the cluster's current generation to the metadata API,
+    /// with the node's own key and token, which `credentials` reads out of its user-data
+    /// (`shoal user-data`). Returns the HTTP status.
+    pub fn report_as(
+        &self,
+        cluster: &str,
+        node: &str,
+        phase: &str,
+        credentials: impl Fn(&[u8]) -> (String, String),
+    ) -> u16 {
+        let user_data = self.shoal_ok(&["user-data", cluster, "--node", node]);
+        let (key, token) = credentials(user_data.as_bytes());
+        let generation = self.show(cluster)["generation"].as_u64().unwrap_or(0);
+        let body = serde_json::json!({
+            "phase": phase,
+            "generation": generation,
+            "agent_version": "e2e",
+        })
+        .to_string();
+        let url = format!(
+            "https://{}:8787{}",
+            self.gateway,
+            shoal_protocol::contract::status_path(&key, node)
+        );
+        let out = Command::new("curl")
+            .arg("-sS")
+            .arg("--cacert")
+            .arg(self.state_dir.join("ca.pem"))
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "Content-Type: application/json", "-d", &body, &url])
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "PUT status of {node}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
+    /// [`TestCoordinator::report_as`] for every node of `cluster`, panicking unless each
+    /// is accepted (204).
+    pub fn report_all(
+        &self,
+        cluster: &str,
+        phase: &str,
+        credentials: impl Fn(&[u8]) -> (String, String),
+    ) {
+        for n in crate::vm::nodes(&self.show(cluster)) {
+            let id = n["id"].as_str().expect("id");
+            assert_eq!(
+                self.report_as(cluster, id, phase, &credentials),
+                204,
+                "{id}"
+            );
+        }
+    }
+
+    /// Waits until the cluster's plan generation is at least `generation`.
+    pub fn wait_generation(&self, name: &str, generation: u64, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.show(name);
+            if v["generation"].as_u64().unwrap_or(0) >= generation {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cluster {name} has no generation {generation} after {timeout:?}: {v:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The operator token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.state_dir.join("token"))
