@@ -311,15 +311,19 @@ impl Agent {
             );
             changed = true;
         }
-        if !probes::has_probes(plan, &node_id) || !(loud || changed) {
+        // Only a container that (re)started may not answer yet: peers joining or
+        // leaving (FDB entries, hosts files) leave a ready node's services as they were.
+        let restarted =
+            !(report.created.is_empty() && report.replaced.is_empty() && report.started.is_empty());
+        if !probes::has_probes(plan, &node_id) || !(loud || restarted) {
             return Ok(Converged {
                 statuses: report.statuses,
                 changed,
             });
         }
 
-        // Probed on a first convergence and whenever containers changed; a quiet
-        // reconvergence that found everything in place leaves a ready node ready.
+        // Probed on a first convergence and whenever a container (re)started; a
+        // reconvergence that restarted nothing leaves a ready node ready.
         self.report(Phase::Probing, g, None, report.statuses).await;
         let probed = probes::wait_ready(&docker, plan, &node_id)
             .await
