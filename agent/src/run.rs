@@ -22,7 +22,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
-use crate::{config, containers, docker, images, netns, overlay, retry};
+use crate::{boot_milestones, config, containers, docker, images, netns, overlay, retry};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
@@ -96,6 +96,10 @@ struct Agent {
     undelivered: Option<NodeStatus>,
     /// Attempts at delivering `undelivered` so far.
     redeliveries: u32,
+    /// The OS's own boot, as last read ([`boot_milestones`]); sent with every report.
+    boot: tokio::sync::watch::Receiver<Option<shoal_protocol::BootReport>>,
+    /// The latest report, sent again when the boot report changes.
+    last: Option<NodeStatus>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -142,7 +146,24 @@ impl Agent {
             error,
             containers,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot: self.boot.borrow_and_update().clone(),
         };
+        self.deliver(status).await;
+    }
+
+    /// Sends the latest report again with the newest boot report: the OS's boot goes
+    /// on (cloud-init's last stage, systemd's end) after the agent reported ready.
+    async fn resend_with_boot(&mut self) {
+        let Some(mut status) = self.last.clone() else {
+            return;
+        };
+        status.boot = self.boot.borrow_and_update().clone();
+        self.deliver(status).await;
+    }
+
+    async fn deliver(&mut self, status: NodeStatus) {
+        let phase = status.phase;
+        self.last = Some(status.clone());
         // A few quick tries only: the node's convergence does not wait for the
         // coordinator, and an undelivered report is sent again later (the latest one).
         match self.client.report_with(&status, REPORT_ATTEMPTS).await {
@@ -359,7 +380,10 @@ pub async fn run(opts: RunOptions) -> i32 {
         converged_once: false,
         undelivered: None,
         redeliveries: 0,
+        boot: boot_milestones::watch(boot_milestones::Sources::default()),
+        last: None,
     };
+    let mut boot_open = true;
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(4);
@@ -435,6 +459,11 @@ pub async fn run(opts: RunOptions) -> i32 {
             () = redeliver_sleep => {
                 agent.redeliver().await;
             }
+            changed = agent.boot.changed(), if boot_open => match changed {
+                Ok(()) => agent.resend_with_boot().await,
+                // The boot is complete (or there is none to read): nothing more comes.
+                Err(_) => boot_open = false,
+            },
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping (containers keep running)");
                 return exit::OK;
