@@ -147,16 +147,19 @@ pub struct Options {
     pub region: Option<String>,
     /// `--set profile=NAME` for AWS.
     pub profile: Option<String>,
+    /// The qemu provider's base image (default `<state-dir>/vm-image`).
+    pub qemu_image: Option<PathBuf>,
 }
 
 /// The providers `doctor` knows.
-pub const PROVIDERS: &[&str] = &["local", "aws", "azure"];
+pub const PROVIDERS: &[&str] = &["local", "qemu", "aws", "azure"];
 
 /// Runs every check for the chosen provider.
 pub async fn run(opts: &Options) -> Report {
     let mut checks = Vec::new();
     match opts.provider.as_str() {
         "local" => local_checks(opts, &mut checks),
+        "qemu" => qemu_checks(opts, &mut checks),
         "aws" => aws_checks(opts, &mut checks),
         "azure" => azure_checks(opts, &mut checks),
         other => checks.push(check(
@@ -216,21 +219,42 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
-    let root = is_root();
-    checks.push(if root {
+/// One check per tool (name, Debian package, what it is for): found on `PATH`, or how
+/// to install it.
+fn tool_checks(tools: &[(&str, &str, &str)]) -> Vec<Check> {
+    tools
+        .iter()
+        .map(|(tool, package, why)| match which(tool) {
+            Some(p) => check(tool, Status::Ok, format!("{} ({why})", p.display()), None),
+            None => check(
+                tool,
+                Status::Fail,
+                format!("{tool} not found on PATH: needed for {why}"),
+                Some(format!("apt-get install {package}")),
+            ),
+        })
+        .collect()
+}
+
+/// The `root` check: `why` says what the provider does that needs it.
+fn root_check(why: &str) -> Check {
+    if is_root() {
         check("root", Status::Ok, "running as root", None)
     } else {
         check(
             "root",
             Status::Fail,
-            format!(
-                "running as uid {}: the local provider creates network namespaces and runs a dockerd per VM",
-                nix::unistd::geteuid()
-            ),
+            format!("running as uid {}: {why}", nix::unistd::geteuid()),
             Some("run `shoal serve` (and this check) as root, e.g. with sudo".into()),
         )
-    });
+    }
+}
+
+fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
+    let root = is_root();
+    checks.push(root_check(
+        "the local provider creates network namespaces and runs a dockerd per VM",
+    ));
 
     checks.push(match which("dockerd") {
         None => check(
@@ -262,7 +286,7 @@ fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
         },
     });
 
-    for (tool, package, why) in [
+    checks.extend(tool_checks(&[
         ("ip", "iproute2", "namespaces, veths, the VPC bridge"),
         (
             "nsenter",
@@ -274,17 +298,7 @@ fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
             "iptables",
             "each VM's dockerd masquerades traffic leaving the overlay",
         ),
-    ] {
-        checks.push(match which(tool) {
-            Some(p) => check(tool, Status::Ok, format!("{} ({why})", p.display()), None),
-            None => check(
-                tool,
-                Status::Fail,
-                format!("{tool} not found on PATH: needed for {why}"),
-                Some(format!("apt-get install {package}")),
-            ),
-        });
-    }
+    ]));
 
     kernel_checks(root, checks);
     forward_check(root, checks);
@@ -327,6 +341,120 @@ fn local_checks(opts: &Options, checks: &mut Vec<Check>) {
             )),
         )
     });
+}
+
+fn qemu_checks(opts: &Options, checks: &mut Vec<Check>) {
+    use crate::providers::qemu::{self, BaseImage};
+    let root = is_root();
+    checks.push(root_check(
+        "the qemu provider makes taps and a VPC namespace",
+    ));
+    checks.push(match which(qemu::QEMU) {
+        None => check(
+            qemu::QEMU,
+            Status::Fail,
+            format!("{} not found on PATH: it runs the VMs", qemu::QEMU),
+            Some("apt-get install -t bookworm-backports qemu-system-x86 (on Debian 12 it must match qemu-utils; scripts/install-deps does it)".into()),
+        ),
+        Some(p) => match output(&p, &["--version"]) {
+            Ok(v) => check(
+                qemu::QEMU,
+                Status::Ok,
+                format!("{}: {}", p.display(), v.lines().next().unwrap_or("").trim()),
+                None,
+            ),
+            Err(e) => check(qemu::QEMU, Status::Fail, e, Some("reinstall qemu-system-x86".into())),
+        },
+    });
+    checks.extend(tool_checks(&[
+        (
+            "qemu-img",
+            "qemu-utils",
+            "each VM's qcow2 overlay on the base image",
+        ),
+        (
+            "genisoimage",
+            "genisoimage",
+            "each VM's NoCloud seed (user-data, meta-data, network-config)",
+        ),
+        ("ip", "iproute2", "the VPC namespace, its bridge, the taps"),
+        (
+            "nsenter",
+            "util-linux",
+            "starts qemu inside the VPC namespace",
+        ),
+    ]));
+    checks.push(if Path::new("/dev/net/tun").exists() {
+        check("tun", Status::Ok, "/dev/net/tun (the VMs' taps)", None)
+    } else {
+        check(
+            "tun",
+            Status::Fail,
+            "/dev/net/tun is missing: the VMs' taps need it",
+            Some("modprobe tun".into()),
+        )
+    });
+    let probe = qemu::KvmProbe::read();
+    checks.push(match qemu::decide_accel(qemu::AccelChoice::Auto, &probe) {
+        Ok(a) => check(
+            "accelerator",
+            if a.accel == qemu::Accel::Kvm {
+                Status::Ok
+            } else {
+                Status::Info
+            },
+            format!("{}: {}", a.accel.as_str(), a.why),
+            None,
+        ),
+        Err(e) => check("accelerator", Status::Fail, e, None),
+    });
+    let image = opts
+        .qemu_image
+        .clone()
+        .unwrap_or_else(|| opts.state_dir.join("vm-image"));
+    checks.push(match BaseImage::open(&image) {
+        Ok(img) => check(
+            "base-image",
+            Status::Ok,
+            format!(
+                "{} (build {}, kernel command line {:?})",
+                image.display(),
+                img.manifest.key,
+                img.manifest.cmdline
+            ),
+            None,
+        ),
+        Err(e) => check(
+            "base-image",
+            Status::Fail,
+            e,
+            Some(format!(
+                "cloud-init/build-vm-image (from Shoal's source tree, as root; ~5 minutes the first time), then `shoal serve --qemu-image target/vm-image/current` (or link it to {})",
+                image.display()
+            )),
+        ),
+    });
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024);
+    if let Some(mib) = available {
+        let vms = mib / u64::from(qemu::MEMORY_MIB + 256);
+        checks.push(check(
+            "memory",
+            if vms == 0 { Status::Warn } else { Status::Info },
+            format!(
+                "{mib} MiB available: room for about {vms} VM(s) of {} MiB (and qemu's own ~256 MiB)",
+                qemu::MEMORY_MIB
+            ),
+            None,
+        ));
+    }
+    kernel_checks(root, checks);
 }
 
 /// `Docker version 20.10.24+dfsg1, build 297e128` → (20, 10).
@@ -848,7 +976,8 @@ async fn coordinator_check(opts: &Options) -> Check {
             Some("fix that where the coordinator runs, then restart `shoal serve`".into()),
         );
     }
-    if opts.provider != "local" && health["advertise_url"].is_null() {
+    // The local and qemu providers' VMs reach the coordinator on this machine.
+    if !matches!(opts.provider.as_str(), "local" | "qemu") && health["advertise_url"].is_null() {
         return check(
             NAME,
             Status::Fail,
@@ -965,6 +1094,7 @@ mod tests {
             coordinator: None,
             region: None,
             profile: None,
+            qemu_image: None,
         })
         .await;
         assert!(!r.ok);

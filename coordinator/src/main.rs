@@ -41,6 +41,12 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|| "shoal-agent".into())
                 });
                 let opts = ServeOptions {
+                    qemu_image: a
+                        .qemu_image
+                        .clone()
+                        .unwrap_or_else(|| state_dir.join("vm-image")),
+                    qemu_vpc: a.qemu_vpc,
+                    qemu_accel: a.qemu_accel,
                     image_dir: a
                         .image_dir
                         .clone()

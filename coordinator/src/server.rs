@@ -17,6 +17,7 @@ use crate::keys;
 use crate::listener::{self, Limits};
 use crate::metadata;
 use crate::providers::local::{LocalProvider, LocalSettings};
+use crate::providers::qemu::{self, QemuProvider, QemuSettings};
 use crate::providers::Provider;
 use crate::store::Store;
 use crate::tls::{self, Ca};
@@ -53,6 +54,12 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// Limits of the metadata listener (rate, connections, timeouts).
     pub metadata_limits: Limits,
+    /// The qemu provider's base image directory (`cloud-init/build-vm-image`).
+    pub qemu_image: PathBuf,
+    /// The qemu provider's VPC range.
+    pub qemu_vpc: Ipv4Net,
+    /// The qemu provider's accelerator choice.
+    pub qemu_accel: qemu::AccelChoice,
 }
 
 /// What `serve` writes for the CLI: where the operator API is.
@@ -133,6 +140,39 @@ fn check_options(opts: &ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The qemu provider, or why it cannot run here. Its VMs reach the metadata listener
+/// through their VPC's gateway (this machine), at the listener's own address: one on
+/// loopback is out of their reach.
+fn qemu_provider(
+    opts: &ServeOptions,
+    metadata_addr: SocketAddr,
+) -> Result<Arc<QemuProvider>, String> {
+    QemuProvider::usable()?;
+    let accel = qemu::decide_accel(opts.qemu_accel, &qemu::KvmProbe::read())?;
+    let scheme = if opts.insecure_http { "http" } else { "https" };
+    let host = match metadata_addr.ip() {
+        a if a.is_loopback() => {
+            return Err(format!(
+                "the metadata listener is on loopback ({metadata_addr}), out of the VMs' reach: give --metadata-listen ADDRESS:PORT"
+            ))
+        }
+        a if a.is_unspecified() => std::net::IpAddr::V4(
+            opts.qemu_vpc.hosts().next().unwrap_or(opts.qemu_vpc.network()),
+        ),
+        a => a,
+    };
+    let p = QemuProvider::new(QemuSettings {
+        dir: opts.state_dir.join("qemu"),
+        prefix: opts.local_prefix.clone(),
+        vpc: opts.qemu_vpc,
+        image: opts.qemu_image.clone(),
+        metadata_url: format!("{scheme}://{}", SocketAddr::new(host, metadata_addr.port())),
+        accel,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(p))
+}
+
 /// Runs the coordinator until SIGINT or SIGTERM.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     check_options(&opts)?;
@@ -185,10 +225,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         (None, Some(l)) => SocketAddr::from((l.gateway(), DEFAULT_METADATA_PORT)),
         (None, None) => SocketAddr::from(([127, 0, 0, 1], DEFAULT_METADATA_PORT)),
     };
+    let qemu = match qemu_provider(&opts, metadata_addr) {
+        Ok(p) => {
+            tracing::info!(accel = p.accel().accel.as_str(), why = %p.accel().why, "qemu provider available");
+            providers.push(p.clone());
+            Some(p)
+        }
+        Err(why) => {
+            unavailable.insert("qemu".to_string(), why);
+            None
+        }
+    };
     // One certificate for both listeners: every address they are reached at.
     let mut addresses = vec![metadata_addr.ip()];
     if let Some(l) = &local {
         addresses.push(l.gateway().into());
+    }
+    if let Some(q) = &qemu {
+        addresses.push(q.gateway().into());
     }
     if api_tls_needed {
         addresses.push(opts.api_listen.ip());
@@ -314,6 +368,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .is_some_and(|i| i.pid == std::process::id());
     if ours {
         let _ = std::fs::remove_file(&info_path);
+    }
+    if let Some(q) = qemu {
+        match q.teardown_vpc_if_unused().await {
+            Ok(true) => tracing::info!("qemu VPC removed (no VM left)"),
+            Ok(false) => tracing::info!("qemu VPC kept: qemu clusters still exist"),
+            Err(e) => tracing::warn!(error = %e, "removing the qemu VPC failed"),
+        }
     }
     if let Some(l) = local {
         match l.teardown_vpc_if_unused().await {

@@ -43,6 +43,12 @@ pub fn image_dir() -> PathBuf {
     dir
 }
 
+/// The qemu provider's base image made by `cloud-init/build-vm-image`
+/// (`target/vm-image/current`; it may not exist: only the qemu tests need it).
+pub fn vm_image_dir() -> PathBuf {
+    target_dir().join("vm-image").join("current")
+}
+
 /// A running coordinator.
 #[derive(Debug)]
 pub struct TestCoordinator {
@@ -54,6 +60,9 @@ pub struct TestCoordinator {
     pub vpc: String,
     /// The gateway (metadata listener) address.
     pub gateway: String,
+    /// The qemu provider's VPC range (a /24 of 10.219.0.0/16, the same third octet as
+    /// the local VPC's).
+    pub qemu_vpc: String,
     /// Environment variables every start of the server gets (cloud credentials and
     /// endpoints), on top of the test's own environment.
     pub env: Vec<(String, String)>,
@@ -77,8 +86,9 @@ impl TestCoordinator {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter, skipping
-        // any whose gateway address a coordinator of another test process holds.
+        // A /24 of 10.214.0.0/16 per coordinator (and the same one of 10.219.0.0/16 for
+        // its qemu VPC), from the pid and a counter, skipping any whose gateway address
+        // a coordinator of another test process holds.
         let in_use = Command::new("ip")
             .args(["-o", "-4", "addr", "show"])
             .output()
@@ -87,7 +97,10 @@ impl TestCoordinator {
         let first = std::process::id().wrapping_mul(7).wrapping_add(n * 31);
         let octet = (0..250)
             .map(|i| (first.wrapping_add(i * 37)) % 250 + 1)
-            .find(|o| !in_use.contains(&format!(" 10.214.{o}.1/")))
+            .find(|o| {
+                !in_use.contains(&format!(" 10.214.{o}.1/"))
+                    && !in_use.contains(&format!(" 10.219.{o}.1/"))
+            })
             .expect("a free test VPC range in 10.214.0.0/16");
         let prefix = format!("t{}x{n}", std::process::id() % 1000);
         let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
@@ -95,6 +108,7 @@ impl TestCoordinator {
         std::fs::create_dir_all(&state_dir).expect("state dir");
         let mut c = TestCoordinator {
             vpc: format!("10.214.{octet}.0/24"),
+            qemu_vpc: format!("10.219.{octet}.0/24"),
             gateway: format!("10.214.{octet}.1"),
             prefix,
             log: state_dir.join("serve.log"),
@@ -124,6 +138,9 @@ impl TestCoordinator {
             .arg("serve")
             .args(["--api-listen", "127.0.0.1:0"])
             .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix])
+            .args(["--qemu-vpc", &self.qemu_vpc])
+            .arg("--qemu-image")
+            .arg(vm_image_dir())
             .arg("--agent-bin")
             .arg(bin("shoal-agent"))
             .arg("--image-dir")
@@ -313,18 +330,49 @@ impl TestCoordinator {
             .expect("run docker")
     }
 
-    /// Everything this coordinator's local provider may leave behind: namespaces with
-    /// its prefix, processes in them, mounts under its state dir. Empty when clean.
+    /// Everything this coordinator's local and qemu providers may leave behind:
+    /// namespaces with its prefix, processes in them or naming its state dir (dockerds,
+    /// agents, qemus), taps on the qemu VPC bridge, VM files (overlays, seeds), mounts
+    /// under its state dir. Empty when clean.
     pub fn leftovers(&self, cluster_only: bool) -> Vec<String> {
         let mut out = Vec::new();
         let pattern = format!("{}-", self.prefix);
+        let vpcs = [
+            format!("{}-vpc", self.prefix),
+            format!("{}-qvpc", self.prefix),
+        ];
         if let Ok(d) = std::fs::read_dir("/run/netns") {
             for e in d.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&pattern) && !(cluster_only && n == format!("{}-vpc", self.prefix))
-                {
+                if n.starts_with(&pattern) && !(cluster_only && vpcs.contains(&n)) {
                     out.push(format!("namespace {n}"));
                 }
+            }
+        }
+        let qvpc = Path::new("/run/netns").join(&vpcs[1]);
+        if qvpc.exists() {
+            let links = Command::new("ip")
+                .args(["-n", &vpcs[1], "-o", "link", "show", "type", "tun"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for l in links.lines() {
+                if let Some(name) = l.split(':').nth(1) {
+                    out.push(format!("tap {} in {}", name.trim(), vpcs[1]));
+                }
+            }
+        }
+        let vms = self.state_dir.join("qemu").join("vms");
+        for cluster in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(cluster.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(format!("VM files {}", f.path().display()));
+            }
+            if std::fs::read_dir(cluster.path()).is_ok() {
+                out.push(format!("VM directory {}", cluster.path().display()));
             }
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -352,9 +400,10 @@ impl TestCoordinator {
             }
         }
         if !cluster_only {
-            let host_link = Path::new("/sys/class/net").join(format!("{}-vpc", self.prefix));
-            if host_link.exists() {
-                out.push(format!("link {}-vpc", self.prefix));
+            for link in &vpcs {
+                if Path::new("/sys/class/net").join(link).exists() {
+                    out.push(format!("link {link}"));
+                }
             }
         }
         out

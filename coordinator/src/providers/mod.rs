@@ -1,5 +1,6 @@
 //! Cloud providers: one trait, implemented by `local` (network namespaces on this
-//! machine), `aws` (EC2 Query API) and `azure` (Azure Resource Manager).
+//! machine), `qemu` (real VMs on this machine, booted through cloud-init), `aws` (EC2
+//! Query API) and `azure` (Azure Resource Manager).
 //!
 //! A provider creates a cluster's VMs with the user-data the engine rendered for each
 //! node, describes them, and deletes everything the cluster owns. Every call must be
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod aws;
 pub mod azure;
 pub mod local;
+pub mod qemu;
 
 /// The cluster a provider call is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +156,9 @@ pub enum ProviderError {
     /// Setting up a local VM failed.
     #[error("local: {0}")]
     Local(String),
+    /// Setting up a qemu VM failed.
+    #[error("qemu: {0}")]
+    Qemu(String),
 }
 
 /// What every provider does. Methods return boxed futures so the engine can hold
