@@ -197,6 +197,42 @@ impl TestCoordinator {
         }
     }
 
+    /// Waits (up to `timeout`) until a coordinator started with `SHOAL_FAULT_STOP_AT`
+    /// reached `point` and stopped itself there, then kills it with SIGKILL: a crash at
+    /// exactly that point (see `coordinator/src/fault.rs`).
+    pub fn kill_at(&mut self, point: &str, timeout: Duration) {
+        let marker = self.state_dir.join(format!("fault-{point}"));
+        let start = Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < timeout,
+                "the coordinator never reached {point}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The marker is written just before SIGSTOP; wait until it took effect, so the
+        // kill lands at the point and not a little after it.
+        let pid = self.pid().expect("running");
+        let start = Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if state == Some("T") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not stopped: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop("KILL");
+    }
+
     /// Runs the CLI against this coordinator.
     pub fn shoal(&self, args: &[&str]) -> Output {
         Command::new(bin("shoal"))

@@ -2,7 +2,8 @@
 //! base image (`cloud-init/build-vm-image`) through cloud-init, with the demo blueprint.
 //! What a user would check: cloud-init finished without errors, the agent ran as the
 //! systemd unit, containers on the two VMs reach each other by FQDN over the overlay,
-//! the OS's boot is on the timeline, and deleting leaves nothing. Privileged and slow
+//! the OS's boot is on the timeline, a coordinator crash while the VMs boot starts no
+//! second qemu, and deleting leaves nothing. Privileged and slow
 //! (~6 minutes under TCG): run through `scripts/test` as root.
 
 use std::path::PathBuf;
@@ -55,6 +56,25 @@ fn wait_for(
     }
 }
 
+/// The qemu processes of this coordinator's VMs (their command line names its state
+/// directory), sorted.
+fn qemu_pids(c: &TestCoordinator) -> Vec<u32> {
+    let dir = c.state_dir.display().to_string();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            comm.starts_with("qemu") && String::from_utf8_lossy(&cmd).contains(&dir)
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// cloud-init's status as the agent read it on the VM (`running`, `done`, `error`).
 fn cloud_init_status(n: &Value) -> Option<&str> {
     n["boot"]["cloud_init"]["status"].as_str()
@@ -70,7 +90,9 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
         "{} is missing: build the base image first (cloud-init/build-vm-image; scripts/test does)",
         image.display()
     );
-    let c = TestCoordinator::start();
+    // The coordinator crashes once the VMs run and before it recorded them: the
+    // resumed creation must find them running, not start a second qemu.
+    let mut c = TestCoordinator::start_with_env(&[], &[("SHOAL_FAULT_STOP_AT", "vms-created")]);
 
     // doctor names the accelerator, by the rule: no real KVM here (a /dev/kvm of the
     // nested PVM module, no vmx/svm) means TCG.
@@ -107,8 +129,17 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
         "--nodes",
         "2",
     ]);
+    c.kill_at("vms-created", Duration::from_secs(120));
+    let before = qemu_pids(&c);
+    assert_eq!(before.len(), 2, "a qemu per VM, running on after the crash");
+    c.spawn(&[]);
     let v = wait_for(&c, "qd", BOOT, "AVAILABLE", |v| v["state"] == "AVAILABLE");
     let available = started.elapsed();
+    assert_eq!(
+        qemu_pids(&c),
+        before,
+        "the resumed creation started no other qemu"
+    );
     let ns = nodes(&v);
     assert_eq!(ns.len(), 2);
     // `show` says which accelerator runs the VMs.
@@ -135,6 +166,8 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
         },
     );
     let ns = nodes(&v);
+    let text = c.shoal_ok(&["cluster", "timeline", "qd"]);
+    eprintln!("AVAILABLE after {:.0} s\n{text}", available.as_secs_f64());
     for n in &ns {
         let boot = &n["boot"];
         assert_eq!(
@@ -151,7 +184,8 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
                 .is_some_and(|d| d.contains("NoCloud")),
             "{boot:#}"
         );
-        // The agent ran as the systemd unit of the image, started by systemd.
+        // The agent ran as the systemd unit of the image, started by systemd: it reports
+        // a boot only as the main process of its unit (systemctl show -p MainPID).
         assert_eq!(boot["agent_unit"], "shoal-agent.service", "{boot:#}");
         let stages: Vec<&str> = boot["stages"]
             .as_array()
@@ -182,12 +216,6 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
         assert!(
             console.contains("DataSourceNoCloud"),
             "console of {}",
-            n["id"]
-        );
-        assert!(
-            console.contains("Started shoal-agent.service")
-                || console.contains("shoal-agent.servic"),
-            "systemd did not start the agent's unit on {}",
             n["id"]
         );
     }
@@ -235,7 +263,6 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
     // The timeline draws the OS's boot under each node, and says what Shoal added.
     let timeline: Value =
         serde_json::from_str(&c.shoal_ok(&["cluster", "timeline", "qd", "--json"])).expect("json");
-    let text = c.shoal_ok(&["cluster", "timeline", "qd"]);
     assert!(
         text.contains("  cloud-init ") && text.contains("OS (VM clock)"),
         "{text}"
@@ -243,7 +270,6 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
     for n in timeline["nodes"].as_array().expect("nodes") {
         assert!(n["os"]["docker_to_ready_ms"].as_u64().is_some(), "{n:#}");
     }
-    eprintln!("AVAILABLE after {:.0} s\n{text}", available.as_secs_f64());
 
     // Delete leaves nothing: no qemu, no tap, no overlay or seed, no namespace of the
     // cluster.
@@ -260,16 +286,5 @@ fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
     let left = c.leftovers(true);
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(files.iter().all(|f| !f.exists()), "{files:?}");
-    let qemus = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(&c.state_dir.display().to_string())
-                && std::fs::read_to_string(e.path().join("comm"))
-                    .is_ok_and(|c| c.starts_with("qemu"))
-        })
-        .count();
-    assert_eq!(qemus, 0);
+    assert_eq!(qemu_pids(&c), Vec::<u32>::new());
 }
