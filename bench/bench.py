@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Shoal's benchmarks (run through bench/run; see docs/benchmarks.md).
 
-Five measurements, each against the approach Shoal replaces or against its target:
+Eight measurements, each against the approach Shoal replaces or against its target:
 
 1. cluster     time to AVAILABLE of local demo clusters (3 and 10 nodes), by phase
 2. agent       shoal-agent against bench/shell-agent.sh (curl + jq + ip + bridge + the
@@ -10,7 +10,13 @@ Five measurements, each against the approach Shoal replaces or against its targe
 4. metadata    the coordinator's metadata router against nginx serving the same plan
                bytes (wrk), and the memory of 10,000 held long-polls
 5. footprint   the static agent's size, peak RSS and CPU time while converging
-6. qemu        real VMs (the qemu provider, TCG here): the OS's own boot stages
+6. status      1,000 agents reporting at once to a real `shoal serve`: reports/s, latency
+               and fsyncs per report, against the coordinator before its store took
+               reports off the async workers with group commit (commit dd7d294)
+7. console     what watching a cluster costs the coordinator: the web console's event
+               streams (five tabs) against polling the API every second, idle and
+               while 1,000 agents report
+8. qemu        real VMs (the qemu provider, TCG here): the OS's own boot stages
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
                Not in the default set (minutes per run): `--only qemu`.
@@ -1173,7 +1179,7 @@ def bench_metadata(rep, args):
         rows.append([who, summary([x["rps"] for x in res[who]], "req/s"), summary([x["p50"] for x in res[who]], "ms", 2),
                      summary([x["p99"] for x in res[who]], "ms", 2)])
     lines = [
-        f"The plan of a 100-node demo cluster ({size} bytes), built by `shoal::planner::build` "
+        f"The plan of a 100-node demo cluster ({size} bytes), built by `shoal::engine::planner::build` "
         "and served by the coordinator's own metadata router (`coordinator/examples/metadata_bench.rs`) "
         "or by Debian's nginx from a file with the same bytes. "
         f"`wrk -t2 -c{conns} -d{seconds}s --latency` on loopback, {runs} run(s) each, alternating. "
@@ -1195,6 +1201,316 @@ def bench_metadata(rep, args):
               "the coordinator's RSS before and while holding them (target: < 100 MiB):", ""]
     lines += table(["served by", "RSS before", "RSS holding them", "growth", ""], body)
     rep.section("4. Metadata serving", lines)
+
+
+# ---------------------------------------------------------------------------------
+# 6. Status reports against a real `shoal serve`, before and after group commit
+
+# main before issue #12: every report a transaction of its own (one fsync each), run on
+# a tokio worker under a std mutex.
+BASELINE_COMMIT = "dd7d294"
+
+
+def baseline_shoal():
+    """`shoal` as it was at BASELINE_COMMIT, built once into target/bench-baseline
+    (seeded with this tree's release artifacts, so only Shoal's own crates compile).
+    None when the commit is not in this clone (a shallow CI clone)."""
+    base = TARGET / "bench-baseline"
+    binary = base / "target" / "release" / "shoal"
+    stamp = base / "commit"
+    if binary.exists() and stamp.exists() and stamp.read_text().strip() == BASELINE_COMMIT:
+        return binary
+    if run(["git", "-C", str(REPO), "cat-file", "-e", BASELINE_COMMIT + "^{commit}"], check=False).returncode:
+        log(f"status: commit {BASELINE_COMMIT} is not in this clone; no baseline")
+        return None
+    src = base / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    run(["bash", "-c", f"git -C '{REPO}' archive {BASELINE_COMMIT} | tar -x -C '{src}'"])
+    if not (base / "target" / "release").exists() and RELEASE.exists():
+        (base / "target").mkdir(parents=True, exist_ok=True)
+        run(["cp", "-a", str(RELEASE), str(base / "target" / "release")])
+    log(f"status: building the baseline coordinator ({BASELINE_COMMIT}, release; once, then cached)")
+    run(["cargo", "build", "--release", "--quiet", "-p", "shoal", "--bin", "shoal"], cwd=src,
+        env={**os.environ, "CARGO_TARGET_DIR": str(base / "target")})
+    stamp.write_text(BASELINE_COMMIT)
+    return binary
+
+
+def strace_fsyncs(path):
+    """fsync + fdatasync calls in a `strace -c` summary."""
+    n = 0
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if f and f[-1] in ("fsync", "fdatasync") and len(f) >= 5:
+            n += int(f[3])
+    return n
+
+
+class SeededServe:
+    """`binary` serving a CREATING cluster of `nodes` nodes (`bench`, its plan published),
+    seeded by `metadata_bench --seed-only` in `work`; the agents' configurations are in
+    `work/agents`. A context manager: the server stops on exit."""
+
+    def __init__(self, binary, work, nodes, prefix, octet, label):
+        self.binary, self.work, self.nodes, self.prefix, self.octet, self.label = (
+            binary, work, nodes, prefix, octet, label)
+        self.state = work / "state"
+        self.port = None
+        self.p = None
+        self.logf = None
+
+    def __enter__(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(self.work), "--nodes", str(self.nodes),
+             "--first-ip", "10.217.0.10", "--seed-only"])
+        self.port = free_port()
+        self.logf = open(self.work / "serve.log", "w")
+        self.p = subprocess.Popen(
+            [str(self.binary), "--state-dir", str(self.state), "serve", "--api-listen", "127.0.0.1:0",
+             "--metadata-listen", f"127.0.0.1:{self.port}", "--rate-limit", "0",
+             "--max-conns-per-source", "10000", "--local-vpc", f"10.216.{self.octet}.0/24",
+             "--local-prefix", self.prefix],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env={**os.environ, "RUST_LOG": "warn"})
+        deadline = time.monotonic() + 30
+        while not (self.state / "api.json").exists():
+            if self.p.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise BenchError(f"{self.label}: shoal serve did not start: "
+                                 f"{(self.work / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        if self.p:
+            self.p.terminate()
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self.logf:
+            self.logf.close()
+
+    def load(self, rounds):
+        """Every agent reports `rounds` times, all at once (status_load); its JSON line."""
+        out = json.loads(run([str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{self.port}",
+                              "--ca", str(self.state / "ca.pem"), "--agents", str(self.work / "agents"),
+                              "--rounds", str(rounds)]).stdout)
+        if out["errors"]:
+            raise BenchError(f"{self.label}: {out['errors']} reports refused")
+        return out
+
+    def api(self):
+        """The operator API's (host, port) and token."""
+        url = json.loads((self.state / "api.json").read_text())["url"]
+        host, port = url.removeprefix("http://").split(":")
+        return host, int(port), (self.state / "token").read_text().strip()
+
+    def cpu_seconds(self):
+        """The server's CPU time so far (user + system)."""
+        f = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_run(binary, label, nodes, rounds, prefix, octet):
+    """Seeds a CREATING cluster of `nodes` nodes, serves it with `binary`, and has every
+    node report `rounds` times at once; then again under strace to count fsyncs."""
+    with SeededServe(binary, OUT / "status" / label, nodes, prefix, octet, label) as srv:
+        out = srv.load(rounds)
+        trace = srv.work / "strace.txt"
+        st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace),
+                               "-p", str(srv.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        traced = srv.load(2)
+        st.send_signal(signal.SIGINT)
+        st.wait(30)
+        out["fsyncs"] = strace_fsyncs(trace)
+        out["traced_reports"] = traced["reports"]
+        out["fsyncs_per_report"] = out["fsyncs"] / max(traced["reports"], 1)
+        return out
+
+
+def bench_status(rep, args, prefix, octet):
+    nodes = 200 if args.quick else 1000
+    rounds = 2 if args.quick else 5
+    runs = 1 if args.quick else args.runs
+    if shutil.which("strace") is None:
+        raise BenchError("strace is missing (bench/run installs it)")
+    variants = [("after", RELEASE / "shoal")]
+    base = None if args.quick else baseline_shoal()
+    if base:
+        variants.insert(0, ("before", base))
+    res = {v: [] for v, _ in variants}
+    for r in range(runs):
+        for label, binary in variants:
+            log(f"status: {nodes} agents x {rounds} reports ({label}), run {r + 1}/{runs}")
+            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet))
+    rep.raw["status"] = res
+    names = {"before": f"before (`{BASELINE_COMMIT}`: one transaction and fsync per report, on the async workers)",
+             "after": "after (a database thread, group commit)"}
+    rows = []
+    for label, _ in variants:
+        x = res[label]
+        rows.append([names[label], summary([v["per_sec"] for v in x], "reports/s"),
+                     summary([v["p50_ms"] for v in x], "ms", 1), summary([v["p99_ms"] for v in x], "ms", 1),
+                     summary([v["first_round_p99_ms"] for v in x], "ms", 0),
+                     summary([v["fsyncs_per_report"] for v in x], "", 3)])
+    lines = [
+        f"{nodes} simulated agents (`coordinator/examples/status_load.rs`, one HTTPS client each) report "
+        f"{rounds} times each, all at once, to a real `shoal serve` holding a CREATING cluster of {nodes} nodes "
+        "(seeded by `metadata_bench --seed-only`), TLS with the coordinator's CA, rate limit off. "
+        "fsyncs are counted by `strace -f -c -e trace=fsync,fdatasync` on the coordinator in a second pass "
+        f"of 2 reports per agent. {runs} run(s), alternating.",
+        "",
+    ]
+    lines += table(["coordinator", "reports/s", "p50", "p99", "p99 of the first report (TLS handshake)",
+                    "fsyncs per report"], rows)
+    if not base:
+        lines += ["", "(No baseline in this run: --quick, or the baseline commit is not in this clone.)"]
+    rep.section("6. Status reports", lines)
+
+
+# ---------------------------------------------------------------------------------
+# 7. Watching a cluster: the console's event streams against polling the API
+
+
+class Watcher(threading.Thread):
+    """One browser tab's worth of watching: a console event stream (`sse` path, with the
+    session cookie), or `GET path` with the bearer token every `every` seconds (what a
+    dashboard or `watch shoal cluster show` does). Counts updates and bytes received."""
+
+    def __init__(self, host, port, path, cookie=None, token=None, every=None):
+        super().__init__(daemon=True)
+        self.host, self.port, self.path, self.cookie, self.token, self.every = host, port, path, cookie, token, every
+        self.stop = threading.Event()
+        self.updates = 0
+        self.bytes = 0
+        self.error = None
+        self.conn = None
+
+    def run(self):
+        try:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            if self.every is None:
+                self.conn.request("GET", self.path, headers={"Cookie": self.cookie, "Accept": "text/event-stream"})
+                r = self.conn.getresponse()
+                if r.status != 200:
+                    raise BenchError(f"{self.path}: {r.status}")
+                while not self.stop.is_set():
+                    line = r.fp.readline()
+                    if not line:
+                        break
+                    self.bytes += len(line)
+                    if line.startswith(b"event: update"):
+                        self.updates += 1
+            else:
+                while not self.stop.is_set():
+                    self.conn.request("GET", self.path, headers={"Authorization": f"Bearer {self.token}"})
+                    r = self.conn.getresponse()
+                    body = r.read()
+                    if r.status != 200:
+                        raise BenchError(f"{self.path}: {r.status}")
+                    self.bytes += len(body)
+                    self.updates += 1
+                    self.stop.wait(self.every)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            if not self.stop.is_set():
+                self.error = e
+        except BenchError as e:
+            self.error = e
+
+    def finish(self):
+        self.stop.set()
+        try:
+            if self.conn and self.conn.sock:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        if self.error:
+            raise BenchError(f"watcher {self.path}: {self.error}")
+
+
+def console_login(host, port, token):
+    """A console session's cookie, as a browser gets it."""
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    c.request("POST", "/console/login", body=f"token={token}",
+              headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{host}:{port}"})
+    r = c.getresponse()
+    r.read()
+    if r.status != 303:
+        raise BenchError(f"console login: {r.status}")
+    return r.getheader("Set-Cookie").split(";")[0]
+
+
+def bench_console(rep, args, prefix, octet):
+    nodes = 200 if args.quick else 1000
+    tabs = 5
+    window = 3 if args.quick else 8
+    # Eight windows a run: three runs are enough to see the spread.
+    runs = 1 if args.quick else min(args.runs, 3)
+    variants = [
+        ("none", "no watcher", None),
+        ("sse-list", f"{tabs} console tabs on the list (event streams)", "/console/events"),
+        ("sse-cluster", f"{tabs} console tabs on the cluster's page (event streams)", "/console/clusters/bench/events"),
+        ("poll", f"{tabs} pollers of `GET /v1/clusters/bench` every 1 s (the API)", "/v1/clusters/bench"),
+    ]
+    res = {(v, busy): [] for v, _, _ in variants for busy in (False, True)}
+    with SeededServe(RELEASE / "shoal", OUT / "console", nodes, prefix, octet, "console") as srv:
+        host, port, token = srv.api()
+        cookie = console_login(host, port, token)
+        for r in range(runs):
+            for busy in (False, True):
+                for key, _, path in variants:
+                    log(f"console: {key}, {'agents reporting' if busy else 'idle'}, run {r + 1}/{runs}")
+                    ws = []
+                    if path:
+                        ws = [Watcher(host, port, path, cookie=cookie) if path.startswith("/console")
+                              else Watcher(host, port, path, token=token, every=1.0) for _ in range(tabs)]
+                    for w in ws:
+                        w.start()
+                    time.sleep(1.0)  # connected, first render sent
+                    before = sum(w.updates for w in ws), sum(w.bytes for w in ws)
+                    cpu0, t0 = srv.cpu_seconds(), time.monotonic()
+                    reports = 0
+                    while time.monotonic() - t0 < window:
+                        if busy:
+                            reports += srv.load(1)["reports"]
+                        else:
+                            time.sleep(0.2)
+                    cpu, wall = srv.cpu_seconds() - cpu0, time.monotonic() - t0
+                    updates = sum(w.updates for w in ws) - before[0]
+                    got = sum(w.bytes for w in ws) - before[1]
+                    for w in ws:
+                        w.finish()
+                    res[(key, busy)].append({"cpu_ms_per_s": cpu * 1000 / wall, "reports_per_s": reports / wall,
+                                             "updates_per_tab_s": updates / max(len(ws), 1) / wall,
+                                             "kb_per_tab_s": got / 1024 / max(len(ws), 1) / wall})
+    rep.raw["console"] = {f"{k}-{'busy' if b else 'idle'}": v for (k, b), v in res.items()}
+    rows = []
+    for key, name, _ in variants:
+        for busy in (False, True):
+            x = res[(key, busy)]
+            base = res[("none", busy)]
+            extra = [a["cpu_ms_per_s"] - b["cpu_ms_per_s"] for a, b in zip(x, base)]
+            rows.append([name, f"agents reporting ({summary([v['reports_per_s'] for v in x], '/s')})" if busy else "idle",
+                         summary([v["cpu_ms_per_s"] for v in x], "ms/s", 1),
+                         "-" if key == "none" else summary(extra, "ms/s", 1),
+                         "-" if key == "none" else summary([v["updates_per_tab_s"] for v in x], "/s", 2),
+                         "-" if key == "none" else summary([v["kb_per_tab_s"] for v in x], "KiB/s", 1)])
+    lines = [
+        f"A real `shoal serve` (release) holding a CREATING cluster of {nodes} nodes (seeded by "
+        f"`metadata_bench --seed-only`), watched for {window} s by {tabs} clients at once in each way, idle and "
+        f"while every agent reports once after the other without pause (`status_load --rounds 1` in a loop). "
+        "CPU is the coordinator's (user + system, from /proc), per second of wall time; \"extra\" is over "
+        "the same load with no watcher. Updates: events received (streams) or answers (pollers) per client. "
+        f"{runs} run(s).",
+        "",
+    ]
+    lines += table(["watching", "load", "coordinator CPU", "extra CPU", "updates per client", "received per client"], rows)
+    rep.section("7. Watching a cluster: console streams against polling", lines)
 
 
 # ---------------------------------------------------------------------------------
@@ -1335,14 +1651,14 @@ def bench_qemu(rep, args, prefix):
     shoal = statistics.median([n["shoal"] for k in (1, 2) for r in results[k] for n in r["nodes"]])
     lines += ["", f"Target: Docker ready → node ready < 5 s under TCG: {'met' if shoal < 5000 else 'missed'} "
               f"(median {shoal / 1000:.1f} s)."]
-    rep.section(f"6. Real VMs (qemu provider, {accel.upper()}): the OS's boot and Shoal's part", lines)
+    rep.section(f"8. Real VMs (qemu provider, {accel.upper()}): the OS's boot and Shoal's part", lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "qemu"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "qemu"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -1351,7 +1667,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -1376,6 +1692,10 @@ def main():
             bench_metadata(rep, args)
         if "footprint" in only:
             bench_footprint(rep, args)
+        if "status" in only:
+            bench_status(rep, args, tag + "s", (octet + 100) % 250 + 1)
+        if "console" in only:
+            bench_console(rep, args, tag + "w", (octet + 150) % 250 + 1)
         if "qemu" in only:
             bench_qemu(rep, args, tag + "q")
     except (BenchError, KeyboardInterrupt) as e:

@@ -26,6 +26,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use shoal_protocol::{reason, ContainerPlan, ContainerStatus, NetworkMode, NodePlan, Plan};
 
+use crate::docker::{self, is_not_found, ErrorKind};
+
 /// Label: the cluster a container belongs to.
 pub const LABEL_CLUSTER: &str = "io.shoal.cluster";
 /// Label: the node (plan id) a container was created for.
@@ -139,60 +141,19 @@ impl ContainerError {
     }
 }
 
-/// Whether a client error means the engine did not answer (rather than refused).
-pub fn engine_unreachable(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::IOError { .. }
-            | BollardError::HyperLegacyError { .. }
-            | BollardError::HyperResponseError { .. }
-            | BollardError::RequestTimeoutError
-            | BollardError::SocketNotFoundError(_)
-    )
-}
-
-/// The engine's own words for an error: its message for refusals, else the client
-/// error with its causes.
-pub fn engine_message(e: &BollardError) -> String {
-    match e {
-        BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
-        BollardError::DockerStreamError { error } => error.trim().to_string(),
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
-    }
-}
-
 fn engine_error(action: &'static str, container: &str, e: BollardError) -> ContainerError {
-    if engine_unreachable(&e) {
+    if ErrorKind::of(&e) == ErrorKind::Unreachable {
         ContainerError::Unreachable {
             target: container.to_string(),
-            message: engine_message(&e),
+            message: docker::message(&e),
         }
     } else {
         ContainerError::Engine {
             action,
             container: container.to_string(),
-            message: engine_message(&e),
+            message: docker::message(&e),
         }
     }
-}
-
-fn is_not_found(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 /// The `/etc/hosts` entries of container `c`: every container of the cluster by FQDN
@@ -379,14 +340,15 @@ async fn remove(docker: &Docker, name: &str, stop_secs: i32) -> Result<(), Conta
     let stop = StopContainerOptionsBuilder::default().t(stop_secs).build();
     match docker.stop_container(name, Some(stop)).await {
         Ok(()) => {}
-        // 304: already stopped; 404: already gone.
-        Err(BollardError::DockerResponseServerError {
-            status_code: 304 | 404,
-            ..
-        }) => {}
-        Err(e) if engine_unreachable(&e) => return Err(engine_error("stop", name, e)),
-        // A stop that fails is settled by the forced removal below.
-        Err(e) => tracing::warn!(container = %name, "stop failed: {}", engine_message(&e)),
+        Err(e) => match ErrorKind::of(&e) {
+            // Already stopped, or already gone.
+            ErrorKind::NotModified | ErrorKind::NotFound => {}
+            ErrorKind::Unreachable => return Err(engine_error("stop", name, e)),
+            // A stop that fails is settled by the forced removal below.
+            ErrorKind::Refused => {
+                tracing::warn!(container = %name, "stop failed: {}", docker::message(&e))
+            }
+        },
     }
     let rm = RemoveContainerOptionsBuilder::default().force(true).build();
     match docker.remove_container(name, Some(rm)).await {

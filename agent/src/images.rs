@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bollard::auth::DockerCredentials;
-use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{CreateImageOptionsBuilder, ImportImageOptionsBuilder};
 use bollard::Docker;
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use futures_util::StreamExt;
 use shoal_protocol::{image_tarball_name, reason, Plan, RegistryAuth};
 use tokio::io::AsyncReadExt;
 
-use crate::containers::{engine_message, engine_unreachable};
+use crate::docker::{self, ErrorKind};
 
 /// Size of the chunks a tarball is streamed to the engine in.
 const LOAD_CHUNK: usize = 256 * 1024;
@@ -88,7 +87,7 @@ pub enum ImageError {
         held: String,
     },
     /// Neither present nor baked, and the pull failed.
-    #[error("image {image} is not present, not baked in ({} does not exist), and pulling it failed: {message}", tarball.display())]
+    #[error("image {image} is not present, not baked in ({} does not exist), and pulling it from {} failed: {message}", tarball.display(), shoal_protocol::registry_of(image))]
     Pull {
         /// The image.
         image: String,
@@ -166,17 +165,17 @@ pub async fn ensure(
 async fn is_present(docker: &Docker, image: &str) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
         Ok(_) => Ok(true),
-        Err(BollardError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(false),
-        Err(e) if engine_unreachable(&e) => Err(ImageError::Unreachable {
-            image: image.to_string(),
-            message: engine_message(&e),
-        }),
-        Err(e) => Err(ImageError::Inspect {
-            image: image.to_string(),
-            message: engine_message(&e),
-        }),
+        Err(e) => match ErrorKind::of(&e) {
+            ErrorKind::NotFound => Ok(false),
+            ErrorKind::Unreachable => Err(ImageError::Unreachable {
+                image: image.to_string(),
+                message: docker::message(&e),
+            }),
+            ErrorKind::NotModified | ErrorKind::Refused => Err(ImageError::Inspect {
+                image: image.to_string(),
+                message: docker::message(&e),
+            }),
+        },
     }
 }
 
@@ -220,7 +219,7 @@ async fn load(docker: &Docker, image: &str, path: &Path) -> Result<(), ImageErro
                 return Err(ImageError::Load {
                     image: image.to_string(),
                     path: path.to_path_buf(),
-                    message: engine_message(&e),
+                    message: docker::message(&e),
                 })
             }
         }
@@ -270,7 +269,7 @@ async fn pull(
         .boxed();
     while let Some(item) = progress.next().await {
         if let Err(e) = item {
-            return Err(fail(engine_message(&e)));
+            return Err(fail(docker::message(&e)));
         }
     }
     if is_present(docker, image).await? {

@@ -22,6 +22,7 @@ use shoal_protocol::{reason, Plan};
 
 pub use shoal_protocol::VXLAN_OVERHEAD;
 
+use crate::docker::{is_not_found, ErrorKind};
 use crate::netlink::{self, Link, NetlinkError, VxlanParams};
 
 /// The Docker network every overlay container joins.
@@ -158,37 +159,24 @@ impl OverlayError {
     }
 }
 
-/// Classifies a Docker API error: transport failures mean the engine is unreachable,
-/// anything the engine answered is a refusal.
+/// Words a Docker API error on the network: [`OverlayError::DockerUnreachable`] when the
+/// engine did not answer, else [`OverlayError::Docker`].
 fn docker_error(action: &str, source: BollardError) -> OverlayError {
     let network = NETWORK_NAME.to_string();
     let action = action.to_string();
-    match source {
-        BollardError::IOError { .. }
-        | BollardError::HyperResponseError { .. }
-        | BollardError::HyperLegacyError { .. }
-        | BollardError::RequestTimeoutError
-        | BollardError::SocketNotFoundError(_) => OverlayError::DockerUnreachable {
+    if ErrorKind::of(&source) == ErrorKind::Unreachable {
+        OverlayError::DockerUnreachable {
             network,
             action,
             source,
-        },
-        source => OverlayError::Docker {
-            network,
-            action,
-            source,
-        },
-    }
-}
-
-fn is_not_found(error: &BollardError) -> bool {
-    matches!(
-        error,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
         }
-    )
+    } else {
+        OverlayError::Docker {
+            network,
+            action,
+            source,
+        }
+    }
 }
 
 /// What [`converge`] did.

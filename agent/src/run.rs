@@ -1,8 +1,10 @@
 //! The boot sequence and the resident loop.
 //!
 //! 1. Read the configuration; report `agent-started`.
-//! 2. Long-poll the plan until one is ready, within the configured deadline (after it:
-//!    exit [`exit::UNREACHABLE`] with what could not be reached).
+//! 2. Long-poll the plan until one is ready. Until then the configured deadline
+//!    (`deadline_secs`) runs from the coordinator's last answer (a 204 at the end of a
+//!    long-poll is one): past it, even with a request in flight, the agent exits
+//!    [`exit::UNREACHABLE`] with what could not be reached.
 //! 3. Validate the whole plan and find this node before touching anything; a bad plan
 //!    is reported (`plan-invalid`) and the agent waits for a newer one.
 //! 4. Converge: network (overlay), images, containers; each phase reported with its
@@ -12,7 +14,7 @@
 //!    after a failure (with backoff).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -32,7 +34,8 @@ pub mod exit {
     pub const CONFIG: i32 = 2;
     /// The coordinator could not be reached (or kept failing) until the deadline.
     pub const UNREACHABLE: i32 = 3;
-    /// The coordinator refused the agent (unknown cluster key: 404; bad node token: 401/403).
+    /// The coordinator refused the agent (unknown cluster key: 404; bad node token:
+    /// 401/403), or answered with a redirect, which the agent never follows.
     pub const REFUSED: i32 = 4;
     /// The plan failed validation, or does not list this node; nothing was changed
     /// (`--once` only: a resident agent waits for a newer plan).
@@ -100,6 +103,10 @@ struct Agent {
     boot: tokio::sync::watch::Receiver<Option<shoal_protocol::BootReport>>,
     /// The latest report, sent again when the boot report changes.
     last: Option<NodeStatus>,
+    /// The configured deadline (`deadline_secs`) while the node has no valid plan: no
+    /// request carries the agent further than that past the coordinator's last answer.
+    /// `None` once a plan is held: a resident agent keeps trying.
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -166,7 +173,11 @@ impl Agent {
         self.last = Some(status.clone());
         // A few quick tries only: the node's convergence does not wait for the
         // coordinator, and an undelivered report is sent again later (the latest one).
-        match self.client.report_with(&status, REPORT_ATTEMPTS).await {
+        match self
+            .client
+            .report_with(&status, REPORT_ATTEMPTS, self.deadline)
+            .await
+        {
             Ok(()) => {
                 self.undelivered = None;
                 self.redeliveries = 0;
@@ -178,7 +189,8 @@ impl Agent {
                 self.redeliveries = 0;
             }
             Err(e) => {
-                // Refused (401, 404, 400): sending it again would be refused again.
+                // Refused (401, 404, 400) or redirected: sending it again would be
+                // answered the same way.
                 tracing::warn!(%phase, error = %e, "status report refused");
                 self.undelivered = None;
             }
@@ -198,7 +210,7 @@ impl Agent {
             return;
         };
         self.redeliveries = self.redeliveries.saturating_add(1);
-        match self.client.report_with(&status, 1).await {
+        match self.client.report_with(&status, 1, self.deadline).await {
             Ok(()) => {
                 tracing::info!(phase = %status.phase, attempts = self.redeliveries, "status report delivered after all");
                 self.undelivered = None;
@@ -218,24 +230,22 @@ impl Agent {
                 return Ok(d.clone());
             }
         }
-        let start = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match docker::connect(&self.opts.docker_host).await {
-                Ok(d) => {
-                    self.docker = Some(d.clone());
-                    return Ok(d);
-                }
-                Err(e) => {
-                    let wait = retry::delay(&retry::DOCKER, attempt);
-                    if start.elapsed() + wait > retry::DOCKER.deadline {
-                        return Err(Failure::new(reason::DOCKER_UNREACHABLE, e.to_string()));
-                    }
-                    tracing::info!(attempt, error = %e, "Docker not reachable yet; retrying");
-                    tokio::time::sleep(wait).await;
-                }
+        let host = self.opts.docker_host.clone();
+        let policy = retry::Policy::new("connecting to Docker", retry::DOCKER);
+        let connected = retry::run(&policy, || async {
+            docker::connect(&host).await.map_err(|e| match e {
+                // A malformed endpoint stays malformed.
+                docker::DockerError::BadHost(_) => retry::Attempt::Fail(e),
+                docker::DockerError::Unreachable { .. } => retry::Attempt::retry(e),
+            })
+        })
+        .await;
+        match connected {
+            Ok(d) => {
+                self.docker = Some(d.clone());
+                Ok(d)
             }
+            Err(e) => Err(Failure::new(reason::DOCKER_UNREACHABLE, e.to_string())),
         }
     }
 
@@ -309,14 +319,17 @@ impl Agent {
 /// reconvergence; a broken stream (daemon restart) signals one too once it is back.
 fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
     tokio::spawn(async move {
-        let mut broken = false;
+        // Set once a stream that was up broke (a daemon restart, most likely): the
+        // reconnection then signals a reconvergence. A first connection that fails
+        // (dockerd still starting at boot, while the first convergence waits for it
+        // anyway) signals nothing.
+        let mut lost = false;
         loop {
             let Ok(d) = docker::connect(&docker_host).await else {
-                broken = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            if broken {
+            if lost {
                 let _ = tx.try_send(());
             }
             let filters = std::collections::HashMap::from([
@@ -328,8 +341,12 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
                 .build();
             let mut events = d.events(Some(opts));
             while let Some(ev) = events.next().await {
-                let Ok(ev) = ev else {
-                    break;
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::info!(error = %docker::message(&e), "the Docker event stream broke; reconnecting");
+                        break;
+                    }
                 };
                 let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
                 let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
@@ -338,7 +355,7 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
                     let _ = tx.try_send(());
                 }
             }
-            broken = true;
+            lost = true;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
@@ -368,7 +385,6 @@ pub async fn run(opts: RunOptions) -> i32 {
             return exit::CONFIG;
         }
     };
-    let boot = Instant::now();
     let deadline = Duration::from_secs(cfg.deadline_secs);
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
     let mut agent = Agent {
@@ -382,6 +398,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         redeliveries: 0,
         boot: boot_milestones::watch(boot_milestones::Sources::default()),
         last: None,
+        deadline: Some(deadline),
     };
     let mut boot_open = true;
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
@@ -394,10 +411,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     let mut retry_at: Option<tokio::time::Instant> = None;
 
     loop {
-        // Before the first plan the deadline runs; afterwards the agent waits for ever.
-        let limit = current
-            .is_none()
-            .then(|| deadline.saturating_sub(boot.elapsed()));
+        let limit = agent.deadline;
         let retry_sleep = async {
             match retry_at {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -419,7 +433,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                     eprintln!("shoal-agent: {e}");
                     return exit::UNREACHABLE;
                 }
-                Err(e @ FetchError::Refused { .. }) => {
+                Err(e @ (FetchError::Refused { .. } | FetchError::Redirected { .. })) => {
                     tracing::error!("{e}");
                     eprintln!("shoal-agent: {e}");
                     return exit::REFUSED;
@@ -436,6 +450,8 @@ pub async fn run(opts: RunOptions) -> i32 {
                 Ok(Fetched::Plan(plan)) => {
                     tracing::info!(generation = plan.generation, "plan received");
                     after = plan.generation;
+                    // From the first plan on, the agent keeps trying for ever.
+                    agent.deadline = None;
                     agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
                     if !watching && !agent.opts.once {
                         watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());

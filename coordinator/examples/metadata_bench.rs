@@ -1,7 +1,7 @@
 //! The coordinator's metadata endpoint, alone, for benchmarks (`bench/run`).
 //!
 //! It serves a synthetic cluster through the real code path: the plan is built by
-//! `shoal::planner::build` from a built-in blueprint, stored in a real `Store` (SQLite
+//! `shoal::engine::planner::build` from a built-in blueprint, stored in a real `Store` (SQLite
 //! in a scratch directory), and served by `shoal::metadata::router` over an `Engine`,
 //! exactly as `shoal serve` serves it, but without booting a single VM. So a 100-node
 //! plan can be load-tested, 10,000 long-polls held, and real agents pointed at it.
@@ -17,6 +17,10 @@
 //! With `--hold`, the plan is built but not published (answers are 204) until a line
 //! `publish` arrives on stdin; then it prints `published <unix µs>`. The line `stats`
 //! prints `waiting <held long-polls> rss_kib <resident set>`. End of stdin stops it.
+//!
+//! With `--seed-only`, it stores the cluster (CREATING, its plan published) in
+//! `DIR/state` and exits without serving: `shoal serve --state-dir DIR/state` then
+//! resumes it and takes its agents' reports (the status-report benchmark).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,13 +29,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::body::Bytes;
 use clap::Parser;
 use shoal::blueprint::Blueprint;
+use shoal::engine::planner::{self, PlannedNode};
 use shoal::engine::{Engine, EngineSettings};
-use shoal::planner::{self, PlannedNode};
+use shoal::providers::registry::Registry;
 use shoal::providers::ProviderParams;
-use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store};
+use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, SqliteStore, Store};
 use shoal::{keys, metadata};
 use shoal_protocol::{AgentConfig, Phase};
 
@@ -67,6 +71,9 @@ struct Args {
     /// and so does not hold a second read buffer for each held long-poll.
     #[arg(long)]
     half_close: bool,
+    /// Store the cluster with its plan published, then exit without serving.
+    #[arg(long)]
+    seed_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,7 +138,7 @@ fn rss_kib() -> u64 {
 async fn run(args: Args) -> anyhow::Result<()> {
     let name = "bench";
     std::fs::create_dir_all(args.dir.join("agents"))?;
-    let store = Arc::new(Store::open(&args.dir.join("state"))?);
+    let store = Arc::new(SqliteStore::open(&args.dir.join("state"))?);
     let blueprint = Blueprint::built_in(&args.blueprint)
         .with_context(|| format!("no built-in blueprint {:?}", args.blueprint))??;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -151,11 +158,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         key: key.clone(),
         generation: 0,
         plan: None,
-        blueprint: serde_json::to_string(&blueprint)?,
+        blueprint: blueprint.clone(),
         params: ProviderParams::default(),
         metadata_url: metadata_url.clone(),
         node_count: args.nodes,
-        overlay: args.overlay.clone(),
+        overlay: args.overlay.parse()?,
         vni: 4242,
         domain: blueprint.domain.clone(),
         created_ms: now,
@@ -201,42 +208,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &serde_json::to_vec_pretty(&cfg)?,
         )?;
     }
-    store.insert_cluster(&cluster, &rows)?;
+    store.insert_cluster(&cluster, &rows).await?;
     write_private(&args.dir.join("key"), key.as_bytes())?;
 
-    let mut plan = planner::build(
-        name,
-        &blueprint,
-        args.overlay.parse()?,
-        cluster.vni,
-        &planned,
-    )?;
+    let mut plan = planner::build(name, &blueprint, cluster.overlay, cluster.vni, &planned)?;
+    // The store assigns the first generation, 1: the file holds what will be served.
     plan.generation = 1;
-    let json = serde_json::to_string(&plan)?;
-    std::fs::write(args.dir.join("plan.json"), &json)?;
+    std::fs::write(args.dir.join("plan.json"), serde_json::to_string(&plan)?)?;
 
     let engine = Engine::new(
         store.clone(),
-        Vec::new(),
-        BTreeMap::new(),
+        Registry::default(),
         EngineSettings::default(),
-    )?;
+    )
+    .await?;
+    let md = engine.metadata_state();
     let publish = {
-        let engine = engine.clone();
+        let md = md.clone();
         let store = store.clone();
         let key = key.clone();
-        move || -> anyhow::Result<()> {
-            let generation = store.set_plan(name, &json)?;
-            engine
-                .hub
-                .publish(&key, generation, Bytes::from(json.clone()));
-            Ok(())
+        move || {
+            let (md, store, key, plan) = (md.clone(), store.clone(), key.clone(), plan.clone());
+            async move {
+                let stored = store.publish_plan(name, plan).await?;
+                md.hub.publish(&key, stored.generation(), stored.json);
+                anyhow::Ok(())
+            }
         }
     };
-    if !args.hold {
-        publish()?;
+    if !args.hold || args.seed_only {
+        publish().await?;
     }
-    let app = metadata::router(engine.clone());
+    if args.seed_only {
+        println!("seeded {}", args.dir.join("state").display());
+        return Ok(());
+    }
+    let app = metadata::router(md.clone());
     let server = if args.half_close {
         tokio::spawn(serve_half_close(listener, app))
     } else {
@@ -258,12 +265,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     while let Some(line) = lines.recv().await {
         match line.trim() {
             "publish" if !published => {
-                publish()?;
+                publish().await?;
                 published = true;
                 println!("published {}", unix_micros());
             }
             "publish" => println!("published already"),
-            "stats" => println!("waiting {} rss_kib {}", engine.hub.waiting(), rss_kib()),
+            "stats" => println!("waiting {} rss_kib {}", md.hub.waiting(), rss_kib()),
             other => println!("unknown command {other:?} (publish, stats)"),
         }
     }

@@ -18,6 +18,11 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("ambari", include_str!("../blueprints/ambari.toml")),
 ];
 
+/// The names of the built-in blueprints, for messages and completions.
+pub fn built_in_names() -> Vec<&'static str> {
+    BUILT_IN.iter().map(|(name, _)| *name).collect()
+}
+
 /// The built-in blueprint used when none is given.
 pub const DEFAULT_BLUEPRINT: &str = "demo";
 
@@ -68,15 +73,8 @@ impl std::fmt::Debug for RegistrySpec {
     }
 }
 
-/// The registry host of an image reference (`docker.io` when it names none).
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
+/// The registry host of an image reference (the one rule, shared with the agent).
+pub use shoal_protocol::registry_of;
 
 fn default_domain() -> String {
     DEFAULT_DOMAIN.to_string()
@@ -158,7 +156,7 @@ pub enum BlueprintError {
         message: String,
     },
     /// Neither a built-in name nor a readable file.
-    #[error("no blueprint {0:?}: it is neither a built-in one (demo, ambari) nor a readable file")]
+    #[error("no blueprint {0:?}: it is neither a built-in one ({names}) nor a readable file", names = built_in_names().join(", "))]
     NotFound(String),
 }
 
@@ -302,6 +300,17 @@ impl Blueprint {
             out.extend(std::iter::repeat_n(rest, (nodes - fixed) as usize));
         }
         Ok(out)
+    }
+
+    /// Every image the blueprint names, deduplicated, in order.
+    pub fn images(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in self.groups.iter().flat_map(|g| &g.containers) {
+            if !out.contains(&c.image) {
+                out.push(c.image.clone());
+            }
+        }
+        out
     }
 
     /// Every port the blueprint publishes (for cloud firewall rules).

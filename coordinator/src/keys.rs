@@ -4,6 +4,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 /// 256 random bits as 64 lowercase hex digits: cluster keys and tokens.
 pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -75,6 +78,31 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Re
     }
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// PEM armour (RFC 7468): base64 in 64-column lines.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The DER inside the first PEM block labelled `label`.
+pub fn pem_decode(label: &str, text: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    let b64: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    STANDARD.decode(b64).ok()
 }
 
 #[cfg(test)]

@@ -25,8 +25,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use shoal_protocol::Phase;
 
-use crate::engine::Engine;
-use crate::store::{ClusterState, StoreError};
+use crate::store::{ClusterState, StoreStats};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -179,8 +178,8 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric; `engine` supplies the gauges read from the store.
-    pub fn render(&self, engine: &Engine) -> Result<String, StoreError> {
+    /// Renders every metric; `snap` holds the gauges read at scrape time.
+    pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::with_capacity(8 << 10);
         header(
             &mut out,
@@ -209,19 +208,15 @@ impl Metrics {
 
         // Clusters by state, nodes by phase: every state and phase is listed, zeros
         // included, so a query never sees a series appear from nothing.
-        let clusters = engine.store.clusters()?;
         let mut by_state: BTreeMap<&'static str, u64> =
-            ALL_STATES.iter().map(|s| (s.as_str(), 0)).collect();
+            ClusterState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for (state, n) in &snap.clusters {
+            *by_state.entry(state.as_str()).or_insert(0) += n;
+        }
         let mut by_phase: BTreeMap<&'static str, u64> =
             ALL_PHASES.iter().map(|p| (p.as_str(), 0)).collect();
-        for c in &clusters {
-            *by_state.entry(c.state.as_str()).or_insert(0) += 1;
-            if c.state == ClusterState::Deleted {
-                continue;
-            }
-            for n in engine.store.nodes(&c.name)? {
-                *by_phase.entry(n.phase.as_str()).or_insert(0) += 1;
-            }
+        for (phase, n) in &snap.nodes {
+            *by_phase.entry(phase.as_str()).or_insert(0) += n;
         }
         header(
             &mut out,
@@ -330,7 +325,31 @@ impl Metrics {
             &mut out,
             "shoal_metadata_long_polls_in_flight",
             &[],
-            engine.hub.waiting() as f64,
+            snap.long_polls as f64,
+        );
+        header(
+            &mut out,
+            "shoal_store_commits_total",
+            "counter",
+            "Transactions the state store committed (each one durable write).",
+        );
+        sample(
+            &mut out,
+            "shoal_store_commits_total",
+            &[],
+            snap.store.commits as f64,
+        );
+        header(
+            &mut out,
+            "shoal_store_writes_total",
+            "counter",
+            "Writes the state store committed; writes arriving together share a commit.",
+        );
+        sample(
+            &mut out,
+            "shoal_store_writes_total",
+            &[],
+            snap.store.writes as f64,
         );
 
         let hist = self
@@ -345,18 +364,35 @@ impl Metrics {
             "Seconds from a cluster's request to AVAILABLE (every node ready).",
         );
         hist.write(&mut out, "shoal_cluster_time_to_available_seconds", &[]);
-        Ok(out)
+        out
     }
 }
 
-const ALL_STATES: &[ClusterState] = &[
-    ClusterState::Requested,
-    ClusterState::Creating,
-    ClusterState::Available,
-    ClusterState::Failed,
-    ClusterState::Deleting,
-    ClusterState::Deleted,
-];
+/// The gauges read at scrape time, which the engine gathers from the store and the
+/// plan hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Clusters by state.
+    pub clusters: BTreeMap<ClusterState, u64>,
+    /// Nodes of clusters not DELETED, by phase.
+    pub nodes: BTreeMap<Phase, u64>,
+    /// Plan requests waiting for a newer generation.
+    pub long_polls: usize,
+    /// The store's commits and writes.
+    pub store: StoreStats,
+}
+
+impl Snapshot {
+    /// Counts one cluster in `state`.
+    pub fn count_cluster(&mut self, state: ClusterState) {
+        *self.clusters.entry(state).or_insert(0) += 1;
+    }
+
+    /// Counts one node in `phase`.
+    pub fn count_node(&mut self, phase: Phase) {
+        *self.nodes.entry(phase).or_insert(0) += 1;
+    }
+}
 
 const ALL_PHASES: &[Phase] = &[
     Phase::Pending,
@@ -372,13 +408,8 @@ const ALL_PHASES: &[Phase] = &[
 
 /// Axum middleware for the metadata router: counts requests by route and status code
 /// and keeps the in-flight gauge.
-pub async fn track_metadata(
-    State(engine): State<Arc<Engine>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn track_metadata(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = shoal_protocol::contract::route_of(req.uri().path());
-    let m = &engine.metrics;
     m.metadata_in_flight.fetch_add(1, Ordering::Relaxed);
     // Decrements even if the request is dropped mid-way (a client hanging up on a
     // long-poll cancels this future).
@@ -443,17 +474,10 @@ fn format_float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineSettings;
-    use crate::store::Store;
 
-    fn engine() -> Arc<Engine> {
-        Engine::new(
-            Arc::new(Store::in_memory().expect("store")),
-            vec![],
-            BTreeMap::new(),
-            EngineSettings::default(),
-        )
-        .expect("engine")
+    /// An empty coordinator's snapshot: no cluster, no node, no long-poll.
+    fn empty() -> Snapshot {
+        Snapshot::default()
     }
 
     /// Every line is a comment (`# HELP`/`# TYPE`) or `name{labels} value` with a value
@@ -498,8 +522,7 @@ mod tests {
 
     #[test]
     fn an_empty_coordinator_lists_every_state_and_phase_at_zero() {
-        let e = engine();
-        let text = e.metrics.render(&e).expect("render");
+        let text = Metrics::default().render(&empty());
         let s = check_format(&text);
         assert_eq!(s["shoal_clusters{state=\"AVAILABLE\"}"], 0.0);
         assert_eq!(s["shoal_nodes{phase=\"ready\"}"], 0.0);
@@ -513,14 +536,13 @@ mod tests {
 
     #[test]
     fn provider_calls_and_histograms_are_cumulative() {
-        let e = engine();
-        let m = &e.metrics;
+        let m = Metrics::default();
         m.record_provider_call("aws", "create_nodes", 0.3, false);
         m.record_provider_call("aws", "create_nodes", 7.0, true);
         m.record_provider_call("local", "delete_cluster", 0.001, false);
         m.observe_available(2.5);
         m.observe_available(4000.0);
-        let s = check_format(&m.render(&e).expect("render"));
+        let s = check_format(&m.render(&empty()));
         let l = "provider=\"aws\",operation=\"create_nodes\"";
         assert_eq!(s[&format!("shoal_provider_calls_total{{{l}}}")], 2.0);
         assert_eq!(s[&format!("shoal_provider_errors_total{{{l}}}")], 1.0);
@@ -557,18 +579,16 @@ mod tests {
 
     #[tokio::test]
     async fn provider_call_counts_errors_of_the_wrapped_future() {
-        let e = engine();
-        let ok: Result<u8, String> = e
-            .metrics
+        let m = Metrics::default();
+        let ok: Result<u8, String> = m
             .provider_call("local", "describe_nodes", async { Ok(1) })
             .await;
         assert_eq!(ok, Ok(1));
-        let err: Result<u8, String> = e
-            .metrics
+        let err: Result<u8, String> = m
             .provider_call("local", "describe_nodes", async { Err("no".into()) })
             .await;
         assert!(err.is_err());
-        let s = check_format(&e.metrics.render(&e).expect("render"));
+        let s = check_format(&m.render(&empty()));
         let l = "provider=\"local\",operation=\"describe_nodes\"";
         assert_eq!(s[&format!("shoal_provider_calls_total{{{l}}}")], 2.0);
         assert_eq!(s[&format!("shoal_provider_errors_total{{{l}}}")], 1.0);

@@ -22,8 +22,8 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
-use crate::credentials::{pem_decode, pem_encode};
 use crate::keys;
+use crate::keys::{pem_decode, pem_encode};
 
 /// The CA certificate, in the state directory (mode 0644: it is public).
 pub const CA_CERT_FILE: &str = "ca.pem";

@@ -23,26 +23,12 @@ use std::io::{Read, Write};
 
 use shoal_protocol::{AgentConfig, AGENT_CONFIG_PATH};
 
-/// EC2's limit on user-data, in bytes, before base64: "User data is limited to 16 KB,
-/// in raw form, before it is base64-encoded" (Amazon EC2 User Guide, "Work with
-/// instance user data").
-pub const EC2_LIMIT: usize = 16 * 1024;
-
-/// Azure's limit on custom data, in bytes, before base64. The ARM reference for
-/// `osProfile.customData` says "The base-64 encoded string is decoded to a binary array
-/// that is saved as a file on the Virtual Machine. The maximum length of the binary
-/// array is 65535 bytes", and ARM's own refusal reads "Custom data in OSProfile must be
-/// in Base64 encoding and with a maximum length of 87380 characters" (87,380 = the
-/// base64 length of 65,535 bytes). The conceptual page's "can't exceed 64 KB" is this
-/// same limit, rounded.
-pub const AZURE_LIMIT: usize = 65_535;
-
 /// The systemd unit the document enables and starts (`cloud-init/shoal-agent.service`).
 pub const AGENT_UNIT: &str = "shoal-agent.service";
 
 /// The most bytes [`agent_config`] inflates gzip-compressed user-data to: far above any
-/// real document (the largest a cloud accepts is [`AZURE_LIMIT`]), and a bound against
-/// a gzip bomb.
+/// real document (the largest a cloud accepts is Azure's, 65,535 bytes), and a bound against a
+/// gzip bomb.
 pub const MAX_INFLATED_BYTES: usize = 1 << 20;
 
 /// The first line cloud-init requires of a cloud-config document.
@@ -72,17 +58,6 @@ pub enum UserDataError {
     /// Compressing the document failed (writing into memory: not expected to happen).
     #[error("cannot gzip-compress the user-data: {0}")]
     Gzip(#[source] std::io::Error),
-}
-
-/// The largest user-data (before base64) a provider's API accepts, by provider name:
-/// `aws` [`EC2_LIMIT`], `azure` [`AZURE_LIMIT`]; `None` (no limit) for `local` and
-/// anything else.
-pub fn limit_for(provider: &str) -> Option<usize> {
-    match provider {
-        "aws" => Some(EC2_LIMIT),
-        "azure" => Some(AZURE_LIMIT),
-        _ => None,
-    }
 }
 
 /// Renders the `#cloud-config` document for one node.
@@ -533,6 +508,8 @@ fn scalar(raw: &str, lineno: usize) -> Result<String, UserDataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::aws::USER_DATA_LIMIT as EC2_LIMIT;
+    use crate::providers::azure::USER_DATA_LIMIT as AZURE_LIMIT;
     use rand::RngCore;
 
     const KEY: &str = "3f9d2c7a1b4e8f6051a2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60789";
@@ -712,8 +689,8 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         // Azure takes it (plain is ~30 KiB), and no limit takes anything.
-        assert!(render_for("azure", &cfg, limit_for("azure")).is_ok());
-        assert!(render_for("local", &cfg, limit_for("local")).is_ok());
+        assert!(render_for("azure", &cfg, Some(AZURE_LIMIT)).is_ok());
+        assert!(render_for("local", &cfg, None).is_ok());
         // Over Azure's limit too, and random: refused there as well.
         let huge = config(Some(pem(120_000, true)));
         assert!(matches!(
@@ -726,10 +703,12 @@ mod tests {
     }
 
     #[test]
-    fn limits() {
-        assert_eq!(limit_for("aws"), Some(16_384));
-        assert_eq!(limit_for("azure"), Some(65_535));
-        assert_eq!(limit_for("local"), None);
+    fn each_provider_owns_its_limit() {
+        use crate::providers::Provider as _;
+        let aws = crate::providers::aws::AwsProvider::new();
+        assert_eq!(aws.user_data_limit(), Some(16_384));
+        assert_eq!(EC2_LIMIT, 16_384);
+        assert_eq!(AZURE_LIMIT, 65_535);
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shoal::credentials::{self, AzureCredential, CredentialError};
 use shoal::providers::azure::arm::ArmSettings;
 use shoal::providers::azure::auth::{Endpoints, TokenSource};
+use shoal::providers::azure::credentials::{self, AzureCredential, CredentialError};
+use shoal::providers::azure::USER_DATA_LIMIT as AZURE_LIMIT;
 use shoal::providers::azure::{AzureProvider, API_COMPUTE, API_NETWORK};
 use shoal::providers::{ClusterRef, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
-use shoal::userdata::AZURE_LIMIT;
 use shoal_e2e::fake_arm::FakeAzure;
 use shoal_protocol::backoff::Backoff;
 
@@ -1006,8 +1006,7 @@ async fn custom_data_passes_cloud_init_schema() {
             deadline_secs: 1800,
         };
         let user_data =
-            shoal::userdata::render_for("azure", &cfg, shoal::userdata::limit_for("azure"))
-                .expect("render");
+            shoal::userdata::render_for("azure", &cfg, Some(AZURE_LIMIT)).expect("render");
         reqs.push(NodeRequest {
             node_id: format!("node-{i}"),
             index: i,

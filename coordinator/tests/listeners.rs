@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use shoal::api::{self, ApiState};
 use shoal::engine::{Engine, EngineSettings};
-use shoal::listener::{self, Limits};
 use shoal::metadata;
+use shoal::providers::registry::Registry;
 use shoal::providers::ProviderParams;
-use shoal::store::{ClusterRow, ClusterState, NodeRow, Store};
+use shoal::server::listener::{self, Limits};
+use shoal::store::{ClusterRow, ClusterState, NodeRow, SqliteStore, Store};
 use shoal::tls::Ca;
 use shoal_protocol::Phase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,11 +48,11 @@ fn row(key: &str) -> ClusterRow {
         key: key.into(),
         generation: 0,
         plan: None,
-        blueprint: "{}".into(),
+        blueprint: shoal::store::conformance::cluster("lab").blueprint,
         params: ProviderParams::default(),
         metadata_url: "https://127.0.0.1:8787".into(),
         node_count: 1,
-        overlay: "10.240.0.0/16".into(),
+        overlay: "10.240.0.0/16".parse().expect("overlay"),
         vni: 7,
         domain: "shoal.internal".into(),
         created_ms: 1,
@@ -66,7 +67,7 @@ async fn fixture(limits: Limits, metadata_tls: bool) -> Fixture {
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = Ca::load_or_create(&dir).expect("ca");
     let tls = ca.server_config(&["127.0.0.1".into()]).expect("tls");
-    let store = Arc::new(Store::in_memory().expect("store"));
+    let store = Arc::new(SqliteStore::in_memory().expect("store"));
     let key = shoal::keys::random_secret();
     let token = shoal::keys::random_secret();
     store
@@ -86,20 +87,23 @@ async fn fixture(limits: Limits, metadata_tls: bool) -> Fixture {
                 updated_ms: 1,
             }],
         )
+        .await
         .expect("insert");
-    let engine =
-        Engine::new(store, vec![], BTreeMap::new(), EngineSettings::default()).expect("engine");
+    let engine = Engine::new(store, Registry::default(), EngineSettings::default())
+        .await
+        .expect("engine");
     let operator_token = shoal::keys::random_secret();
     let (stop_tx, stop_rx) = watch::channel(false);
     let md_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let api_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let md = md_l.local_addr().expect("addr");
     let api = api_l.local_addr().expect("addr");
-    let md_app = listener::defend(metadata::router(engine.clone()), &limits);
+    let md_app = listener::defend(metadata::router(engine.metadata_state()), &limits);
     let api_app = listener::defend(
         api::router(ApiState {
             engine,
             token: Arc::new(operator_token.clone()),
+            browser: None,
         }),
         &Limits {
             rate_per_sec: 0.0,

@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use shoal::userdata::{self, EC2_LIMIT};
+use shoal::providers::aws::USER_DATA_LIMIT as EC2_LIMIT;
+use shoal::userdata;
 use shoal_protocol::{AgentConfig, AGENT_CONFIG_PATH};
 
 /// Debian's interpreter, which has cloud-init's Python package (a PATH `python3` may be

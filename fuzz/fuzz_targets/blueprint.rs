@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let overlay = bp.overlay.unwrap_or_else(|| {
-        shoal::planner::DEFAULT_OVERLAY
+        shoal::engine::planner::DEFAULT_OVERLAY
             .parse()
             .expect("default overlay")
     });

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Planning is linear in the node count; keep executions fast (the limit's own
     // check is covered by nodes = 0 and by values the fuzzer finds above 1000).
-    if req.nodes > 64 && req.nodes <= shoal::engine::MAX_NODES {
+    if req.nodes > 64 && req.nodes as usize <= shoal_protocol::MAX_NODES {
         req.nodes = 64;
     }
     let Ok(valid) = validate_request(&req) else {

@@ -26,8 +26,9 @@ pub use contract::{MAX_PLAN_BYTES, MAX_STATUS_BYTES};
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Bytes a VXLAN encapsulation adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// Most nodes a plan may list.
-pub const MAX_NODES: usize = 4096;
+/// Most nodes a cluster (and so a plan) may have: the one limit the coordinator, its
+/// CLI and the agents all enforce.
+pub const MAX_NODES: usize = 1000;
 /// Most containers one node may run.
 pub const MAX_CONTAINERS_PER_NODE: usize = 64;
 
@@ -498,7 +499,8 @@ mod tests;
 pub const AGENT_CONFIG_PATH: &str = "/etc/shoal/agent.json";
 /// Where baked container image tarballs live on a VM image.
 pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/shoal/images";
-/// How long an agent keeps trying to reach the coordinator before it gives up.
+/// How long an agent without a plan keeps trying to reach the coordinator before it
+/// gives up.
 pub const DEFAULT_AGENT_DEADLINE_SECS: u64 = 900;
 
 /// The agent's configuration, as the user-data writes it to [`AGENT_CONFIG_PATH`].
@@ -517,7 +519,8 @@ pub struct AgentConfig {
     /// PEM certificate of the coordinator's CA; the agent trusts only it when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_pem: Option<String>,
-    /// Seconds the agent keeps trying to obtain a plan before it exits with a reason.
+    /// Until it has a plan, the agent exits with a reason once the coordinator has not
+    /// answered for this many seconds (a request in flight does not carry it past).
     #[serde(default = "default_deadline")]
     pub deadline_secs: u64,
 }
@@ -536,6 +539,17 @@ impl std::fmt::Debug for AgentConfig {
             .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|_| "<pem>"))
             .field("deadline_secs", &self.deadline_secs)
             .finish()
+    }
+}
+
+/// The registry host of an image reference: its first component when that names a host
+/// (holds a `.` or a `:`, or is `localhost`), else Docker Hub, `docker.io`.
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
     }
 }
 

@@ -14,9 +14,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// Larger than the limit.
-    #[error("plan document is {size} bytes, over the {limit}-byte limit")]
+    #[error("plan document is over the {limit}-byte limit ({size} bytes or more)")]
     TooLarge {
-        /// Size of the document.
+        /// Size of the document, or (read as a stream, which stops at the limit) the
+        /// bytes received before reading stopped.
         size: usize,
         /// The limit.
         limit: usize,

@@ -66,6 +66,9 @@ pub struct TestCoordinator {
     /// Environment variables every start of the server gets (cloud credentials and
     /// endpoints), on top of the test's own environment.
     pub env: Vec<(String, String)>,
+    /// Started as the README's "Using it" runs it: no `--agent-bin`, no `--image-dir`
+    /// (only the VPC range and name prefix that keep test runs apart).
+    pub bare: bool,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -81,9 +84,19 @@ impl TestCoordinator {
         Self::start_with_env(extra, &[])
     }
 
+    /// Starts `shoal serve` as the README's "Using it" section does: the agent found
+    /// beside `shoal`, the image directory the state directory's own (`<state>/images`).
+    pub fn start_bare() -> TestCoordinator {
+        Self::start_as(&[], &[], true)
+    }
+
     /// Starts `shoal serve` with extra arguments and environment variables; the
     /// variables are kept in [`TestCoordinator::env`] for every restart.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestCoordinator {
+        Self::start_as(extra, env, false)
+    }
+
+    fn start_as(extra: &[&str], env: &[(&str, &str)], bare: bool) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         // A /24 of 10.214.0.0/16 per coordinator (and the same one of 10.219.0.0/16 for
@@ -117,6 +130,7 @@ impl TestCoordinator {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bare,
             child: None,
         };
         c.spawn(extra);
@@ -132,19 +146,22 @@ impl TestCoordinator {
             .expect("serve log");
         let log2 = log.try_clone().expect("serve log");
         let _ = std::fs::remove_file(self.state_dir.join("api.json"));
-        let child = Command::new(bin("shoal"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(bin("shoal"));
+        cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("serve")
             .args(["--api-listen", "127.0.0.1:0"])
             .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix])
-            .args(["--qemu-vpc", &self.qemu_vpc])
-            .arg("--qemu-image")
-            .arg(vm_image_dir())
-            .arg("--agent-bin")
-            .arg(bin("shoal-agent"))
-            .arg("--image-dir")
-            .arg(image_dir())
+            .args(["--qemu-vpc", &self.qemu_vpc]);
+        if !self.bare {
+            cmd.arg("--qemu-image")
+                .arg(vm_image_dir())
+                .arg("--agent-bin")
+                .arg(bin("shoal-agent"))
+                .arg("--image-dir")
+                .arg(image_dir());
+        }
+        let child = cmd
             .args(extra)
             .env("RUST_LOG", "info")
             // After the default, so a test may ask for another level (RUST_LOG=debug).

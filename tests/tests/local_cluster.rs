@@ -724,25 +724,30 @@ fn an_invalid_plan_changes_nothing_and_is_reported() {
 fn cli_refuses_bad_input_clearly_and_records_nothing() {
     require_privileges(&["ip", "nsenter", "dockerd", "cloud-init"]);
     let c = TestCoordinator::start();
-    let cases: &[(&[&str], &str)] = &[
+    // Exit codes from docs/cli-exit-codes.md: 4 refused by the coordinator, 2 a bad
+    // argument.
+    let cases: &[(&[&str], &str, i32)] = &[
         (
             &["cluster", "create", "Bad_Name", "--nodes", "1"],
             "cluster name",
+            4,
         ),
         (
             &["cluster", "create", "x", "--provider", "gcp"],
             "unknown provider",
+            4,
         ),
         (
             &["cluster", "create", "x", "--blueprint", "/nonexistent.toml"],
             "neither a built-in blueprint",
+            2,
         ),
-        (&["cluster", "show", "nope"], "no cluster named \"nope\""),
-        (&["user-data", "nope"], "no cluster named \"nope\""),
+        (&["cluster", "show", "nope"], "no cluster named \"nope\"", 4),
+        (&["user-data", "nope"], "no cluster named \"nope\"", 4),
     ];
-    for (args, expect) in cases {
+    for (args, expect, code) in cases {
         let out = c.shoal(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(*code), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{args:?}: {err}");
     }
@@ -760,7 +765,7 @@ fn cli_refuses_bad_input_clearly_and_records_nothing() {
     // user-data of a real cluster passes `cloud-init schema`; an unknown node is refused.
     c.shoal_ok(&["cluster", "create", "ud", "--nodes", "2"]);
     let out = c.shoal(&["user-data", "ud", "--node", "node-9"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("its nodes are node-0, node-1"));
     let doc = c.shoal_ok(&["user-data", "ud", "--node", "node-1"]);
     let file = c.state_dir.join("ud-node-1.yaml");

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 pub mod aws;
 pub mod azure;
 pub mod local;
+pub mod preflight;
 pub mod qemu;
+pub mod registry;
+pub mod retry;
 
 /// The cluster a provider call is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +162,10 @@ pub enum ProviderError {
     /// Setting up a qemu VM failed.
     #[error("qemu: {0}")]
     Qemu(String),
+    /// Images the blueprint names cannot be had where the VMs run (the local provider's
+    /// image directory): each with the command that makes it.
+    #[error("{0}")]
+    ImagesMissing(String),
 }
 
 /// What every provider does. Methods return boxed futures so the engine can hold
@@ -170,6 +177,30 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The largest user-data (after any compression) the provider's API accepts.
     fn user_data_limit(&self) -> Option<usize> {
         None
+    }
+
+    /// An address of this machine the provider's VMs reach the coordinator at (the
+    /// local VPC gateway): the metadata listener's default address, and a name in its
+    /// certificate.
+    fn gateway(&self) -> Option<std::net::IpAddr> {
+        None
+    }
+
+    /// Releases what the provider holds for the coordinator's lifetime, when the
+    /// coordinator stops (the local VPC, once no local VM is left).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Checks, before any VM is made, that every image of the blueprint can be had
+    /// where the VMs run; the local provider requires each to be baked in its image
+    /// directory (building the demo image there at first need). Clouds take images
+    /// from the VM image or a registry, which only the VM can try.
+    fn check_images<'a>(
+        &'a self,
+        _images: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// The metadata base URL this provider's VMs reach the coordinator at, when the

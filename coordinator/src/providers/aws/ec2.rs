@@ -1,7 +1,7 @@
 //! A small client for AWS Query APIs (EC2, and IAM in the tests): form-encoded POSTs
 //! signed with SigV4, XML answers, and AWS's XML errors turned into codes.
 //!
-//! Retries follow `crate::retry`: connection failures, 5xx and throttling codes are
+//! Retries follow `crate::providers::retry`: connection failures, 5xx and throttling codes are
 //! retried; everything else (auth errors, bad parameters, quotas) fails at once with
 //! AWS's own code and message.
 
@@ -13,8 +13,8 @@ use roxmltree::{Document, Node};
 use shoal_protocol::backoff::Backoff;
 
 use super::credentials::Credentials;
+use crate::providers::retry::{retry, Verdict, CLOUD_BACKOFF};
 use crate::providers::ProviderError;
-use crate::retry::{retry, Verdict, CLOUD_BACKOFF};
 
 /// The EC2 Query API version Shoal speaks.
 pub const EC2_API_VERSION: &str = "2016-11-15";

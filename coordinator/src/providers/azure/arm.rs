@@ -24,8 +24,8 @@ use serde_json::Value;
 use shoal_protocol::backoff::Backoff;
 
 use super::auth::{same_origin, TokenSource};
+use crate::providers::retry::{retry, retry_after, Verdict, CLOUD_BACKOFF};
 use crate::providers::ProviderError;
-use crate::retry::{retry, Verdict, CLOUD_BACKOFF};
 
 /// How the client retries and waits.
 #[derive(Debug, Clone)]
@@ -69,16 +69,6 @@ impl ArmResponse {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     }
-}
-
-/// The `Retry-After` delay of an answer, in seconds (the form ARM uses; an HTTP date
-/// is not understood, and the caller then falls back to its own schedule).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 /// One failed attempt and what it calls for.

@@ -20,9 +20,9 @@ use reqwest::Url;
 use serde::Deserialize;
 use shoal_protocol::backoff::Backoff;
 
-use crate::credentials::AzureCredential;
+use crate::providers::azure::credentials::AzureCredential;
+use crate::providers::retry::{retry, retry_after, Verdict};
 use crate::providers::ProviderError;
-use crate::retry::{retry, Verdict};
 
 /// Entra ID's authority host in Azure's public cloud.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -365,7 +365,7 @@ impl TokenSource {
                 verdict: Verdict::Retry { after: None },
             })?;
         let status = resp.status();
-        let retry_after = super::arm::retry_after(resp.headers());
+        let retry_after = retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(|e| TokenCallError {
             error: ProviderError::Unavailable {
                 provider: "azure",

@@ -8,11 +8,15 @@
 //! resource group deletes everything, and deleting a group that is gone succeeds.
 //!
 //! Authentication uses a credential made by `shoal credential create azure` (see
-//! [`crate::credentials`]): [`auth`] signs client assertions with its key, [`arm`]
+//! [`crate::providers::azure::credentials`]): [`auth`] signs client assertions with its key, [`arm`]
 //! calls ARM with the tokens.
 
 pub mod arm;
 pub mod auth;
+pub mod credentials;
+pub mod preflight;
+
+pub use self::preflight::preflight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -27,7 +31,15 @@ use serde_json::{json, Value};
 use self::arm::{provisioning_state, ArmClient, ArmSettings};
 use self::auth::{Endpoints, TokenSource};
 use super::{ClusterRef, NodeInfo, NodeRequest, Provider, ProviderError, ProviderParams, VmState};
-use crate::userdata::AZURE_LIMIT;
+
+/// Azure's limit on custom data, in bytes, before base64. The ARM reference for
+/// `osProfile.customData` says "The base-64 encoded string is decoded to a binary array
+/// that is saved as a file on the Virtual Machine. The maximum length of the binary
+/// array is 65535 bytes", and ARM's own refusal reads "Custom data in OSProfile must be
+/// in Base64 encoding and with a maximum length of 87380 characters" (87,380 = the
+/// base64 length of 65,535 bytes). The conceptual page's "can't exceed 64 KB" is this
+/// same limit, rounded.
+pub const USER_DATA_LIMIT: usize = 65_535;
 
 /// `Microsoft.Resources` API version (resource groups).
 pub const API_RESOURCES: &str = "2021-04-01";
@@ -379,7 +391,7 @@ impl AzureProvider {
         let name = params.credential.as_deref().ok_or_else(|| {
             config("--credential NAME is required: make one with `shoal credential create azure NAME --tenant-id … --client-id … --subscription-id …`")
         })?;
-        let credential = crate::credentials::load_azure(&self.state_dir, name)
+        let credential = crate::providers::azure::credentials::load_azure(&self.state_dir, name)
             .map_err(|e| config(e.to_string()))?;
         let endpoints = Endpoints::resolve(&params.extra)?;
         let subscription = credential.info.subscription_id.clone();
@@ -422,9 +434,9 @@ impl AzureProvider {
     ) -> Result<Vec<NodeInfo>, ProviderError> {
         let s = CreateSettings::from_params(params)?;
         for n in nodes {
-            if n.user_data.len() > AZURE_LIMIT {
+            if n.user_data.len() > USER_DATA_LIMIT {
                 return Err(config(format!(
-                    "user-data of {} is {} bytes, over Azure's custom data limit of {AZURE_LIMIT} bytes",
+                    "user-data of {} is {} bytes, over Azure's custom data limit of {USER_DATA_LIMIT} bytes",
                     n.node_id,
                     n.user_data.len()
                 )));
@@ -828,7 +840,7 @@ impl Provider for AzureProvider {
     }
 
     fn user_data_limit(&self) -> Option<usize> {
-        crate::userdata::limit_for(self.name())
+        Some(USER_DATA_LIMIT)
     }
 
     fn footprint(&self, cluster: &ClusterRef, params: &ProviderParams) -> Option<String> {
