@@ -71,6 +71,8 @@ pub struct TestCoordinator {
     pub bare: bool,
     child: Option<Child>,
     log: PathBuf,
+    /// Held while this coordinator lives: its prefix and state directory are its own.
+    _lock: std::fs::File,
 }
 
 impl TestCoordinator {
@@ -98,7 +100,19 @@ impl TestCoordinator {
 
     fn start_as(extra: &[&str], env: &[(&str, &str)], bare: bool) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
+        // The prefix (and so the state directory, namespaces and links) comes from the
+        // pid modulo 1000, which another test process may share: a lock file held for
+        // this coordinator's life makes it ours, so no other process removes its state
+        // directory at start (as one did to a qemu test's, mid-boot).
+        let (n, prefix, lock) = loop {
+            let n = N.fetch_add(1, Ordering::SeqCst);
+            let prefix = format!("t{}x{n}", std::process::id() % 1000);
+            let path = std::env::temp_dir().join(format!("shoal-e2e-{prefix}.lock"));
+            let lock = std::fs::File::create(&path).expect("test lock file");
+            if lock.try_lock().is_ok() {
+                break (n, prefix, lock);
+            }
+        };
         // A /24 of 10.214.0.0/16 per coordinator (and the same one of 10.219.0.0/16 for
         // its qemu VPC), from the pid and a counter, skipping any whose gateway address
         // a coordinator of another test process holds.
@@ -115,7 +129,6 @@ impl TestCoordinator {
                     && !in_use.contains(&format!(" 10.219.{o}.1/"))
             })
             .expect("a free test VPC range in 10.214.0.0/16");
-        let prefix = format!("t{}x{n}", std::process::id() % 1000);
         let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).expect("state dir");
@@ -132,6 +145,7 @@ impl TestCoordinator {
                 .collect(),
             bare,
             child: None,
+            _lock: lock,
         };
         c.spawn(extra);
         c

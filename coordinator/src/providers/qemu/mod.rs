@@ -205,6 +205,31 @@ pub struct ImageManifest {
     pub rootfs_format: String,
     /// The kernel command line.
     pub cmdline: String,
+    /// The container images in the image's own Docker store (older builds: none
+    /// listed).
+    #[serde(default)]
+    pub docker_images: Vec<BakedImage>,
+}
+
+/// A container image baked into a base image's Docker store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BakedImage {
+    /// Its reference (`shoal/demo:1`).
+    pub image: String,
+    /// Its id.
+    pub id: String,
+}
+
+impl ImageManifest {
+    /// The images of `wanted` this base image does not hold: its VMs have no registry
+    /// to pull them from, as on the local provider.
+    pub fn missing<'a>(&self, wanted: &'a [String]) -> Vec<&'a str> {
+        wanted
+            .iter()
+            .filter(|w| !self.docker_images.iter().any(|b| &b.image == *w))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// A base image, checked: its files exist, at absolute paths.
@@ -826,6 +851,30 @@ impl Provider for QemuProvider {
         .boxed()
     }
 
+    fn check_images<'a>(
+        &'a self,
+        images: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            // A base image that cannot be opened fails the creation itself, with its
+            // own reason; this check is only about what the image holds.
+            let Ok(base) = BaseImage::open(&self.s.image) else {
+                return Ok(());
+            };
+            let missing = base.manifest.missing(images);
+            if missing.is_empty() {
+                return Ok(());
+            }
+            Err(ProviderError::ImagesMissing(format!(
+                "the base image {} (build {}) does not hold {}: bake the image tarballs into it with `cloud-init/build-vm-image --images DIR` (tarballs made as cloud-init/build-demo-image does), and restart `shoal serve --qemu-image` on the new build",
+                self.s.image.display(),
+                base.manifest.key,
+                missing.join(", ")
+            )))
+        }
+        .boxed()
+    }
+
     fn footprint(&self, cluster: &ClusterRef, _params: &ProviderParams) -> Option<String> {
         Some(format!(
             "qemu VMs under {} ({}); taps {}N on vpc0 in namespace {}; overlays, seeds and logs under {}",
@@ -1068,6 +1117,57 @@ mod tests {
         )
         .expect("write");
         assert!(BaseImage::open(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn images_the_base_image_lacks_are_refused_before_any_vm() {
+        let dir = std::env::temp_dir().join(format!("shoal-qemu-baked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in ["vmlinux", "initrd.img", "rootfs.img"] {
+            std::fs::write(dir.join(f), "x").expect("write");
+        }
+        std::fs::write(
+            dir.join("manifest.json"),
+            r#"{"key": "k1", "kernel": "vmlinux", "initrd": "initrd.img", "rootfs": "rootfs.img",
+                "rootfs_format": "raw", "cmdline": "root=/dev/vda",
+                "docker_images": [{"image": "shoal/demo:1", "id": "sha256:aa"}]}"#,
+        )
+        .expect("write");
+        let p = QemuProvider::new(QemuSettings {
+            dir: dir.join("state"),
+            prefix: "tq".into(),
+            vpc: "10.219.250.0/24".parse().expect("vpc"),
+            image: dir.clone(),
+            metadata_url: "https://10.219.250.1:8787".into(),
+            accel: Accelerator {
+                accel: Accel::Tcg,
+                why: "test".into(),
+            },
+        })
+        .expect("provider");
+        p.check_images(&["shoal/demo:1".to_string()])
+            .await
+            .expect("the demo image is baked");
+        let e = p
+            .check_images(&[
+                "shoal/demo:1".to_string(),
+                "registry.example.com/app:1".to_string(),
+            ])
+            .await
+            .expect_err("not baked");
+        let m = e.to_string();
+        assert!(matches!(e, ProviderError::ImagesMissing(_)), "{e:?}");
+        assert!(
+            m.contains("does not hold registry.example.com/app:1:"),
+            "{m}"
+        );
+        assert!(
+            m.contains("build k1") && m.contains("build-vm-image --images"),
+            "{m}"
+        );
+        assert!(!dir.join("state").exists(), "the check made something");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
