@@ -4,7 +4,7 @@
 //! systemd unit, containers on the two VMs reach each other by FQDN over the overlay,
 //! the OS's boot is on the timeline, a coordinator crash while the VMs boot starts no
 //! second qemu, and deleting leaves nothing. Privileged and slow
-//! (~6 minutes under TCG): run through `scripts/test` as root.
+//! (6 to 12 minutes under TCG on two shared cores, by their load): run through `scripts/test` as root.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ fn cloud_init_status(n: &Value) -> Option<&str> {
 }
 
 #[test]
-#[ignore = "needs root, qemu-system-x86_64 and the base image (cloud-init/build-vm-image): boots 2 real VMs under TCG, ~6 minutes"]
+#[ignore = "needs root, qemu-system-x86_64 and the base image (cloud-init/build-vm-image): boots 2 real VMs under TCG, 6 to 12 minutes"]
 fn two_qemu_vms_boot_the_demo_blueprint_through_cloud_init() {
     require_privileges(TOOLS);
     let image = vm_image_dir();
