@@ -3,8 +3,8 @@
 //! What a user would check: cloud-init finished without errors, the agent ran as the
 //! systemd unit, containers on the two VMs reach each other by FQDN over the overlay,
 //! the OS's boot is on the timeline, a coordinator crash while the VMs boot starts no
-//! second qemu, and deleting leaves nothing. Privileged and slow
-//! (6 to 12 minutes under TCG on two shared cores, by their load): run through `scripts/test` as root.
+//! second qemu, and deleting leaves nothing. Privileged and slow (6 to 12 minutes under
+//! TCG on two shared cores, by their load): run through `scripts/test` as root.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
