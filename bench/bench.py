@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Shoal's benchmarks (run through bench/run; see docs/benchmarks.md).
 
-Eight measurements, each against the approach Shoal replaces or against its target:
+Nine measurements, each against the approach Shoal replaces or against its target:
 
 1. cluster     time to AVAILABLE of local demo clusters (3 and 10 nodes), by phase
 2. agent       shoal-agent against bench/shell-agent.sh (curl + jq + ip + bridge + the
@@ -16,7 +16,10 @@ Eight measurements, each against the approach Shoal replaces or against its targ
 7. console     what watching a cluster costs the coordinator: the web console's event
                streams (five tabs) against polling the API every second, idle and
                while 1,000 agents report
-8. qemu        real VMs (the qemu provider, TCG here): the OS's own boot stages
+8. scale       +1 and +5 nodes on a running local cluster to AVAILABLE, each existing
+               node's reconvergence and whether any container restarted, against
+               creating a cluster of the new size from nothing
+9. qemu        real VMs (the qemu provider, TCG here): the OS's own boot stages
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
                Not in the default set (minutes per run): `--only qemu`.
@@ -202,6 +205,17 @@ def docker_cli(sock, *args, check=True):
     return run(["docker", "-H", f"unix://{sock}", *args], check=check)
 
 
+def container_hosts(sock, name):
+    """The names a container resolves through /etc/hosts, as {name: address}."""
+    text = docker_cli(sock, "exec", name, "cat", "/etc/hosts", check=False).stdout
+    out = {}
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        for w in words[1:]:
+            out[w] = words[0]
+    return out
+
+
 # ---------------------------------------------------------------------------------
 # The metadata endpoint alone (coordinator/examples/metadata_bench.rs)
 
@@ -371,12 +385,14 @@ class Lab:
                     "hostname": c["Config"]["Hostname"],
                     "domainname": c["Config"]["Domainname"],
                     "env": sorted(c["Config"]["Env"] or []),
-                    "extra_hosts": sorted(c["HostConfig"]["ExtraHosts"] or []),
+                    # What resolves inside, however it got there (Docker's
+                    # ExtraHosts, or a hosts file mounted over /etc/hosts).
+                    "hosts": container_hosts(n["sock"], c["Name"].lstrip("/")),
                     "restart": c["HostConfig"]["RestartPolicy"]["Name"],
                     "network_mode": c["HostConfig"]["NetworkMode"],
                     "ip": (nets.get("shoal") or {}).get("IPAddress"),
                     "ports": c["HostConfig"]["PortBindings"] or {},
-                    "binds": sorted(c["HostConfig"]["Binds"] or []),
+                    "binds": sorted(b for b in c["HostConfig"]["Binds"] or [] if ":/etc/hosts:" not in b),
                 })
         containers.sort(key=lambda c: c["name"])
         net = json.loads(docker_cli(n["sock"], "network", "inspect", "shoal", check=False).stdout or "[]")
@@ -771,7 +787,8 @@ def timed(cmd, ns, logpath, env):
 
 def run_agent(lab, n, md, agent_bin, logname):
     cmd = [agent_bin, "run", "--once", "--config", md.config(n["id"]),
-           "--docker-host", f"unix://{n['sock']}", "--image-dir", IMAGES]
+           "--docker-host", f"unix://{n['sock']}", "--image-dir", IMAGES,
+           "--state-dir", n["dir"] / "agent-state"]
     return timed(cmd, n["ns"], n["dir"] / logname, {**os.environ, "RUST_LOG": "info"})
 
 
@@ -1372,6 +1389,120 @@ def bench_status(rep, args, prefix, octet):
     rep.section("6. Status reports", lines)
 
 
+
+
+# ---------------------------------------------------------------------------------
+# 7. Scaling a running cluster
+
+
+def started_containers(view):
+    """Per node: each container's id, start time and restart count (what a restart
+    or a replacement would change)."""
+    out = {}
+    for n in view["nodes"]:
+        ids = docker_cli(n["docker_socket"], "ps", "-q", "--no-trunc").stdout.split()
+        if ids:
+            text = docker_cli(n["docker_socket"], "inspect", "--format",
+                              "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}", *ids).stdout
+            out[n["id"]] = sorted(text.split("\n"))
+    return out
+
+
+def scale_to(coord, name, workers, timeout=180):
+    """Scales the demo workers to `workers`; returns the cluster once the change ended."""
+    v = coord.api("POST", f"/v1/clusters/{name}/scale", {"nodes": workers})
+    change = next((c for c in reversed(v.get("changes", [])) if c["outcome"] == "running"), None)
+    if change is None:
+        raise BenchError(f"scale of {name} to {workers} workers started no change")
+    deadline = time.monotonic() + timeout
+    while True:
+        v = coord.api("GET", f"/v1/clusters/{name}")
+        ch = next(c for c in v["changes"] if c["id"] == change["id"])
+        if ch["outcome"] == "done" and v["state"] == "AVAILABLE":
+            return v, ch
+        if ch["outcome"] == "failed":
+            raise BenchError(f"scale of {name} failed: {ch.get('reason')}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"scale of {name} not done after {timeout}s: {json.dumps(ch)}")
+        time.sleep(0.02)
+
+
+def bench_scale(rep, args, prefix, octet):
+    runs = 1 if args.quick else args.runs
+    steps = [1, 5]
+    shutil.rmtree(OUT / "coordinator", ignore_errors=True)
+    coord = Coordinator(prefix, octet)
+    res = {k: [] for k in steps}
+    downs = {k: [] for k in steps}
+    fresh = {k: [] for k in steps}
+    name = "sc"
+    try:
+        log("scale: a 3-node demo cluster")
+        cluster_run(coord, name, 3, timeout=120)
+        for r in range(runs):
+            for k in steps:
+                log(f"scale: +{k}, run {r + 1}/{runs}")
+                before = coord.api("GET", f"/v1/clusters/{name}")
+                old = {n["id"] for n in before["nodes"]}
+                started = started_containers(before)
+                v, ch = scale_to(coord, name, 2 + k)
+                after = started_containers(v)
+                restarted = sum(1 for n in old if after.get(n) != started.get(n))
+                conv = {c["node"]: c["at_ms"] - ch["published_ms"] for c in ch["converged"]}
+                res[k].append({
+                    "available": ch["done_ms"] - ch["asked_ms"],
+                    "published": ch["published_ms"] - ch["asked_ms"],
+                    "existing": [conv[n] for n in old if n in conv],
+                    "new": [conv[n] for n in conv if n not in old],
+                    "restarted": restarted,
+                })
+                v, ch = scale_to(coord, name, 2)
+                downs[k].append(ch["done_ms"] - ch["asked_ms"])
+        for r in range(runs):
+            for k in steps:
+                other = f"f{k}r{r}"
+                log(f"scale: the alternative, a {3 + k}-node cluster from nothing, run {r + 1}/{runs}")
+                fresh[k].append(cluster_run(coord, other, 3 + k, timeout=60 + 15 * (3 + k))["total"])
+                cluster_delete(coord, other)
+        cluster_delete(coord, name)
+    finally:
+        coord.stop()
+    rep.raw["scale"] = {"up": res, "down": downs, "fresh": fresh}
+    rows = []
+    for k in steps:
+        x = res[k]
+        avail = [v["available"] for v in x]
+        rows.append([
+            f"+{k} node{'s' if k > 1 else ''} (3 → {3 + k})",
+            summary(avail),
+            f"{max(avail)} ms",
+            summary([v["published"] for v in x]),
+            summary([e for v in x for e in v["existing"]]),
+            f"{max(e for v in x for e in v['existing'])} ms",
+            str(sum(v["restarted"] for v in x)),
+            summary(fresh[k]),
+            summary(downs[k]),
+        ])
+    lines = [
+        "A running 3-node demo cluster (local provider, release build) scaled up by 1 and by 5 "
+        f"workers and back, {runs} run(s) each, alternating. From the coordinator's own record of "
+        "the change (`changes` in `show`): asked → every node ready on the new plan (AVAILABLE), "
+        "asked → plan published (the new VMs made and addressed), and for each node that was "
+        "there before, the plan's publication → its `ready` on it (its reconvergence: FDB entries "
+        "and hosts files of the new peers). Restarts are counted from Docker (container id, start "
+        "time and restart count of every container on the nodes that stay). The alternative an "
+        "operator without scaling has: delete and create a cluster of the new size; the scale "
+        "down (drain hooks, VMs deleted, a plan without them) is shown for reference.",
+        "",
+    ]
+    lines += table(["change", "to AVAILABLE: median (min–max)", "max", "plan published after",
+                    "existing node reconverged", "max", "containers restarted",
+                    "alternative: new cluster of that size", "scale back down"], rows)
+    lines += ["", "Targets: +1 node < 2000 ms; an existing node's reconvergence < 100 ms with no "
+              "container restarted."]
+    rep.section("8. Scaling a running cluster (local provider, demo blueprint)", lines)
+
+
 # ---------------------------------------------------------------------------------
 # 7. Watching a cluster: the console's event streams against polling the API
 
@@ -1651,14 +1782,14 @@ def bench_qemu(rep, args, prefix):
     shoal = statistics.median([n["shoal"] for k in (1, 2) for r in results[k] for n in r["nodes"]])
     lines += ["", f"Target: Docker ready → node ready < 5 s under TCG: {'met' if shoal < 5000 else 'missed'} "
               f"(median {shoal / 1000:.1f} s)."]
-    rep.section(f"8. Real VMs (qemu provider, {accel.upper()}): the OS's boot and Shoal's part", lines)
+    rep.section(f"9. Real VMs (qemu provider, {accel.upper()}): the OS's boot and Shoal's part", lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "qemu"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "qemu"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -1667,7 +1798,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -1696,6 +1827,8 @@ def main():
             bench_status(rep, args, tag + "s", (octet + 100) % 250 + 1)
         if "console" in only:
             bench_console(rep, args, tag + "w", (octet + 150) % 250 + 1)
+        if "scale" in only:
+            bench_scale(rep, args, tag + "k", (octet + 50) % 250 + 1)
         if "qemu" in only:
             bench_qemu(rep, args, tag + "q")
     except (BenchError, KeyboardInterrupt) as e:

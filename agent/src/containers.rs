@@ -7,8 +7,17 @@
 //! and removes containers of the cluster the plan no longer lists for this node.
 //! Started containers must then stay running for a moment: one that exits at once is
 //! reported with its exit code and the end of its log.
+//!
+//! What derives from the peers stays out of the spec: every container's `/etc/hosts`
+//! is a file of the agent's ([`hosts_file`], in the hosts directory), bind-mounted over
+//! the one Docker would write, and rewritten in place when the cluster's containers
+//! change. A node joining or leaving changes those files and restarts nothing; Docker
+//! never regenerates them (a container restarted by its policy keeps the current
+//! list).
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
@@ -40,8 +49,9 @@ pub const LABEL_SPEC: &str = "io.shoal.spec";
 pub const OVERLAY_NETWORK: &str = "shoal";
 
 /// Bumped when the way a spec becomes a container changes, so agents of a new version
-/// replace containers made by older ones.
-const SPEC_FORMAT: u32 = 1;
+/// replace containers made by older ones. 2: host entries left out of the spec, the
+/// hosts file bind-mounted instead.
+const SPEC_FORMAT: u32 = 2;
 /// Seconds a container is given to stop before it is killed, when it is replaced.
 const REPLACE_STOP_SECS: i32 = 10;
 /// Seconds a container is given to stop before it is killed, by [`remove_all`].
@@ -73,6 +83,21 @@ pub struct ContainersReport {
     pub replaced: Vec<String>,
     /// Removed because the plan no longer lists them for this node.
     pub removed: Vec<String>,
+    /// Containers whose `/etc/hosts` was rewritten (peers came or went).
+    pub hosts_updated: Vec<String>,
+    /// Kept containers that were stopped and were started again.
+    pub started: Vec<String>,
+}
+
+impl ContainersReport {
+    /// Whether the convergence changed anything on the node.
+    pub fn changed(&self) -> bool {
+        !(self.created.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+            && self.hosts_updated.is_empty()
+            && self.started.is_empty())
+    }
 }
 
 /// Why the node's containers could not be converged.
@@ -116,6 +141,16 @@ pub enum ContainerError {
         /// The end of its log.
         logs: String,
     },
+    /// A container's hosts file could not be written.
+    #[error("cannot write the hosts file {path} of container {container}: {source}")]
+    HostsFile {
+        /// The Docker container name.
+        container: String,
+        /// The file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The container did not reach `running` in time.
     #[error(
         "container {container} is not running {waited:?} after it was started (state {state})"
@@ -156,52 +191,90 @@ fn engine_error(action: &'static str, container: &str, e: BollardError) -> Conta
     }
 }
 
-/// The `/etc/hosts` entries of container `c`: every container of the cluster by FQDN
-/// and by short name, as `name:ip`.
+/// The lines Docker puts at the top of every container's `/etc/hosts`.
+const HOSTS_HEADER: &str = "127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+";
+
+/// The `/etc/hosts` of container `c`: Docker's usual header, then every container of
+/// the cluster, one line each, `ADDRESS FQDN SHORT`: overlay containers at their
+/// overlay address, host-network ones at their node's address.
 ///
-/// `hostname -f` looks the short hostname up and prints the first matching line's first
-/// name, so `c`'s own short name must only appear on a line that starts with its FQDN.
-/// On an overlay network Docker writes such a line itself (`ip fqdn short`, after ours),
-/// so `c`'s own short name is left out. On the host network Docker writes none, so `c`
-/// gets one entry naming both (`fqdn short:ip`): Docker writes an entry's name part
-/// verbatim, which makes it one line with both names.
-pub fn extra_hosts(plan: &Plan, c: &ContainerPlan) -> Vec<String> {
-    let mut out = Vec::new();
+/// `hostname -f` looks the short hostname up and prints the first matching line's
+/// first name: each short name is on one line only, after its FQDN, so every container
+/// (`c` included) resolves to its FQDN.
+pub fn hosts_file(plan: &Plan, c: &ContainerPlan) -> String {
+    let _ = c;
+    let mut out = String::from(HOSTS_HEADER);
+    out.push_str(&format!(
+        "# every container of cluster {}, written by shoal-agent from its plan\n",
+        plan.cluster
+    ));
     for (fqdn, ip) in plan.host_entries() {
-        let short = fqdn.split('.').next().unwrap_or(&fqdn).to_string();
-        if fqdn == c.hostname && c.network == NetworkMode::Host && short != fqdn {
-            out.push(format!("{fqdn} {short}:{ip}"));
-            continue;
-        }
-        out.push(format!("{fqdn}:{ip}"));
-        if short != fqdn && fqdn != c.hostname {
-            out.push(format!("{short}:{ip}"));
+        let short = fqdn.split('.').next().unwrap_or(&fqdn);
+        if short == fqdn {
+            out.push_str(&format!("{ip}\t{fqdn}\n"));
+        } else {
+            out.push_str(&format!("{ip}\t{fqdn} {short}\n"));
         }
     }
     out
 }
 
-/// What the spec hash covers: the container's plan (without its registry credentials)
-/// and the host entries it is created with.
+/// Where container `c`'s hosts file lives in `hosts_dir`.
+pub fn hosts_path(hosts_dir: &Path, c: &ContainerPlan) -> PathBuf {
+    hosts_dir.join(c.docker_name())
+}
+
+/// Makes `c`'s hosts file hold `content`; returns whether it had to be written. The
+/// file is rewritten in place (a bind mount follows the file, not its name, so a
+/// rename would leave the container the old one).
+fn write_hosts(hosts_dir: &Path, c: &ContainerPlan, content: &str) -> Result<bool, ContainerError> {
+    let path = hosts_path(hosts_dir, c);
+    if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
+        return Ok(false);
+    }
+    let fail = |source| ContainerError::HostsFile {
+        container: c.docker_name().to_string(),
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(hosts_dir).map_err(fail)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(fail)?;
+    f.write_all(content.as_bytes()).map_err(fail)?;
+    Ok(true)
+}
+
+/// What the spec hash covers: the container's plan (without its registry
+/// credentials). Nothing derived from the peers is in it.
 #[derive(Serialize)]
 struct SpecInput<'a> {
     format: u32,
     container: &'a ContainerPlan,
-    extra_hosts: &'a [String],
 }
 
 /// The [`LABEL_SPEC`] value of container `c`: FNV-1a (64 bits) over the canonical JSON of
-/// its plan and host entries. Stable across runs and agent restarts (struct fields
-/// serialize in declaration order, the environment is a sorted map). Credentials are
-/// left out: a label is readable by anyone who can inspect the container.
+/// its plan. Stable across runs and agent restarts (struct fields serialize in
+/// declaration order, the environment is a sorted map). Credentials are left out: a
+/// label is readable by anyone who can inspect the container. The rest of the plan
+/// (other nodes, their addresses) is left out too, so peers coming and going replace
+/// nothing.
 pub fn spec_hash(plan: &Plan, c: &ContainerPlan) -> String {
+    let _ = plan;
     let mut container = c.clone();
     container.registry_auth = None;
-    let hosts = extra_hosts(plan, c);
     let input = SpecInput {
         format: SPEC_FORMAT,
         container: &container,
-        extra_hosts: &hosts,
     };
     // Serializing plain structs, strings and maps cannot fail.
     let bytes = serde_json::to_vec(&input).unwrap_or_default();
@@ -227,14 +300,19 @@ pub fn labels(plan: &Plan, node_id: &str, c: &ContainerPlan) -> HashMap<String, 
     ])
 }
 
-/// The create request for container `c`.
-fn create_body(plan: &Plan, node_id: &str, c: &ContainerPlan) -> ContainerCreateBody {
+/// The create request for container `c`, whose hosts file lives in `hosts_dir`.
+fn create_body(
+    plan: &Plan,
+    node_id: &str,
+    c: &ContainerPlan,
+    hosts_dir: &Path,
+) -> ContainerCreateBody {
     let (short, domain) = match c.hostname.split_once('.') {
         Some((short, domain)) => (short.to_string(), Some(domain.to_string())),
         None => (c.hostname.clone(), None),
     };
     let env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let binds: Vec<String> = c
+    let mut binds: Vec<String> = c
         .volumes
         .iter()
         .map(|v| {
@@ -242,13 +320,17 @@ fn create_body(plan: &Plan, node_id: &str, c: &ContainerPlan) -> ContainerCreate
             format!("{}:{}:{mode}", v.source, v.target)
         })
         .collect();
+    // Docker writes no /etc/hosts of its own over a bind mount there.
+    binds.push(format!(
+        "{}:/etc/hosts:rw",
+        hosts_path(hosts_dir, c).display()
+    ));
     let mut host_config = HostConfig {
-        binds: (!binds.is_empty()).then_some(binds),
+        binds: Some(binds),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
         }),
-        extra_hosts: Some(extra_hosts(plan, c)),
         ..Default::default()
     };
     let mut body = ContainerCreateBody {
@@ -363,11 +445,12 @@ async fn create_and_start(
     plan: &Plan,
     node_id: &str,
     c: &ContainerPlan,
+    hosts_dir: &Path,
 ) -> Result<(), ContainerError> {
     let name = c.docker_name();
     let options = CreateContainerOptionsBuilder::default().name(name).build();
     docker
-        .create_container(Some(options), create_body(plan, node_id, c))
+        .create_container(Some(options), create_body(plan, node_id, c, hosts_dir))
         .await
         .map_err(|e| engine_error("create", name, e))?;
     docker
@@ -412,18 +495,7 @@ async fn log_tail(docker: &Docker, name: &str) -> String {
     while let Some(Ok(chunk)) = stream.next().await {
         text.push_str(&chunk.to_string());
     }
-    let text = text.trim();
-    if text.is_empty() {
-        return "(none)".to_string();
-    }
-    if text.len() <= LOG_TAIL_BYTES {
-        return text.to_string();
-    }
-    let mut start = text.len() - LOG_TAIL_BYTES;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &text[start..])
+    tail(&text)
 }
 
 /// Whether a container has stopped, or waits to be restarted by its policy.
@@ -505,6 +577,7 @@ fn node_of<'a>(plan: &'a Plan, node_id: &str) -> Result<&'a NodePlan, ContainerE
 /// What [`converge_one`] did to a container.
 enum Action {
     Kept,
+    Started,
     Replaced,
     Created,
 }
@@ -517,6 +590,7 @@ async fn converge_one(
     plan: &Plan,
     node_id: &str,
     c: &ContainerPlan,
+    hosts_dir: &Path,
 ) -> Result<(Action, Option<Instant>), ContainerError> {
     let name = c.docker_name();
     let want = labels(plan, node_id, c);
@@ -534,17 +608,17 @@ async fn converge_one(
                 .start_container(name, None)
                 .await
                 .map_err(|e| engine_error("start", name, e))?;
-            Ok((Action::Kept, Some(Instant::now())))
+            Ok((Action::Started, Some(Instant::now())))
         }
         Some(_) => {
             tracing::info!(container = %name, "replacing a container whose spec changed");
             remove(docker, name, REPLACE_STOP_SECS).await?;
-            create_and_start(docker, plan, node_id, c).await?;
+            create_and_start(docker, plan, node_id, c, hosts_dir).await?;
             Ok((Action::Replaced, Some(Instant::now())))
         }
         None => {
             tracing::info!(container = %name, image = %c.image, "creating container");
-            create_and_start(docker, plan, node_id, c).await?;
+            create_and_start(docker, plan, node_id, c, hosts_dir).await?;
             Ok((Action::Created, Some(Instant::now())))
         }
     }
@@ -559,6 +633,7 @@ pub async fn converge(
     docker: &Docker,
     plan: &Plan,
     node_id: &str,
+    hosts_dir: &Path,
 ) -> Result<ContainersReport, ContainerError> {
     let node = node_of(plan, node_id)?;
     let mut report = ContainersReport::default();
@@ -568,7 +643,15 @@ pub async fn converge(
         if !planned.contains(name.as_str()) {
             tracing::info!(container = %name, "removing a container the plan no longer lists");
             remove(docker, &name, REPLACE_STOP_SECS).await?;
+            let _ = std::fs::remove_file(hosts_dir.join(&name));
             report.removed.push(name);
+        }
+    }
+    // The hosts files first: a container about to be created mounts its own, and the
+    // running ones see the cluster's current list at once.
+    for c in &node.containers {
+        if write_hosts(hosts_dir, c, &hosts_file(plan, c))? {
+            report.hosts_updated.push(c.docker_name().to_string());
         }
     }
 
@@ -578,7 +661,7 @@ pub async fn converge(
     let outcomes = futures_util::future::join_all(
         node.containers
             .iter()
-            .map(|c| converge_one(docker, plan, node_id, c)),
+            .map(|c| converge_one(docker, plan, node_id, c, hosts_dir)),
     )
     .await;
     let mut started: Vec<(&str, Instant)> = Vec::new();
@@ -589,6 +672,7 @@ pub async fn converge(
             Ok((action, start)) => {
                 let list = match action {
                     Action::Kept => &mut report.kept,
+                    Action::Started => &mut report.started,
                     Action::Replaced => &mut report.replaced,
                     Action::Created => &mut report.created,
                 };
@@ -611,6 +695,88 @@ pub async fn converge(
     }
     report.statuses = statuses(docker, plan, node_id).await;
     Ok(report)
+}
+
+/// What a command run in a container ([`exec`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Its exit code; `None` if it was still running at the timeout.
+    pub exit_code: Option<i64>,
+    /// The end of what it wrote (stdout and stderr), for messages.
+    pub output: String,
+}
+
+/// Runs `cmd` in the running container `name` (`docker exec`), and waits for it to
+/// end, at most `timeout`.
+pub async fn exec(
+    docker: &Docker,
+    name: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<ExecOutcome, ContainerError> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    let created = docker
+        .create_exec(
+            name,
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| engine_error("exec in", name, e))?;
+    let started = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| engine_error("exec in", name, e))?;
+    let mut text = String::new();
+    let read = async {
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(Ok(chunk)) = output.next().await {
+                text.push_str(&chunk.to_string());
+                // Keep only the end: a chatty command cannot grow this without bound.
+                if text.len() > 4 * LOG_TAIL_BYTES {
+                    let mut cut = text.len() - LOG_TAIL_BYTES;
+                    while !text.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    text.drain(..cut);
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(timeout, read).await.is_err() {
+        return Ok(ExecOutcome {
+            exit_code: None,
+            output: tail(&text),
+        });
+    }
+    let info = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| engine_error("inspect an exec in", name, e))?;
+    Ok(ExecOutcome {
+        exit_code: info.exit_code,
+        output: tail(&text),
+    })
+}
+
+/// The last [`LOG_TAIL_BYTES`] of `text`, trimmed, `(none)` when empty.
+fn tail(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "(none)".to_string();
+    }
+    if text.len() <= LOG_TAIL_BYTES {
+        return text.to_string();
+    }
+    let mut start = text.len() - LOG_TAIL_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
 }
 
 /// The node's planned containers as the engine sees them: state `missing` when absent,
@@ -647,14 +813,21 @@ pub async fn statuses(docker: &Docker, plan: &Plan, node_id: &str) -> Vec<Contai
 }
 
 /// Removes every container of `cluster` on this engine (each gets
-/// [`REMOVE_ALL_STOP_SECS`] to stop, then is killed). Returns their names. Tries them
-/// all and reports the first failure.
-pub async fn remove_all(docker: &Docker, cluster: &str) -> Result<Vec<String>, ContainerError> {
+/// [`REMOVE_ALL_STOP_SECS`] to stop, then is killed), and their hosts files. Returns
+/// their names. Tries them all and reports the first failure.
+pub async fn remove_all(
+    docker: &Docker,
+    cluster: &str,
+    hosts_dir: &Path,
+) -> Result<Vec<String>, ContainerError> {
     let mut removed = Vec::new();
     let mut first_error = None;
     for (name, _) in cluster_containers(docker, cluster).await? {
         match remove(docker, &name, REMOVE_ALL_STOP_SECS).await {
-            Ok(()) => removed.push(name),
+            Ok(()) => {
+                let _ = std::fs::remove_file(hosts_dir.join(&name));
+                removed.push(name);
+            }
             Err(e) => {
                 tracing::warn!(container = %name, "cannot remove: {e}");
                 first_error.get_or_insert(e);
@@ -713,7 +886,10 @@ mod tests {
                     container("server", "10.240.1.2"),
                     container("agent", "10.240.1.3"),
                 ],
+                leaving: false,
+                drain: None,
             }],
+            liveness: None,
         }
     }
 
@@ -734,10 +910,16 @@ mod tests {
             .insert("A".into(), "1".into());
         assert_ne!(spec_hash(&env, &env.nodes[0].containers[0]), h);
 
-        // Another container's address changes this one's /etc/hosts, so its spec.
+        // Peers are not part of a container's spec: another container moving, or a node
+        // joining, replaces nothing.
         let mut hosts = p.clone();
         hosts.nodes[0].containers[1].address = Some("10.240.1.9".parse().expect("ip"));
-        assert_ne!(spec_hash(&hosts, &hosts.nodes[0].containers[0]), h);
+        let mut joined = hosts.nodes[0].clone();
+        joined.id = "node-1".into();
+        joined.index = 1;
+        joined.private_ip = "10.213.0.11".parse().expect("ip");
+        hosts.nodes.push(joined);
+        assert_eq!(spec_hash(&hosts, &hosts.nodes[0].containers[0]), h);
 
         // A new generation alone, or new credentials, change nothing.
         let mut same = p.clone();
@@ -751,34 +933,53 @@ mod tests {
     }
 
     #[test]
-    fn host_entries_leave_out_the_containers_own_short_name() {
-        let p = plan();
-        let hosts = extra_hosts(&p, &p.nodes[0].containers[0]);
+    fn the_hosts_file_lists_every_container_once_after_dockers_header() {
+        let mut p = plan();
+        p.nodes[0].containers[1].network = NetworkMode::Host;
+        p.nodes[0].containers[1].address = None;
+        let hosts = hosts_file(&p, &p.nodes[0].containers[0]);
+        let lines: Vec<&str> = hosts.lines().collect();
+        assert_eq!(lines[0], "127.0.0.1\tlocalhost");
         assert_eq!(
-            hosts,
-            vec![
-                "server-node-0.demo.shoal.internal:10.240.1.2",
-                "agent-node-0.demo.shoal.internal:10.240.1.3",
-                "agent-node-0:10.240.1.3",
+            &lines[lines.len() - 2..],
+            [
+                "10.240.1.2\tserver-node-0.demo.shoal.internal server-node-0",
+                // A host-network container is at its node's address.
+                "10.213.0.10\tagent-node-0.demo.shoal.internal agent-node-0",
             ]
         );
+        // Each short name on one line only, so `hostname -f` finds the FQDN.
+        assert_eq!(hosts.matches(" server-node-0\n").count(), 1);
+        // The same for every container of the cluster.
+        assert_eq!(hosts, hosts_file(&p, &p.nodes[0].containers[1]));
     }
 
     #[test]
-    fn a_host_mode_container_gets_one_line_with_both_of_its_names() {
+    fn a_hosts_file_is_rewritten_in_place_only_when_it_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("shoal-hosts-{}", std::process::id()));
+        let p = plan();
+        let c = &p.nodes[0].containers[0];
+        assert!(write_hosts(&dir, c, "a\n").expect("write"));
+        let inode = std::fs::metadata(hosts_path(&dir, c)).expect("stat").ino();
+        assert!(!write_hosts(&dir, c, "a\n").expect("same"));
+        assert!(write_hosts(&dir, c, "a much longer line\n").expect("longer"));
+        assert!(write_hosts(&dir, c, "b\n").expect("shorter"));
+        let meta = std::fs::metadata(hosts_path(&dir, c)).expect("stat");
+        assert_eq!(meta.ino(), inode, "the file was replaced, not rewritten");
+        assert_eq!(
+            std::fs::read_to_string(hosts_path(&dir, c)).expect("read"),
+            "b\n"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_host_mode_container_is_on_the_hosts_network() {
         let mut p = plan();
         p.nodes[0].containers[0].network = NetworkMode::Host;
         p.nodes[0].containers[0].address = None;
-        let hosts = extra_hosts(&p, &p.nodes[0].containers[0]);
-        assert_eq!(
-            hosts,
-            vec![
-                "server-node-0.demo.shoal.internal server-node-0:10.213.0.10",
-                "agent-node-0.demo.shoal.internal:10.240.1.3",
-                "agent-node-0:10.240.1.3",
-            ]
-        );
-        let body = create_body(&p, "node-0", &p.nodes[0].containers[0]);
+        let body = create_body(&p, "node-0", &p.nodes[0].containers[0], Path::new("/h"));
         let hc = body.host_config.expect("host config");
         assert_eq!(hc.network_mode.as_deref(), Some("host"));
         assert!(body.networking_config.is_none());
@@ -787,10 +988,18 @@ mod tests {
     #[test]
     fn create_body_sets_names_address_and_policy() {
         let p = plan();
-        let body = create_body(&p, "node-0", &p.nodes[0].containers[0]);
+        let body = create_body(&p, "node-0", &p.nodes[0].containers[0], Path::new("/h"));
         assert_eq!(body.hostname.as_deref(), Some("server-node-0"));
         assert_eq!(body.domainname.as_deref(), Some("demo.shoal.internal"));
         let hc = body.host_config.expect("host config");
+        assert_eq!(
+            hc.binds.as_deref(),
+            Some(&["/h/server-node-0:/etc/hosts:rw".to_string()][..])
+        );
+        assert!(
+            hc.extra_hosts.is_none(),
+            "peers are not in the container's config"
+        );
         assert_eq!(hc.network_mode.as_deref(), Some(OVERLAY_NETWORK));
         assert_eq!(
             hc.restart_policy.and_then(|r| r.name),

@@ -30,6 +30,9 @@ enum Cmd {
         /// Converge once, then exit (0 when ready) instead of staying resident.
         #[arg(long)]
         once: bool,
+        /// The agent's own files (the containers' hosts files).
+        #[arg(long, default_value = shoal_agent::run::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 
@@ -70,12 +73,14 @@ fn main() -> ExitCode {
         docker_host,
         image_dir,
         once,
+        state_dir,
     } = cli.command;
     let code = rt.block_on(run(RunOptions {
         config,
         docker_host,
         image_dir,
         once,
+        state_dir,
     }));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -47,6 +47,9 @@ pub mod exit {
     pub const CONVERGE: i32 = 7;
 }
 
+/// Where the agent keeps its own files on a VM.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/shoal/agent";
+
 /// Options of `shoal-agent run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -58,6 +61,8 @@ pub struct RunOptions {
     pub image_dir: PathBuf,
     /// Converge once and exit instead of staying resident.
     pub once: bool,
+    /// The agent's own files on the VM (the containers' hosts files).
+    pub state_dir: PathBuf,
 }
 
 /// Tries of one status report before it is left to the redelivery (about 1 s).
@@ -93,6 +98,13 @@ struct Agent {
     timings: Vec<PhaseTiming>,
     docker: Option<Docker>,
     converged_once: bool,
+    /// The generation this process last brought the node to (ready, or drained), if it
+    /// did: later convergences report only what they change.
+    converged: Option<u64>,
+    /// The generation on which this node's drain hook succeeded.
+    drained: Option<u64>,
+    /// The latest report made (delivered or not): sent again as the liveness report.
+    latest: Option<NodeStatus>,
     /// The latest report the coordinator did not receive (it was down or overloaded):
     /// sent again with backoff until it is, since the coordinator learns a node is
     /// ready only from its report.
@@ -101,8 +113,6 @@ struct Agent {
     redeliveries: u32,
     /// The OS's own boot, as last read ([`boot_milestones`]); sent with every report.
     boot: tokio::sync::watch::Receiver<Option<shoal_protocol::BootReport>>,
-    /// The latest report, sent again when the boot report changes.
-    last: Option<NodeStatus>,
     /// The configured deadline (`deadline_secs`) while the node has no valid plan: no
     /// request carries the agent further than that past the coordinator's last answer.
     /// `None` once a plan is held: a resident agent keeps trying.
@@ -161,7 +171,7 @@ impl Agent {
     /// Sends the latest report again with the newest boot report: the OS's boot goes
     /// on (cloud-init's last stage, systemd's end) after the agent reported ready.
     async fn resend_with_boot(&mut self) {
-        let Some(mut status) = self.last.clone() else {
+        let Some(mut status) = self.latest.clone() else {
             return;
         };
         status.boot = self.boot.borrow_and_update().clone();
@@ -170,7 +180,7 @@ impl Agent {
 
     async fn deliver(&mut self, status: NodeStatus) {
         let phase = status.phase;
-        self.last = Some(status.clone());
+        self.latest = Some(status.clone());
         // A few quick tries only: the node's convergence does not wait for the
         // coordinator, and an undelivered report is sent again later (the latest one).
         match self
@@ -249,9 +259,15 @@ impl Agent {
         }
     }
 
+    /// Where the containers' hosts files live.
+    fn hosts_dir(&self) -> PathBuf {
+        self.opts.state_dir.join("hosts")
+    }
+
     /// Brings the node to the plan. Nothing is changed before the plan is known valid
-    /// and lists this node.
-    async fn converge(&mut self, plan: &Plan) -> Result<Vec<ContainerStatus>, Failure> {
+    /// and lists this node. `loud` reports each phase as it starts (a first
+    /// convergence); otherwise only the outcome is reported.
+    async fn converge(&mut self, plan: &Plan, loud: bool) -> Result<Converged, Failure> {
         let node_id = self.cfg.node_id.clone();
         if plan.node(&node_id).is_none() {
             return Err(Failure::new(
@@ -264,8 +280,11 @@ impl Agent {
         }
         let g = plan.generation;
         let docker = self.docker().await?;
+        let mut changed = false;
 
-        self.report(Phase::Network, g, None, vec![]).await;
+        if loud {
+            self.report(Phase::Network, g, None, vec![]).await;
+        }
         if plan.node_uses_overlay(&node_id) {
             let (conn, handle) = netns::connect().map_err(|e| {
                 Failure::new(reason::NETWORK_FAILED, format!("opening netlink: {e}"))
@@ -274,31 +293,126 @@ impl Agent {
             let r = overlay::converge(&docker, &handle, plan, &node_id).await;
             task.abort();
             let report = r.map_err(|e| Failure::new(e.reason(), e.to_string()))?;
-            tracing::info!(?report, "overlay converged");
+            if report.changed {
+                tracing::info!(?report, "overlay converged");
+            }
+            changed |= report.changed;
         }
 
-        self.report(Phase::Images, g, None, vec![]).await;
+        if loud {
+            self.report(Phase::Images, g, None, vec![]).await;
+        }
         let wanted = images::wanted(plan, &node_id);
         let report = images::ensure(&docker, &wanted, &self.opts.image_dir)
             .await
             .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
-        tracing::info!(?report, "images present");
+        if !report.loaded.is_empty() || !report.pulled.is_empty() {
+            tracing::info!(?report, "images present");
+            changed = true;
+        }
 
-        self.report(Phase::Containers, g, None, vec![]).await;
-        let report = containers::converge(&docker, plan, &node_id)
+        if loud {
+            self.report(Phase::Containers, g, None, vec![]).await;
+        }
+        let report = containers::converge(&docker, plan, &node_id, &self.hosts_dir())
             .await
             .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
-        Ok(report.statuses)
+        if report.changed() {
+            tracing::info!(
+                created = ?report.created,
+                replaced = ?report.replaced,
+                removed = ?report.removed,
+                started = ?report.started,
+                hosts_updated = ?report.hosts_updated,
+                "containers converged"
+            );
+            changed = true;
+        }
+        Ok(Converged {
+            statuses: report.statuses,
+            changed,
+        })
     }
 
-    /// Converges and reports the outcome; returns whether it succeeded.
+    /// Runs this node's drain hook when the plan marks it leaving with one (once per
+    /// generation); returns whether the node is drained.
+    async fn drain(&mut self, plan: &Plan) -> Result<bool, Failure> {
+        let Some(node) = plan.node(&self.cfg.node_id) else {
+            return Ok(false);
+        };
+        let Some(d) = node.drain.as_ref().filter(|_| node.leaving) else {
+            return Ok(false);
+        };
+        let g = plan.generation;
+        if self.drained == Some(g) {
+            return Ok(true);
+        }
+        let name = node
+            .containers
+            .iter()
+            .find(|c| c.name == d.container)
+            .map(|c| c.docker_name().to_string())
+            .unwrap_or_else(|| d.container.clone());
+        self.report(Phase::Draining, g, None, vec![]).await;
+        tracing::info!(container = %name, command = ?d.exec, timeout_secs = d.timeout_secs, "draining the node");
+        let docker = self.docker().await?;
+        let started = std::time::Instant::now();
+        let out = containers::exec(&docker, &name, &d.exec, Duration::from_secs(d.timeout_secs))
+            .await
+            .map_err(|e| Failure::new(reason::DRAIN_FAILED, e.to_string()))?;
+        let command = d.exec.join(" ");
+        match out.exit_code {
+            Some(0) => {
+                tracing::info!(ms = started.elapsed().as_millis() as u64, output = %out.output, "drained");
+                self.drained = Some(g);
+                Ok(true)
+            }
+            Some(code) => Err(Failure::new(
+                reason::DRAIN_FAILED,
+                format!(
+                    "`{command}` in {name} exited with code {code}: {}",
+                    out.output
+                ),
+            )),
+            None => Err(Failure::new(
+                reason::DRAIN_FAILED,
+                format!(
+                    "`{command}` in {name} did not finish within {}s: {}",
+                    d.timeout_secs, out.output
+                ),
+            )),
+        }
+    }
+
+    /// Converges and reports the outcome: the first convergence of this process phase
+    /// by phase; later ones only when they changed something, or the generation or the
+    /// node's phase changed (a convergence that finds everything in place says nothing,
+    /// so the node never looks un-ready for it).
     async fn converge_and_report(&mut self, plan: &Plan) -> Result<(), Failure> {
-        match self.converge(plan).await {
-            Ok(statuses) => {
+        let loud = self.converged.is_none() || self.opts.once;
+        let result = match self.converge(plan, loud).await {
+            Ok(c) => self.drain(plan).await.map(|drained| (c, drained)),
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok((c, drained)) => {
                 self.converged_once = true;
-                self.report(Phase::Ready, plan.generation, None, statuses)
-                    .await;
-                tracing::info!(generation = plan.generation, "node ready");
+                let phase = if drained {
+                    Phase::Drained
+                } else {
+                    Phase::Ready
+                };
+                let unchanged = !c.changed
+                    && self.converged == Some(plan.generation)
+                    && self
+                        .latest
+                        .as_ref()
+                        .is_some_and(|l| l.phase == phase && l.generation == plan.generation);
+                self.converged = Some(plan.generation);
+                if !unchanged {
+                    self.report(phase, plan.generation, None, c.statuses).await;
+                    tracing::info!(generation = plan.generation, %phase, "node converged");
+                }
                 Ok(())
             }
             Err(f) => {
@@ -313,6 +427,13 @@ impl Agent {
             }
         }
     }
+}
+
+/// What a convergence did.
+#[derive(Debug)]
+struct Converged {
+    statuses: Vec<ContainerStatus>,
+    changed: bool,
 }
 
 /// Watches Docker for events that mean part of the cluster was lost, and signals a
@@ -394,10 +515,12 @@ pub async fn run(opts: RunOptions) -> i32 {
         timings: Vec::new(),
         docker: None,
         converged_once: false,
+        converged: None,
+        drained: None,
+        latest: None,
         undelivered: None,
         redeliveries: 0,
         boot: boot_milestones::watch(boot_milestones::Sources::default()),
-        last: None,
         deadline: Some(deadline),
     };
     let mut boot_open = true;
@@ -452,7 +575,11 @@ pub async fn run(opts: RunOptions) -> i32 {
                     after = plan.generation;
                     // From the first plan on, the agent keeps trying for ever.
                     agent.deadline = None;
-                    agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
+                    // A node that has converged applies a new plan quietly: it reports
+                    // its outcome only.
+                    if agent.converged.is_none() {
+                        agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
+                    }
                     if !watching && !agent.opts.once {
                         watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());
                         watching = true;

@@ -30,6 +30,8 @@ struct Env {
     dockerd: TestDockerd,
     ns: TestNetns,
     image_dir: PathBuf,
+    /// The containers' hosts files.
+    hosts: PathBuf,
 }
 
 impl Env {
@@ -42,11 +44,13 @@ impl Env {
             .expect("connect to the test dockerd");
         let image_dir = std::env::temp_dir().join(unique_name("shoal-images"));
         build_demo_image(&image_dir);
+        let hosts = std::env::temp_dir().join(unique_name("shoal-hosts"));
         Env {
             docker,
             dockerd,
             ns,
             image_dir,
+            hosts,
         }
     }
 
@@ -75,6 +79,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.image_dir);
+        let _ = std::fs::remove_dir_all(&self.hosts);
     }
 }
 
@@ -133,7 +138,10 @@ fn plan_with(containers: Vec<ContainerPlan>) -> Plan {
             slice: "10.240.1.0/24".parse().expect("cidr"),
             gateway: "10.240.1.1".parse().expect("ip"),
             containers,
+            leaving: false,
+            drain: None,
         }],
+        liveness: None,
     };
     plan.validate().expect("the test plan is valid");
     plan
@@ -187,7 +195,7 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
 
     env.dockerd.create_shoal_network();
     let plan = demo_plan();
-    let report = containers::converge(&env.docker, &plan, NODE)
+    let report = containers::converge(&env.docker, &plan, NODE, &env.hosts)
         .await
         .expect("converge the demo node");
     assert_eq!(sorted(report.created.clone()), names(&[AGENT, SERVER]));
@@ -246,7 +254,7 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
     // Converging again changes nothing.
     let server_id = env.container_id(SERVER).await;
     let agent_id = env.container_id(AGENT).await;
-    let again = containers::converge(&env.docker, &plan, NODE)
+    let again = containers::converge(&env.docker, &plan, NODE, &env.hosts)
         .await
         .expect("converge again");
     assert_eq!(sorted(again.kept.clone()), names(&[AGENT, SERVER]));
@@ -256,10 +264,11 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
 
     // A stopped container is kept and started again.
     env.docker_cli(&["stop", SERVER]);
-    let restarted = containers::converge(&env.docker, &plan, NODE)
+    let restarted = containers::converge(&env.docker, &plan, NODE, &env.hosts)
         .await
         .expect("converge with a stopped server");
-    assert_eq!(sorted(restarted.kept.clone()), names(&[AGENT, SERVER]));
+    assert_eq!(restarted.kept, names(&[AGENT]));
+    assert_eq!(restarted.started, names(&[SERVER]));
     assert_eq!(env.container_id(SERVER).await, server_id);
     assert_eq!(
         env.docker_cli(&["inspect", "--format", "{{.State.Status}}", SERVER])
@@ -278,7 +287,7 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
         &format!("{{{{index .Config.Labels \"{LABEL_SPEC}\"}}}}"),
         AGENT,
     ]);
-    let replaced = containers::converge(&env.docker, &changed, NODE)
+    let replaced = containers::converge(&env.docker, &changed, NODE, &env.hosts)
         .await
         .expect("converge a changed agent");
     assert_eq!(replaced.replaced, names(&[AGENT]));
@@ -296,15 +305,98 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
     ]);
     assert_ne!(old_spec.trim(), new_spec.trim());
 
-    // A container the plan drops is removed. The server's host entries no longer list
-    // the agent, so its spec changed too and it is replaced.
+    // A peer joins: its containers appear in every hosts file, in place; nothing is
+    // replaced or restarted.
+    let mut grown = changed.clone();
+    let mut peer = grown.nodes[0].clone();
+    peer.id = "node-1".into();
+    peer.index = 1;
+    peer.private_ip = "10.213.0.11".parse().expect("ip");
+    peer.slice = "10.240.2.0/24".parse().expect("cidr");
+    peer.gateway = "10.240.2.1".parse().expect("ip");
+    for (c, ip) in peer.containers.iter_mut().zip(["10.240.2.2", "10.240.2.3"]) {
+        c.hostname = c.hostname.replace("node-0", "node-1");
+        c.address = Some(ip.parse().expect("ip"));
+    }
+    grown.nodes.push(peer);
+    grown.validate().expect("valid");
+    let server_started = env.docker_cli(&["inspect", "--format", "{{.State.StartedAt}}", SERVER]);
+    let joined = containers::converge(&env.docker, &grown, NODE, &env.hosts)
+        .await
+        .expect("converge with a new peer");
+    assert_eq!(sorted(joined.kept.clone()), names(&[AGENT, SERVER]));
+    assert_eq!(
+        sorted(joined.hosts_updated.clone()),
+        names(&[AGENT, SERVER])
+    );
+    assert!(joined.created.is_empty() && joined.replaced.is_empty() && joined.started.is_empty());
+    assert_eq!(env.container_id(SERVER).await, server_id);
+    assert_eq!(
+        env.docker_cli(&["inspect", "--format", "{{.State.StartedAt}}", SERVER]),
+        server_started,
+        "the server was restarted for a peer"
+    );
+    let seen = env.docker_cli(&["exec", SERVER, "cat", "/etc/hosts"]);
+    assert!(
+        seen.contains("10.240.2.3\tagent-node-1.demo.shoal.internal agent-node-1"),
+        "{seen}"
+    );
+    // The container still knows itself.
+    assert_eq!(
+        env.docker_cli(&["exec", SERVER, "hostname", "-f"]).trim(),
+        SERVER_FQDN
+    );
+    // Converging again rewrites nothing.
+    let same = containers::converge(&env.docker, &grown, NODE, &env.hosts)
+        .await
+        .expect("converge again");
+    assert!(!same.changed(), "{same:?}");
+
+    // A restarted container keeps the current list (Docker does not write it again).
+    env.docker_cli(&["restart", "-t", "1", SERVER]);
+    let seen = env.docker_cli(&["exec", SERVER, "cat", "/etc/hosts"]);
+    assert!(seen.contains("agent-node-1.demo.shoal.internal"), "{seen}");
+
+    // A container the plan drops is removed; the other is kept, and its hosts file no
+    // longer lists it.
     let mut smaller = changed.clone();
     smaller.nodes[0].containers.truncate(1);
-    let shrunk = containers::converge(&env.docker, &smaller, NODE)
+    let shrunk = containers::converge(&env.docker, &smaller, NODE, &env.hosts)
         .await
         .expect("converge without the agent");
     assert_eq!(shrunk.removed, names(&[AGENT]));
-    assert_eq!(shrunk.replaced, names(&[SERVER]));
+    assert_eq!(shrunk.kept, names(&[SERVER]));
+    assert!(shrunk.replaced.is_empty());
+    assert_eq!(env.container_id(SERVER).await, server_id);
+    let seen = env.docker_cli(&["exec", SERVER, "cat", "/etc/hosts"]);
+    assert!(!seen.contains("agent-node-"), "{seen}");
+    assert!(
+        !env.hosts.join(AGENT).exists(),
+        "the removed container's hosts file is left"
+    );
+
+    // A command run in a container: its exit code and output; a timeout.
+    let out = containers::exec(
+        &env.docker,
+        SERVER,
+        &["sh".into(), "-c".into(), "echo drained-ok; exit 4".into()],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("exec");
+    assert_eq!(out.exit_code, Some(4));
+    assert!(out.output.contains("drained-ok"), "{out:?}");
+    let t = Instant::now();
+    let slow = containers::exec(
+        &env.docker,
+        SERVER,
+        &["sleep".into(), "30".into()],
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("exec");
+    assert_eq!(slow.exit_code, None);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let left = env.docker_cli(&["ps", "-a", "--format", "{{.Names}}"]);
     assert_eq!(left.split_whitespace().collect::<Vec<_>>(), vec![SERVER]);
     let statuses = containers::statuses(&env.docker, &smaller, NODE).await;
@@ -313,7 +405,7 @@ async fn demo_cluster_is_loaded_converged_kept_replaced_and_removed() {
 
     // Docker stop is prompt: the demo roles handle SIGTERM as PID 1.
     let t = Instant::now();
-    let removed = containers::remove_all(&env.docker, "demo")
+    let removed = containers::remove_all(&env.docker, "demo", &env.hosts)
         .await
         .expect("remove every container of the cluster");
     assert_eq!(removed, names(&[SERVER]));
@@ -385,7 +477,7 @@ async fn a_container_that_exits_at_once_is_reported_with_its_exit_code() {
         "10.240.1.5",
         &["sh", "-c", "echo the-end-is-near; exit 3"],
     )]);
-    let err = containers::converge(&env.docker, &plan, NODE)
+    let err = containers::converge(&env.docker, &plan, NODE, &env.hosts)
         .await
         .expect_err("a command that exits at once");
     eprintln!("exits at once: {err}");
@@ -415,7 +507,7 @@ async fn host_mode_containers_run_on_the_node_stack() {
     c.network = NetworkMode::Host;
     c.address = None;
     let plan = plan_with(vec![c]);
-    let report = containers::converge(&env.docker, &plan, NODE)
+    let report = containers::converge(&env.docker, &plan, NODE, &env.hosts)
         .await
         .expect("converge a host-mode container");
     assert_eq!(report.created, names(&[SERVER]));
@@ -454,7 +546,7 @@ async fn an_engine_that_does_not_answer_is_reported_as_unreachable() {
         bollard::API_DEFAULT_VERSION,
     )
     .expect("a client needs no engine until it sends");
-    let err = containers::converge(&docker, &demo_plan(), NODE)
+    let err = containers::converge(&docker, &demo_plan(), NODE, &dir)
         .await
         .expect_err("no engine");
     assert_eq!(err.reason(), reason::DOCKER_UNREACHABLE, "{err:?}");
@@ -466,7 +558,7 @@ async fn an_engine_that_does_not_answer_is_reported_as_unreachable() {
     .await
     .expect_err("no engine");
     assert_eq!(err.reason(), reason::DOCKER_UNREACHABLE, "{err:?}");
-    let err = containers::converge(&docker, &demo_plan(), "node-9")
+    let err = containers::converge(&docker, &demo_plan(), "node-9", &dir)
         .await
         .expect_err("no such node");
     assert_eq!(err.reason(), reason::NODE_NOT_IN_PLAN);

@@ -22,7 +22,6 @@
 //! `DIR/state` and exits without serving: `shoal serve --state-dir DIR/state` then
 //! resumes it and takes its agents' reports (the status-report benchmark).
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,30 +167,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         created_ms: now,
         updated_ms: now,
         available_ms: None,
+        ready_nodes: 0,
+        next_index: args.nodes,
+        auto_repair_secs: None,
+        change: Some(1),
     };
     let first = u32::from(args.first_ip);
     let mut rows = Vec::new();
     let mut planned = Vec::new();
+    let groups = blueprint.assign(args.nodes)?;
     for i in 0..args.nodes {
         let id = format!("node-{i}");
+        let group = groups[i as usize].name.clone();
         let token = keys::random_secret();
         let ip = Ipv4Addr::from(first + i);
-        rows.push(NodeRow {
-            id: id.clone(),
-            index: i,
-            token: token.clone(),
-            instance_id: Some(id.clone()),
-            private_ip: Some(ip),
-            details: BTreeMap::new(),
-            phase: Phase::VmRunning,
-            status: None,
-            requested_ms: Some(now),
-            running_ms: Some(now),
-            updated_ms: now,
-        });
+        let mut row = NodeRow::requested(id.clone(), i, group.clone(), token.clone(), now);
+        row.instance_id = Some(id.clone());
+        row.private_ip = Some(ip);
+        row.phase = Phase::VmRunning;
+        row.running_ms = Some(now);
+        rows.push(row);
         planned.push(PlannedNode {
             id: id.clone(),
             index: i,
+            group: group.clone(),
+            leaving: false,
             private_ip: ip,
             instance_id: None,
         });
@@ -211,7 +211,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     store.insert_cluster(&cluster, &rows).await?;
     write_private(&args.dir.join("key"), key.as_bytes())?;
 
-    let mut plan = planner::build(name, &blueprint, cluster.overlay, cluster.vni, &planned)?;
+    let mut plan = planner::build(
+        name,
+        &blueprint,
+        cluster.overlay,
+        cluster.vni,
+        &planned,
+        None,
+    )?;
     // The store assigns the first generation, 1: the file holds what will be served.
     plan.generation = 1;
     std::fs::write(args.dir.join("plan.json"), serde_json::to_string(&plan)?)?;

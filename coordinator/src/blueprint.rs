@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use shoal_protocol::{is_dns_label, is_dns_name, NetworkMode, PortPlan};
+use shoal_protocol::{is_dns_label, is_dns_name, NetworkMode, PortPlan, MAX_DRAIN_SECS, MAX_NODES};
 
 /// The default DNS domain of container names.
 pub const DEFAULT_DOMAIN: &str = "shoal.internal";
@@ -86,11 +86,96 @@ fn default_domain() -> String {
 pub struct HostGroup {
     /// Name.
     pub name: String,
-    /// How many nodes.
+    /// How many nodes at creation.
     pub count: GroupCount,
+    /// The fewest nodes the group may have (at creation and after a scale). Default: 0
+    /// for the group that takes "rest", the count of a fixed group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// The most nodes the group may have. Default: the cluster limit for the "rest"
+    /// group, the count of a fixed group (so a fixed group scales only when given
+    /// bounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// What a node of this group runs before a scale down removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainSpec>,
     /// What each of its nodes runs.
     #[serde(rename = "container", default)]
     pub containers: Vec<ContainerSpec>,
+}
+
+impl HostGroup {
+    /// The group's bounds, `(min, max)`, defaults applied.
+    pub fn bounds(&self) -> (u32, u32) {
+        let limit = MAX_NODES as u32;
+        match self.count {
+            GroupCount::Fixed(n) => (self.min.unwrap_or(n), self.max.unwrap_or(n)),
+            GroupCount::Rest(_) => (self.min.unwrap_or(0), self.max.unwrap_or(limit)),
+        }
+    }
+}
+
+/// A group's drain hook: `drain = { container = "datanode", exec = [...], timeout =
+/// "10m" }`. The command runs in that container of each node being removed, and must
+/// exit 0 before the node's VM is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSpec {
+    /// A container of the group.
+    pub container: String,
+    /// The command and its arguments.
+    pub exec: Vec<String>,
+    /// How long it may run: seconds, or a number with `s`, `m` or `h` (default 10m).
+    #[serde(default = "default_drain_timeout")]
+    pub timeout: Seconds,
+}
+
+fn default_drain_timeout() -> Seconds {
+    Seconds(600)
+}
+
+/// A duration in whole seconds; written as a number (`90`) or with a unit (`"90s"`,
+/// `"10m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Seconds(pub u64);
+
+impl Seconds {
+    /// Parses `90`, `"90"`, `"90s"`, `"10m"`, `"1h"`.
+    pub fn parse(text: &str) -> Option<Seconds> {
+        let t = text.trim();
+        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => t.split_at(i),
+            None => (t, ""),
+        };
+        let n: u64 = digits.parse().ok()?;
+        let scale = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return None,
+        };
+        n.checked_mul(scale).map(Seconds)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Seconds(n)),
+            Raw::Text(t) => Seconds::parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration (seconds, or a number with s, m or h)"
+                ))
+            }),
+        }
+    }
 }
 
 /// A group's size.
@@ -242,6 +327,7 @@ impl Blueprint {
                         .map_err(|m| self.invalid(format!("container {}: {m}", c.name)))?;
                 }
             }
+            self.check_scaling(g)?;
         }
         // Every ${fqdn:NAME} must name a container of the blueprint.
         for g in &self.groups {
@@ -263,6 +349,73 @@ impl Blueprint {
             }
         }
         Ok(())
+    }
+
+    /// A group's bounds and drain hook make sense.
+    fn check_scaling(&self, g: &HostGroup) -> Result<(), BlueprintError> {
+        let (min, max) = g.bounds();
+        let limit = MAX_NODES as u32;
+        if min > max || max > limit {
+            return Err(self.invalid(format!(
+                "group {}: min {min} and max {max} must satisfy min <= max <= {limit}",
+                g.name
+            )));
+        }
+        if let GroupCount::Fixed(n) = g.count {
+            if n < min || n > max {
+                return Err(self.invalid(format!(
+                    "group {}: count {n} is outside its bounds {min}..{max}",
+                    g.name
+                )));
+            }
+        }
+        if let Some(d) = &g.drain {
+            if !g.containers.iter().any(|c| c.name == d.container) {
+                return Err(self.invalid(format!(
+                    "group {}: drain container {:?} is not a container of the group",
+                    g.name, d.container
+                )));
+            }
+            if d.exec.is_empty() || d.exec.iter().any(|a| a.contains('\0')) {
+                return Err(self.invalid(format!(
+                    "group {}: drain exec must be a non-empty command",
+                    g.name
+                )));
+            }
+            if d.timeout.0 == 0 || d.timeout.0 > MAX_DRAIN_SECS {
+                return Err(self.invalid(format!(
+                    "group {}: drain timeout must be between 1 s and {} h",
+                    g.name,
+                    MAX_DRAIN_SECS / 3600
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&HostGroup> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The group a scale without `--group` resizes: the one that takes "rest", else
+    /// the only group whose bounds let it change size.
+    pub fn default_scale_group(&self) -> Option<&HostGroup> {
+        if let Some(g) = self
+            .groups
+            .iter()
+            .find(|g| matches!(g.count, GroupCount::Rest(_)))
+        {
+            return Some(g);
+        }
+        let mut scalable = self.groups.iter().filter(|g| {
+            let (min, max) = g.bounds();
+            min < max
+        });
+        match (scalable.next(), scalable.next()) {
+            (Some(g), None) => Some(g),
+            _ => None,
+        }
     }
 
     /// Which group each of `nodes` nodes belongs to (by index), or why the blueprint
@@ -297,7 +450,15 @@ impl Blueprint {
             .iter()
             .find(|g| matches!(g.count, GroupCount::Rest(_)))
         {
-            out.extend(std::iter::repeat_n(rest, (nodes - fixed) as usize));
+            let n = nodes - fixed;
+            let (min, max) = rest.bounds();
+            if n < min || n > max {
+                return Err(self.invalid(format!(
+                    "group {} would have {n} node(s), outside its bounds {min}..{max}",
+                    rest.name
+                )));
+            }
+            out.extend(std::iter::repeat_n(rest, n as usize));
         }
         Ok(out)
     }
@@ -530,6 +691,71 @@ count = 1
 "#;
         let bp = Blueprint::parse("t", text).expect("valid");
         assert!(!format!("{bp:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bounds_and_drain_hooks_are_checked() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "master"
+count = 1
+[[group.container]]
+name = "m"
+image = "i"
+[[group]]
+name = "workers"
+count = "rest"
+min = 1
+max = 3
+drain = { container = "w", exec = ["sh", "-c", "true"], timeout = "2m" }
+[[group.container]]
+name = "w"
+image = "i"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        let workers = bp.group("workers").expect("workers");
+        assert_eq!(workers.bounds(), (1, 3));
+        assert_eq!(
+            workers.drain.as_ref().map(|d| d.timeout),
+            Some(Seconds(120))
+        );
+        assert_eq!(bp.group("master").expect("master").bounds(), (1, 1));
+        assert_eq!(
+            bp.default_scale_group().map(|g| g.name.as_str()),
+            Some("workers")
+        );
+        assert!(bp.assign(4).is_ok());
+        let e = bp.assign(5).expect_err("4 workers, max 3");
+        assert!(e.to_string().contains("outside its bounds 1..3"), "{e}");
+        assert!(bp.assign(1).is_err(), "0 workers, min 1");
+        // Stored as JSON and read back (the store keeps blueprints so).
+        let json = serde_json::to_string(&bp).expect("json");
+        assert_eq!(serde_json::from_str::<Blueprint>(&json).expect("back"), bp);
+
+        for (from, to, why) in [
+            ("min = 1\nmax = 3", "min = 4\nmax = 3", "min <= max"),
+            (
+                "container = \"w\", exec",
+                "container = \"m\", exec",
+                "not a container of the group",
+            ),
+            (
+                "exec = [\"sh\", \"-c\", \"true\"]",
+                "exec = []",
+                "non-empty command",
+            ),
+            ("\"2m\"", "\"2 weeks\"", "not a duration"),
+            ("\"2m\"", "0", "between 1 s"),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{from}");
+            let e = Blueprint::parse("t", &bad).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+        assert_eq!(Seconds::parse("90"), Some(Seconds(90)));
+        assert_eq!(Seconds::parse("1h"), Some(Seconds(3600)));
+        assert_eq!(Seconds::parse("m"), None);
     }
 
     #[test]

@@ -17,6 +17,15 @@
 //! ready, the cluster is not AVAILABLE yet), `deleting` (a deletion is recorded,
 //! nothing removed yet), `vm-deleted` (one local VM is stopped, its namespace not yet
 //! removed).
+//!
+//! Changes of a running cluster: `scale-recorded` (a scale is recorded, nothing made
+//! or marked yet beyond the store), `scale-vms-created` (the new nodes' VMs exist, the
+//! store does not know them yet), `drain-started` (the plan marking leaving nodes is
+//! served, their drain hooks run), `scale-vms-deleted` (the leaving nodes' VMs are gone,
+//! the store still lists them), `scale-plan-published` (the plan of the new node set is
+//! served), `repair-recorded`, `repair-vms-deleted` (the old VMs are gone, no new one
+//! yet), `repair-vms-created`, `repair-plan-published`, and `change-settled` (every node
+//! is ready on the change's plan, the change is not recorded done yet).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

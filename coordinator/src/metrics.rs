@@ -113,6 +113,8 @@ pub struct Metrics {
     metadata_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     metadata_in_flight: AtomicI64,
     time_to_available: Mutex<Histogram>,
+    changes: [AtomicI64; 2],
+    nodes_lost: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -126,6 +128,8 @@ impl Default for Metrics {
             metadata_requests: Mutex::new(BTreeMap::new()),
             metadata_in_flight: AtomicI64::new(0),
             time_to_available: Mutex::new(Histogram::new(AVAILABLE_BUCKETS)),
+            changes: [AtomicI64::new(0), AtomicI64::new(0)],
+            nodes_lost: AtomicI64::new(0),
         }
     }
 }
@@ -170,6 +174,16 @@ impl Metrics {
         if let Ok(mut h) = self.time_to_available.lock() {
             h.observe(seconds);
         }
+    }
+
+    /// Counts a change (scale, repair) that ended, done or failed.
+    pub fn record_change(&self, done: bool) {
+        self.changes[usize::from(!done)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a node marked lost.
+    pub fn record_lost(&self) {
+        self.nodes_lost.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_metadata(&self, route: &'static str, code: u16) {
@@ -352,6 +366,33 @@ impl Metrics {
             snap.store.writes as f64,
         );
 
+        header(
+            &mut out,
+            "shoal_changes_total",
+            "counter",
+            "Changes of running clusters (scales, repairs) that ended, by outcome.",
+        );
+        for (i, outcome) in ["done", "failed"].iter().enumerate() {
+            sample(
+                &mut out,
+                "shoal_changes_total",
+                &[("outcome", outcome)],
+                self.changes[i].load(Ordering::Relaxed).max(0) as f64,
+            );
+        }
+        header(
+            &mut out,
+            "shoal_nodes_lost_total",
+            "counter",
+            "Nodes marked lost: their agent was silent for longer than the liveness timeout.",
+        );
+        sample(
+            &mut out,
+            "shoal_nodes_lost_total",
+            &[],
+            self.nodes_lost.load(Ordering::Relaxed).max(0) as f64,
+        );
+
         let hist = self
             .time_to_available
             .lock()
@@ -394,17 +435,7 @@ impl Snapshot {
     }
 }
 
-const ALL_PHASES: &[Phase] = &[
-    Phase::Pending,
-    Phase::VmRunning,
-    Phase::AgentStarted,
-    Phase::PlanReceived,
-    Phase::Network,
-    Phase::Images,
-    Phase::Containers,
-    Phase::Ready,
-    Phase::Failed,
-];
+const ALL_PHASES: &[Phase] = &Phase::ALL;
 
 /// Axum middleware for the metadata router: counts requests by route and status code
 /// and keeps the in-flight gauge.
@@ -525,6 +556,11 @@ mod tests {
         let text = Metrics::default().render(&empty());
         let s = check_format(&text);
         assert_eq!(s["shoal_clusters{state=\"AVAILABLE\"}"], 0.0);
+        assert_eq!(s["shoal_clusters{state=\"UPDATING\"}"], 0.0);
+        assert_eq!(s["shoal_clusters{state=\"DEGRADED\"}"], 0.0);
+        assert_eq!(s["shoal_nodes{phase=\"lost\"}"], 0.0);
+        assert_eq!(s["shoal_changes_total{outcome=\"failed\"}"], 0.0);
+        assert_eq!(s["shoal_nodes_lost_total"], 0.0);
         assert_eq!(s["shoal_nodes{phase=\"ready\"}"], 0.0);
         assert_eq!(s["shoal_nodes{phase=\"vm-running\"}"], 0.0);
         assert_eq!(s["shoal_metadata_long_polls_in_flight"], 0.0);

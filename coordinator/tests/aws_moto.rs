@@ -262,6 +262,7 @@ fn user_data(node: &str) -> Vec<u8> {
 fn nodes(n: u32) -> Vec<NodeRequest> {
     (0..n)
         .map(|i| NodeRequest {
+            incarnation: 0,
             node_id: format!("node-{i}"),
             index: i,
             user_data: user_data(&format!("node-{i}")),

@@ -167,6 +167,7 @@ fn cluster() -> ClusterRef {
 fn nodes(n: u32) -> Vec<NodeRequest> {
     (0..n)
         .map(|i| NodeRequest {
+            incarnation: 0,
             node_id: format!("node-{i}"),
             index: i,
             user_data: format!(
@@ -826,6 +827,7 @@ async fn bad_settings_are_config_errors_before_any_call() {
         .expect_err("clear text");
     assert!(e.to_string().contains("loopback"), "{e}");
     let big = vec![NodeRequest {
+        incarnation: 0,
         node_id: "node-0".into(),
         index: 0,
         user_data: vec![b'#'; AZURE_LIMIT + 1],
@@ -1008,6 +1010,7 @@ async fn custom_data_passes_cloud_init_schema() {
         let user_data =
             shoal::userdata::render_for("azure", &cfg, Some(AZURE_LIMIT)).expect("render");
         reqs.push(NodeRequest {
+            incarnation: 0,
             node_id: format!("node-{i}"),
             index: i,
             user_data,

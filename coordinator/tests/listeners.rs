@@ -3,7 +3,6 @@
 //! tricks, the per-source rate limit, slow clients (slowloris) and connection floods.
 //! No privileges needed: the engine has no provider, the store is in memory.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use shoal::providers::ProviderParams;
 use shoal::server::listener::{self, Limits};
 use shoal::store::{ClusterRow, ClusterState, NodeRow, SqliteStore, Store};
 use shoal::tls::Ca;
-use shoal_protocol::Phase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -58,6 +56,10 @@ fn row(key: &str) -> ClusterRow {
         created_ms: 1,
         updated_ms: 1,
         available_ms: None,
+        ready_nodes: 0,
+        next_index: 1,
+        auto_repair_secs: None,
+        change: Some(1),
     }
 }
 
@@ -73,19 +75,13 @@ async fn fixture(limits: Limits, metadata_tls: bool) -> Fixture {
     store
         .insert_cluster(
             &row(&key),
-            &[NodeRow {
-                id: "node-0".into(),
-                index: 0,
-                token: token.clone(),
-                instance_id: None,
-                private_ip: None,
-                details: BTreeMap::new(),
-                phase: Phase::Pending,
-                status: None,
-                requested_ms: Some(1),
-                running_ms: None,
-                updated_ms: 1,
-            }],
+            &[NodeRow::requested(
+                "node-0".into(),
+                0,
+                "all".into(),
+                token.clone(),
+                1,
+            )],
         )
         .await
         .expect("insert");

@@ -47,7 +47,23 @@ pub struct Plan {
     pub network: NetworkPlan,
     /// Every node of the cluster, in index order.
     pub nodes: Vec<NodePlan>,
+    /// How often a resident agent reports when nothing changes, so the coordinator can
+    /// tell a silent node from a quiet one. Absent: the agent reports on changes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<LivenessPlan>,
 }
+
+/// The liveness contract: a resident agent sends a report (its latest, again) at
+/// least every `report_secs` seconds; the coordinator marks a node `lost` after a
+/// silence several times longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessPlan {
+    /// Seconds between reports when nothing changes (1 to [`MAX_REPORT_SECS`]).
+    pub report_secs: u32,
+}
+
+/// The longest interval between liveness reports a plan may ask for.
+pub const MAX_REPORT_SECS: u32 = 3600;
 
 /// The cluster-wide overlay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +114,31 @@ pub struct NodePlan {
     /// Containers to run on this node.
     #[serde(default)]
     pub containers: Vec<ContainerPlan>,
+    /// The node is being removed (a scale down): it keeps running and stays every
+    /// peer's peer until the coordinator removes it from the plan; first it runs its
+    /// [`NodePlan::drain`], if it has one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// What a leaving node runs before its VM is removed (its host group's drain hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainPlan>,
 }
+
+/// A drain hook: a command run in one of a leaving node's containers (`docker exec`),
+/// which exits 0 once the node's share of the work is elsewhere (e.g. HDFS has
+/// re-replicated a decommissioned DataNode's blocks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainPlan {
+    /// The container (its name within the node) the command runs in.
+    pub container: String,
+    /// The command and its arguments.
+    pub exec: Vec<String>,
+    /// How long it may run before the drain counts as failed, in seconds.
+    pub timeout_secs: u64,
+}
+
+/// The longest a drain hook may be given.
+pub const MAX_DRAIN_SECS: u64 = 24 * 3600;
 
 /// One container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +346,17 @@ pub enum Phase {
     Containers,
     /// The node matches the plan.
     Ready,
+    /// A leaving node runs its drain hook.
+    Draining,
+    /// A leaving node's drain hook succeeded: it may be removed.
+    Drained,
+    /// The node had converged and something broke (a container stopped, the Docker
+    /// engine went away, an overlay device was removed); see [`NodeStatus::error`].
+    /// The agent is putting it right.
+    Unhealthy,
+    /// Set by the coordinator: the agent has been silent for longer than the liveness
+    /// timeout (reason [`reason::AGENT_SILENT`]).
+    Lost,
     /// The node failed; see [`NodeStatus::error`].
     Failed,
 }
@@ -322,25 +373,34 @@ impl Phase {
             Phase::Images => "images",
             Phase::Containers => "containers",
             Phase::Ready => "ready",
+            Phase::Draining => "draining",
+            Phase::Drained => "drained",
+            Phase::Unhealthy => "unhealthy",
+            Phase::Lost => "lost",
             Phase::Failed => "failed",
         }
     }
 
+    /// Every phase, in the order of a node's life.
+    pub const ALL: [Phase; 13] = [
+        Phase::Pending,
+        Phase::VmRunning,
+        Phase::AgentStarted,
+        Phase::PlanReceived,
+        Phase::Network,
+        Phase::Images,
+        Phase::Containers,
+        Phase::Ready,
+        Phase::Draining,
+        Phase::Drained,
+        Phase::Unhealthy,
+        Phase::Lost,
+        Phase::Failed,
+    ];
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Phase> {
-        [
-            Phase::Pending,
-            Phase::VmRunning,
-            Phase::AgentStarted,
-            Phase::PlanReceived,
-            Phase::Network,
-            Phase::Images,
-            Phase::Containers,
-            Phase::Ready,
-            Phase::Failed,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 
@@ -366,6 +426,22 @@ pub mod reason {
     pub const CONTAINER_FAILED: &str = "container-failed";
     /// The agent's configuration is unusable.
     pub const CONFIG_INVALID: &str = "config-invalid";
+    /// A leaving node's drain hook exited non-zero, or ran past its timeout; the
+    /// message carries its exit code and the end of its output.
+    pub const DRAIN_FAILED: &str = "drain-failed";
+    /// The Docker engine stopped answering after the node had converged (a daemon
+    /// crash or restart); the agent converges the node again once it is back.
+    pub const DOCKERD_DOWN: &str = "dockerd-down";
+    /// A planned container stopped running after the node had converged (it exited,
+    /// or was removed); the message names it, with its exit code.
+    pub const CONTAINER_EXITED: &str = "container-exited";
+    /// Part of the overlay disappeared after the node had converged: the bridge
+    /// `shoal0`, the VXLAN device `shoal-vx`, or a peer's FDB entry (the message says
+    /// which); the agent rebuilds it.
+    pub const NETWORK_DEVICE_MISSING: &str = "network-device-missing";
+    /// Set by the coordinator, never sent by an agent: no report arrived within the
+    /// liveness timeout (the agent, its VM or the network between is down).
+    pub const AGENT_SILENT: &str = "agent-silent";
 }
 
 /// A phase's timing, in milliseconds since the Unix epoch.

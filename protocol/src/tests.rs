@@ -40,8 +40,11 @@ fn sample() -> Plan {
                     &format!("node-{i}"),
                     &format!("10.240.{}.2", i + 1),
                 )],
+                leaving: false,
+                drain: None,
             })
             .collect(),
+        liveness: None,
     }
 }
 
@@ -244,12 +247,7 @@ fn registry_password_is_not_in_debug_output() {
 
 #[test]
 fn phase_names_round_trip() {
-    for p in [
-        Phase::PlanReceived,
-        Phase::Ready,
-        Phase::Failed,
-        Phase::VmRunning,
-    ] {
+    for p in Phase::ALL {
         let json = serde_json::to_string(&p).expect("ser");
         assert_eq!(json, format!("\"{}\"", p.as_str()));
         assert_eq!(Phase::parse(p.as_str()), Some(p));
@@ -394,4 +392,68 @@ fn image_tarball_names_are_flat_file_names() {
         "registry.example.com_5000_a_b_2.7.tar"
     );
     assert!(!image_tarball_name("../../etc/passwd").contains('/'));
+}
+
+#[test]
+fn a_leaving_nodes_drain_hook_is_checked() {
+    let mut plan = sample();
+    plan.nodes[2].leaving = true;
+    plan.nodes[2].drain = Some(DrainPlan {
+        container: "agent".into(),
+        exec: vec!["shoal-demo".into(), "drain".into()],
+        timeout_secs: 600,
+    });
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    assert_eq!(Plan::from_json(&bytes).expect("valid"), plan);
+    // A plan without the new fields reads as before: nobody leaves.
+    let old = serde_json::to_vec(&sample()).expect("serialize");
+    assert!(!String::from_utf8_lossy(&old).contains("leaving"));
+
+    type Change = fn(&mut Plan);
+    let bad: [(Change, &str); 4] = [
+        (|p| p.nodes[2].leaving = false, "nodes[2].drain"),
+        (
+            |p| {
+                if let Some(d) = p.nodes[2].drain.as_mut() {
+                    d.container = "nope".into();
+                }
+            },
+            "nodes[2].drain.container",
+        ),
+        (
+            |p| {
+                if let Some(d) = p.nodes[2].drain.as_mut() {
+                    d.exec.clear();
+                }
+            },
+            "nodes[2].drain.exec",
+        ),
+        (
+            |p| {
+                if let Some(d) = p.nodes[2].drain.as_mut() {
+                    d.timeout_secs = 0;
+                }
+            },
+            "nodes[2].drain.timeout_secs",
+        ),
+    ];
+    for (change, field) in bad {
+        let mut p = plan.clone();
+        change(&mut p);
+        assert_eq!(field_of(p.validate().expect_err(field)), field);
+    }
+}
+
+#[test]
+fn the_liveness_interval_is_bounded() {
+    let mut plan = sample();
+    plan.liveness = Some(LivenessPlan { report_secs: 5 });
+    assert!(plan.validate().is_ok());
+    for bad in [0, MAX_REPORT_SECS + 1] {
+        plan.liveness = Some(LivenessPlan { report_secs: bad });
+        assert_eq!(
+            field_of(plan.validate().expect_err("bad interval")),
+            "liveness.report_secs"
+        );
+    }
 }

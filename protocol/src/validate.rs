@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::{
-    BootReport, NetworkMode, NodeStatus, Plan, MAX_BOOT_STAGES, MAX_CLOUD_INIT_ERRORS,
-    MAX_CONTAINERS_PER_NODE, MAX_NODES, SCHEMA_VERSION,
+    BootReport, NetworkMode, NodePlan, NodeStatus, Plan, MAX_BOOT_STAGES, MAX_CLOUD_INIT_ERRORS,
+    MAX_CONTAINERS_PER_NODE, MAX_DRAIN_SECS, MAX_NODES, MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
 /// Why a plan (or status report) was refused.
@@ -121,6 +121,14 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
             return Err(PlanError::invalid(
                 "network.mtu",
                 format!("{mtu} is outside 576..=9000"),
+            ));
+        }
+    }
+    if let Some(l) = &p.liveness {
+        if !(1..=MAX_REPORT_SECS).contains(&l.report_secs) {
+            return Err(PlanError::invalid(
+                "liveness.report_secs",
+                format!("{} is outside 1..={MAX_REPORT_SECS}", l.report_secs),
             ));
         }
     }
@@ -359,6 +367,41 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
                 }
             }
         }
+        drain(i, n)?;
+    }
+    Ok(())
+}
+
+/// A drain hook names a container of its node and a command, with a bounded timeout,
+/// and only a leaving node has one.
+fn drain(i: usize, n: &NodePlan) -> Result<(), PlanError> {
+    let Some(d) = &n.drain else {
+        return Ok(());
+    };
+    let f = |rest: &str| format!("nodes[{i}].drain.{rest}");
+    if !n.leaving {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].drain"),
+            "only a leaving node has a drain hook",
+        ));
+    }
+    if !n.containers.iter().any(|c| c.name == d.container) {
+        return Err(PlanError::invalid(
+            f("container"),
+            format!("{:?} is not a container of node {}", d.container, n.id),
+        ));
+    }
+    if d.exec.is_empty() || d.exec.len() > 256 || d.exec.iter().any(|a| a.contains('\0')) {
+        return Err(PlanError::invalid(
+            f("exec"),
+            "empty, too long, or holds a NUL byte",
+        ));
+    }
+    if !(1..=MAX_DRAIN_SECS).contains(&d.timeout_secs) {
+        return Err(PlanError::invalid(
+            f("timeout_secs"),
+            format!("{} is outside 1..={MAX_DRAIN_SECS}", d.timeout_secs),
+        ));
     }
     Ok(())
 }

@@ -33,12 +33,18 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The demo image directory made by `cloud-init/build-demo-image target/images`.
+/// Built again when `demo/shoal-demo` changes: a stamp beside the tarball holds the
+/// script it was built from.
 pub fn image_dir() -> PathBuf {
     let dir = target_dir().join("images");
     let tar = dir.join(shoal_protocol::image_tarball_name("shoal/demo:1"));
-    if !tar.is_file() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloud-init/build-demo-image");
-        crate::run(Command::new(script).arg(&dir));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = std::fs::read(repo.join("demo/shoal-demo")).unwrap_or_default();
+    let stamp = dir.join(".shoal-demo.built-from");
+    let current = std::fs::read(&stamp).is_ok_and(|s| s == script);
+    if !tar.is_file() || !current {
+        crate::run(Command::new(repo.join("cloud-init/build-demo-image")).arg(&dir));
+        let _ = std::fs::write(&stamp, &script);
     }
     dir
 }
@@ -367,6 +373,86 @@ impl TestCoordinator {
             .parse()
             .unwrap_or_else(|_| panic!("GET {url}: {}", String::from_utf8_lossy(&out.stderr)));
         (code, body.to_string())
+    }
+
+    /// Plays a node's agent on a cloud where nobody boots the VMs (moto, the fake ARM):
+    /// PUTs a report of `phase` on the cluster's current generation to the metadata API,
+    /// with the node's own key and token, which `credentials` reads out of its user-data
+    /// (`shoal user-data`). Returns the HTTP status.
+    pub fn report_as(
+        &self,
+        cluster: &str,
+        node: &str,
+        phase: &str,
+        credentials: impl Fn(&[u8]) -> (String, String),
+    ) -> u16 {
+        let user_data = self.shoal_ok(&["user-data", cluster, "--node", node]);
+        let (key, token) = credentials(user_data.as_bytes());
+        let generation = self.show(cluster)["generation"].as_u64().unwrap_or(0);
+        let body = serde_json::json!({
+            "phase": phase,
+            "generation": generation,
+            "agent_version": "e2e",
+        })
+        .to_string();
+        let url = format!(
+            "https://{}:8787{}",
+            self.gateway,
+            shoal_protocol::contract::status_path(&key, node)
+        );
+        let out = Command::new("curl")
+            .arg("-sS")
+            .arg("--cacert")
+            .arg(self.state_dir.join("ca.pem"))
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-H", "Content-Type: application/json", "-d", &body, &url])
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "PUT status of {node}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
+    /// [`TestCoordinator::report_as`] for every node of `cluster`, panicking unless each
+    /// is accepted (204).
+    pub fn report_all(
+        &self,
+        cluster: &str,
+        phase: &str,
+        credentials: impl Fn(&[u8]) -> (String, String),
+    ) {
+        for n in crate::vm::nodes(&self.show(cluster)) {
+            let id = n["id"].as_str().expect("id");
+            assert_eq!(
+                self.report_as(cluster, id, phase, &credentials),
+                204,
+                "{id}"
+            );
+        }
+    }
+
+    /// Waits until the cluster's plan generation is at least `generation`.
+    pub fn wait_generation(&self, name: &str, generation: u64, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.show(name);
+            if v["generation"].as_u64().unwrap_or(0) >= generation {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "cluster {name} has no generation {generation} after {timeout:?}: {v:#}\nserver log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The operator token.

@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod dockerd;
 pub mod fake_arm;
 pub mod moto;
+pub mod vm;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

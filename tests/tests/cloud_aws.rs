@@ -568,3 +568,144 @@ async fn a_coordinator_killed_during_creation_makes_no_duplicate_instance() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// A node's cluster key and token, read out of its user-data as cloud-init would.
+fn credentials(user_data: &[u8]) -> (String, String) {
+    let cfg = shoal::userdata::agent_config(user_data)
+        .expect("the user-data holds the agent's configuration");
+    (cfg.cluster_key, cfg.node_token)
+}
+
+impl Aws {
+    /// Network interfaces and volumes still attached to (or left by) `instance`.
+    async fn attached(&self, instance: &str) -> (Vec<String>, Vec<String>) {
+        let mut out = Vec::new();
+        for (action, set, id) in [
+            (
+                "DescribeNetworkInterfaces",
+                "networkInterfaceSet",
+                "networkInterfaceId",
+            ),
+            ("DescribeVolumes", "volumeSet", "volumeId"),
+        ] {
+            let params = Params::new().filters(&[("attachment.instance-id", &[instance])]);
+            let body = self
+                .ec2
+                .call(action, &params)
+                .await
+                .unwrap_or_else(|e| panic!("{action}: {e}"));
+            let doc = parse(action, self.moto.url(), &body).expect("xml");
+            out.push(
+                items(doc.root_element(), set)
+                    .into_iter()
+                    .filter_map(|i| child_text(i, id).map(str::to_string))
+                    .collect(),
+            );
+        }
+        let volumes = out.pop().unwrap_or_default();
+        (out.pop().unwrap_or_default(), volumes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, moto (python3; tests/moto/setup installs it) and cloud-init"]
+async fn a_cluster_scales_up_and_down_and_has_a_node_repaired_on_ec2() {
+    let aws = Aws::new().await;
+    let c = aws.coordinator(&aws.key.secret);
+    let mut args = create_args("ec", &aws.ami);
+    args[6] = "2";
+    c.shoal_ok(&args);
+    let v = c.wait_plan("ec", PLAN_TIMEOUT);
+    let tag = cluster_tag(&v);
+    // Nobody boots moto's instances: the test reports for their agents.
+    c.report_all("ec", "ready", credentials);
+    c.wait_state("ec", "AVAILABLE", PLAN_TIMEOUT);
+    let first: Vec<Instance> = aws.live(Some(&tag)).await;
+    assert_eq!(first.len(), 2);
+
+    // Up: two workers more, one new generation.
+    c.shoal_ok(&["cluster", "scale", "ec", "--nodes", "3"]);
+    let v = c.wait_generation("ec", 2, PLAN_TIMEOUT);
+    assert_eq!(v["state"], "UPDATING", "{v:#}");
+    let up = aws.live(Some(&tag)).await;
+    assert_eq!(
+        up.iter().map(Instance::node).collect::<Vec<_>>(),
+        ["node-0", "node-1", "node-2", "node-3"]
+    );
+    for i in &up[2..] {
+        assert_eq!(i.state, "running");
+        assert_eq!(i.tags["shoal:cluster"], tag);
+        assert_eq!(i.tags["Name"], format!("{tag}-{}", i.node()));
+        assert_eq!(
+            i.subnet, first[0].subnet,
+            "the new nodes join the cluster's subnet"
+        );
+    }
+    // The first instances are the same ones.
+    assert_eq!(up[0].id, first[0].id);
+    assert_eq!(up[1].id, first[1].id);
+    c.report_all("ec", "ready", credentials);
+    let v = c.wait_state("ec", "AVAILABLE", PLAN_TIMEOUT);
+    assert_eq!(v["changes"][1]["outcome"], "done", "{v:#}");
+
+    // Down to one worker: node-3 and node-2 drain (a plan marks them leaving), then go.
+    let gone: Vec<Instance> = up[2..].to_vec();
+    c.shoal_ok(&["cluster", "scale", "ec", "--nodes", "1"]);
+    let v = c.wait_generation("ec", 3, PLAN_TIMEOUT);
+    let leaving: Vec<String> = shoal_e2e::vm::nodes(&v)
+        .iter()
+        .filter(|n| n["leaving"] == true)
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(leaving, ["node-2", "node-3"]);
+    // Not drained yet: their instances are still there.
+    assert_eq!(aws.live(Some(&tag)).await.len(), 4);
+    for n in ["node-2", "node-3"] {
+        assert_eq!(c.report_as("ec", n, "drained", credentials), 204);
+    }
+    c.wait_generation("ec", 4, PLAN_TIMEOUT);
+    c.report_all("ec", "ready", credentials);
+    let v = c.wait_state("ec", "AVAILABLE", PLAN_TIMEOUT);
+    assert_eq!(shoal_e2e::vm::nodes(&v).len(), 2);
+    let left = aws.live(Some(&tag)).await;
+    assert_eq!(
+        left.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [first[0].id.as_str(), first[1].id.as_str()]
+    );
+    for i in &gone {
+        let now: Vec<Instance> = aws.instances(Some(&tag)).await;
+        let state = now.iter().find(|x| x.id == i.id).map(|x| x.state.clone());
+        assert_eq!(state.as_deref(), Some("terminated"), "{}", i.id);
+        let (enis, volumes) = aws.attached(&i.id).await;
+        assert!(
+            enis.is_empty() && volumes.is_empty(),
+            "{} left {enis:?} {volumes:?}",
+            i.id
+        );
+    }
+
+    // Repair node-1: its instance is replaced, the other untouched.
+    c.shoal_ok(&["cluster", "repair", "ec", "--node", "node-1"]);
+    c.wait_generation("ec", 5, PLAN_TIMEOUT);
+    let repaired = aws.live(Some(&tag)).await;
+    assert_eq!(repaired.len(), 2);
+    assert_eq!(repaired[0].id, first[0].id, "node-0 was touched");
+    assert_eq!(repaired[1].node(), "node-1");
+    assert_ne!(repaired[1].id, first[1].id, "node-1 got no new instance");
+    assert_eq!(repaired[1].tags["shoal:cluster"], tag);
+    let old = aws.instances(Some(&tag)).await;
+    assert_eq!(
+        old.iter()
+            .find(|x| x.id == first[1].id)
+            .map(|x| x.state.as_str()),
+        Some("terminated")
+    );
+    c.report_all("ec", "ready", credentials);
+    let v = c.wait_state("ec", "AVAILABLE", PLAN_TIMEOUT);
+    let node1 = &shoal_e2e::vm::nodes(&v)[1];
+    assert_eq!(node1["instance_id"], repaired[1].id.as_str());
+    assert_eq!(node1["incarnation"], 1);
+
+    c.shoal_ok(&["cluster", "delete", "ec", "--wait"]);
+    assert!(aws.live(Some(&tag)).await.is_empty());
+}

@@ -458,3 +458,111 @@ async fn a_failed_vm_deployment_fails_the_cluster_and_delete_removes_everything(
     assert!(fake.resource(&group_path(&group)).is_none());
     assert_eq!(fake.resource_count(), 0, "nothing leaked");
 }
+
+/// A node's cluster key and token, read out of its user-data as cloud-init would.
+fn credentials(user_data: &[u8]) -> (String, String) {
+    let cfg = shoal::userdata::agent_config(user_data)
+        .expect("the user-data holds the agent's configuration");
+    (cfg.cluster_key, cfg.node_token)
+}
+
+/// The ARM ids of a node's VM, NIC, public IP and OS disk in group `rg`.
+fn node_resources(rg: &str, node: &str) -> [String; 4] {
+    [
+        format!("{rg}/providers/Microsoft.Compute/virtualMachines/{node}"),
+        format!("{rg}/providers/Microsoft.Network/networkInterfaces/{node}-nic"),
+        format!("{rg}/providers/Microsoft.Network/publicIPAddresses/{node}-pip"),
+        format!("{rg}/providers/Microsoft.Compute/disks/{node}-osdisk"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and cloud-init (for `cloud-init schema`)"]
+async fn a_cluster_scales_up_and_down_and_has_a_node_repaired_on_azure() {
+    let (fake, c) = setup().await;
+    credential_create(&c, "prod");
+    upload_certificate(&fake, &c, "prod");
+    let ssh = format!("ssh-public-key={SSH_KEY}");
+    let mut args = create_args("azs", "prod", &ssh);
+    args[8] = "2";
+    c.shoal_ok(&args);
+    let v = c.wait_plan("azs", PLAN_TIMEOUT);
+    let rg = group_path(&group_of(&v));
+    let tag = group_of(&v).trim_start_matches("shoal-").to_string();
+    // Nobody boots the fake's VMs: the test reports for their agents.
+    c.report_all("azs", "ready", credentials);
+    c.wait_state("azs", "AVAILABLE", PLAN_TIMEOUT);
+    let vm_id = |v: &Value| v["properties"]["vmId"].as_str().unwrap_or("").to_string();
+    let first = [0, 1].map(|i| {
+        fake.resource(&node_resources(&rg, &format!("node-{i}"))[0])
+            .map(|v| vm_id(&v))
+            .expect("vm")
+    });
+
+    // Up: two more workers, each a VM with its NIC, public IP and disk, tagged.
+    c.shoal_ok(&["cluster", "scale", "azs", "--nodes", "3"]);
+    c.wait_generation("azs", 2, PLAN_TIMEOUT);
+    for n in ["node-2", "node-3"] {
+        let [vm, nic, pip, disk] = node_resources(&rg, n);
+        let vm = fake.resource(&vm).unwrap_or_else(|| panic!("{n}'s VM"));
+        assert_eq!(vm["tags"]["shoal:cluster"], tag.as_str());
+        assert_eq!(vm["tags"]["shoal:node"], n);
+        for r in [nic, pip, disk] {
+            assert!(fake.resource(&r).is_some(), "{r} missing");
+        }
+    }
+    c.report_all("azs", "ready", credentials);
+    c.wait_state("azs", "AVAILABLE", PLAN_TIMEOUT);
+
+    // Down to one worker: node-3 and node-2 drain, then their VMs go with their NICs,
+    // public IPs and disks; the rest of the group stays.
+    c.shoal_ok(&["cluster", "scale", "azs", "--nodes", "1"]);
+    c.wait_generation("azs", 3, PLAN_TIMEOUT);
+    for n in ["node-2", "node-3"] {
+        assert_eq!(c.report_as("azs", n, "drained", credentials), 204);
+    }
+    c.wait_generation("azs", 4, PLAN_TIMEOUT);
+    c.report_all("azs", "ready", credentials);
+    c.wait_state("azs", "AVAILABLE", PLAN_TIMEOUT);
+    for n in ["node-2", "node-3"] {
+        for r in node_resources(&rg, n) {
+            assert!(fake.resource(&r).is_none(), "{r} is left");
+        }
+    }
+    assert_eq!(fake.resources_of_type("Microsoft.Compute/disks").len(), 2);
+    for (i, before) in first.iter().enumerate() {
+        let now = fake
+            .resource(&node_resources(&rg, &format!("node-{i}"))[0])
+            .map(|v| vm_id(&v));
+        assert_eq!(
+            now.as_deref(),
+            Some(before.as_str()),
+            "node-{i} was touched"
+        );
+    }
+
+    // Repair node-1: a new VM (and disk) under the same names, node-0 untouched.
+    c.shoal_ok(&["cluster", "repair", "azs", "--node", "node-1"]);
+    c.wait_generation("azs", 5, PLAN_TIMEOUT);
+    let [vm, nic, _, disk] = node_resources(&rg, "node-1");
+    let repaired = fake.resource(&vm).expect("node-1's new VM");
+    assert_ne!(vm_id(&repaired), first[1], "node-1 got no new VM");
+    assert_eq!(repaired["tags"]["shoal:node"], "node-1");
+    assert!(fake.resource(&nic).is_some() && fake.resource(&disk).is_some());
+    let node0 = fake
+        .resource(&node_resources(&rg, "node-0")[0])
+        .map(|v| vm_id(&v));
+    assert_eq!(node0.as_deref(), Some(first[0].as_str()));
+    // The old VM's custom data is not the new one's: the node's token was replaced.
+    c.report_all("azs", "ready", credentials);
+    c.wait_state("azs", "AVAILABLE", PLAN_TIMEOUT);
+    // Every ARM call was accepted: nothing was deleted while still in use.
+    let refused: Vec<_> = arm_requests(&fake)
+        .into_iter()
+        .filter(|r| r.status >= 400)
+        .collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+
+    c.shoal_ok(&["cluster", "delete", "azs", "--wait"]);
+    assert_eq!(fake.resource_count(), 0, "nothing left on the fake");
+}

@@ -8,69 +8,40 @@
 //! (one namespace, one dockerd, one agent, one address lease each, one plan), or be
 //! deleted without a trace. Privileged: run through `scripts/test` as root.
 //!
+//! The same for scales (issue #14): the coordinator killed at each point of a scale up
+//! and of a scale down, then restarted: the change ends done, no VM made twice, none
+//! left of a removed node.
+//!
 //! The other faults of the issue live in `local_cluster.rs`:
 //! `agent_and_dockerd_restarts_converge_back` kills an agent mid-setup (SIGKILL, then
 //! restarted) and restarts a VM's dockerd.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::coordinator::{bin, TestCoordinator};
 use shoal_e2e::require_privileges;
+use shoal_e2e::vm::{nodes, processes, vm_dir};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker"];
 const BOOT: Duration = Duration::from_secs(180);
 const NODES: usize = 3;
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
 
 /// A coordinator that stops itself at `point`.
 fn coordinator_stopping_at(point: &str) -> TestCoordinator {
     TestCoordinator::start_with_env(&[], &[("SHOAL_FAULT_STOP_AT", point)])
 }
 
-/// Processes whose command line contains `needle` and whose program is `program`.
-fn processes(program: &str, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
-            continue;
-        }
-        if args.first().is_some_and(|a| a.ends_with(program))
-            && args.iter().any(|a| a.contains(needle))
-        {
-            out.push(format!(
-                "{}: {}",
-                e.file_name().to_string_lossy(),
-                args.join(" ")
-            ));
-        }
-    }
-    out
-}
-
-fn vm_dir(node: &Value) -> PathBuf {
-    Path::new(node["agent_log"].as_str().expect("agent_log"))
-        .parent()
-        .expect("vm dir")
-        .to_path_buf()
-}
-
 /// Every node of `name` was made exactly once, and the cluster runs.
 fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
+    assert_made_once_as(c, name, NODES, 1)
+}
+
+/// Every one of the `count` nodes of `name` was made exactly once (one namespace, one
+/// dockerd, one agent, one address lease each, none left of a removed node), and the
+/// plan was published `generation` times.
+fn assert_made_once_as(c: &TestCoordinator, name: &str, count: usize, generation: u64) -> Value {
     c.wait_state(name, "AVAILABLE", BOOT);
     // A resident agent may converge again (a Docker event) right after AVAILABLE: take
     // the view once every node reports ready again.
@@ -87,9 +58,9 @@ fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     };
     let ns = nodes(&v);
-    assert_eq!(ns.len(), NODES);
+    assert_eq!(ns.len(), count);
     assert_eq!(
-        v["generation"], 1,
+        v["generation"], generation,
         "the plan was made more than once: {v:#}"
     );
     // One namespace per node, and no other of this cluster.
@@ -103,7 +74,7 @@ fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(stem))
         .collect();
-    assert_eq!(namespaces.len(), NODES, "{namespaces:?}");
+    assert_eq!(namespaces.len(), count, "{namespaces:?}");
     // One dockerd and one agent per node.
     let mut containers = 0;
     for n in &ns {
@@ -120,7 +91,7 @@ fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
         containers += String::from_utf8_lossy(&out.stdout).lines().count();
     }
     // The demo blueprint: an agent container per node, the server on node-0.
-    assert_eq!(containers, NODES + 1);
+    assert_eq!(containers, count + 1);
     // One address lease per node, all distinct.
     let leases: serde_json::Map<String, Value> = serde_json::from_slice(
         &std::fs::read(c.state_dir.join("local/leases.json")).expect("leases.json"),
@@ -134,7 +105,7 @@ fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
                 .is_some_and(|o| o.starts_with(&format!("{name}-")))
         })
         .collect();
-    assert_eq!(mine.len(), NODES, "{mine:?}");
+    assert_eq!(mine.len(), count, "{mine:?}");
     v
 }
 
@@ -333,4 +304,98 @@ fn delete_during_creation_leaves_nothing_behind() {
         );
         assert_eq!(c.show(&name)["state"], "DELETED");
     }
+}
+
+/// Kill -9 at `point` of a scale (`from` nodes to `to`), restart: the change is done,
+/// with every node made once and each removed one gone; the plan published once for a
+/// scale up, twice for a scale down (the drain plan, then the plan without them).
+fn crash_during_scale(point: &str, from: usize, to: usize) {
+    require_privileges(TOOLS);
+    let mut c = coordinator_stopping_at(point);
+    let name = format!("s{}", point.replace('-', ""));
+    let name = &name[..name.len().min(12)];
+    c.shoal_ok(&[
+        "cluster",
+        "create",
+        name,
+        "--nodes",
+        &from.to_string(),
+        "--wait",
+    ]);
+    let workers = (to - 1).to_string();
+    let mut cli = cli_in_background(&c, &["cluster", "scale", name, "--nodes", &workers]);
+    c.kill_at(point, BOOT);
+    let _ = cli.wait();
+    c.spawn(&[]);
+    let start = Instant::now();
+    let v = loop {
+        let v = c.show(name);
+        if v["changes"][1]["outcome"] != "running" && v["changes"][1].is_object() {
+            break v;
+        }
+        assert!(start.elapsed() < BOOT, "the scale did not end: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["changes"][1]["outcome"], "done", "{v:#}");
+    assert!(
+        c.log_text().contains("resuming a change"),
+        "the restarted coordinator did not resume the scale"
+    );
+    let generation = if to > from { 2 } else { 3 };
+    assert_made_once_as(&c, name, to, generation);
+    delete_without_a_trace(&c, name);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_right_after_a_scale_up_is_recorded() {
+    crash_during_scale("scale-recorded", 2, 4);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_after_a_scale_ups_vms_exist_before_they_are_recorded() {
+    crash_during_scale("scale-vms-created", 2, 4);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_after_a_scale_ups_plan_is_published() {
+    crash_during_scale("scale-plan-published", 2, 4);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_when_every_node_is_ready_before_the_scale_is_recorded_done() {
+    crash_during_scale("change-settled", 2, 4);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_right_after_a_scale_down_is_recorded() {
+    crash_during_scale("scale-recorded", 3, 2);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_while_leaving_nodes_drain() {
+    crash_during_scale("drain-started", 3, 2);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_while_a_leaving_vm_is_being_deleted() {
+    crash_during_scale("vm-deleted", 3, 2);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_after_leaving_vms_are_deleted_before_they_are_forgotten() {
+    crash_during_scale("scale-vms-deleted", 3, 2);
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn crash_after_a_scale_downs_plan_is_published() {
+    crash_during_scale("scale-plan-published", 3, 2);
 }

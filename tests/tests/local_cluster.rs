@@ -11,18 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::coordinator::{bin, image_dir, TestCoordinator};
+use shoal_e2e::vm::{container_ids, fdb_peers, in_ns, nodes, stdout};
 use shoal_e2e::{require_privileges, TestNetns};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker", "curl", "bridge"];
 const BOOT: Duration = Duration::from_secs(120);
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// The cluster key, as the node's agent received it (the API never shows it).
 fn cluster_key(c: &TestCoordinator, node: &Value) -> String {
@@ -31,38 +24,6 @@ fn cluster_key(c: &TestCoordinator, node: &Value) -> String {
     let v: Value = serde_json::from_slice(&std::fs::read(cfg).expect("agent.json")).expect("json");
     let _ = c;
     v["cluster_key"].as_str().expect("key").to_string()
-}
-
-fn in_ns(node: &Value, program: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!(
-        "--net=/run/netns/{}",
-        node["netns"].as_str().expect("netns")
-    ))
-    .arg("--")
-    .arg(program);
-    cmd
-}
-
-fn fdb_peers(node: &Value) -> Vec<String> {
-    let out = in_ns(node, "bridge")
-        .args(["-j", "fdb", "show", "dev", "shoal-vx"])
-        .output()
-        .expect("bridge");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    let mut peers: Vec<String> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["mac"] == "00:00:00:00:00:00")
-        .filter_map(|e| e["dst"].as_str().map(String::from))
-        .collect();
-    peers.sort();
-    peers
-}
-
-fn container_ids(c: &TestCoordinator, node: &Value) -> String {
-    stdout(&c.docker(node, &["ps", "-q", "--no-trunc"]))
 }
 
 #[test]
@@ -412,6 +373,8 @@ fn demo_cluster_runs_across_three_vms() {
         ))
         .arg("--image-dir")
         .arg(image_dir())
+        .arg("--state-dir")
+        .arg(cfg.with_file_name("agent-state"))
         .output()
         .expect("agent --once");
     assert!(

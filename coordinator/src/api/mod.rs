@@ -2,7 +2,9 @@
 //! `Authorization: Bearer <token>` (the token file in the state directory).
 //!
 //! - `GET /v1/clusters` · `POST /v1/clusters` · `GET /v1/clusters/{name}` ·
-//!   `DELETE /v1/clusters/{name}` · `GET /v1/clusters/{name}/user-data?node=ID` ·
+//!   `DELETE /v1/clusters/{name}` · `POST /v1/clusters/{name}/scale` ·
+//!   `POST /v1/clusters/{name}/repair` · `POST /v1/clusters/{name}/nodes/{node}/reboot`
+//!   · `GET /v1/clusters/{name}/user-data?node=ID` ·
 //!   `GET /v1/health` · `GET /v1/openapi.json` (this API's OpenAPI 3.0 document,
 //!   `coordinator/openapi.json`) · `GET /metrics` (Prometheus text format, see
 //!   [`crate::metrics`]).
@@ -21,11 +23,11 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{CreateRequest, Engine, EngineError};
+use crate::engine::{CreateRequest, Engine, EngineError, RepairRequest, ScaleRequest};
 use crate::keys::constant_time_eq;
 use crate::view::ClusterView;
 
@@ -88,6 +90,11 @@ impl From<EngineError> for ApiError {
                 (StatusCode::BAD_REQUEST, "bad-request")
             }
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EngineError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
+            EngineError::Provider(crate::providers::ProviderError::Unsupported { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unsupported")
+            }
             EngineError::Store(crate::store::StoreError::Exists(_)) => {
                 (StatusCode::CONFLICT, "exists")
             }
@@ -138,6 +145,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/clusters", get(list).post(create))
         .route("/v1/clusters/{name}", get(show).delete(delete))
+        .route("/v1/clusters/{name}/scale", post(scale))
+        .route("/v1/clusters/{name}/repair", post(repair))
+        .route("/v1/clusters/{name}/nodes/{node}/reboot", post(reboot))
         .route("/v1/clusters/{name}/user-data", get(user_data))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -220,34 +230,43 @@ async fn list(State(s): State<ApiState>) -> Result<Json<Vec<ClusterView>>, ApiEr
     ))
 }
 
-async fn create(
-    State(s): State<ApiState>,
-    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
-    let bad = |message: String| ApiError {
+fn bad_request(message: String) -> ApiError {
+    ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "bad-request",
         message,
-    };
-    // 413 for an oversized body, 400 for the rest.
+    }
+}
+
+type JsonBody = Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>;
+
+/// A request body that is a JSON object of type `T`: 413 for an oversized body, 400
+/// for anything else that is not one.
+fn object_body<T: serde::de::DeserializeOwned>(body: JsonBody) -> Result<T, ApiError> {
     let Json(value) = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "too-large",
             message: e.body_text(),
         },
-        _ => bad(e.body_text()),
+        _ => bad_request(e.body_text()),
     })?;
     // serde reads a struct from a JSON array too (fields by position); the document
     // says objects, and a positional body is a client bug best refused.
     if !value.is_object() {
-        return Err(bad("the body must be a JSON object".into()));
+        return Err(bad_request("the body must be a JSON object".into()));
     }
     if value.get("params").is_some_and(|p| !p.is_object()) {
-        return Err(bad("params must be a JSON object".into()));
+        return Err(bad_request("params must be a JSON object".into()));
     }
-    let req: CreateRequest =
-        serde_json::from_value(value).map_err(|e| bad(format!("invalid request: {e}")))?;
+    serde_json::from_value(value).map_err(|e| bad_request(format!("invalid request: {e}")))
+}
+
+async fn create(
+    State(s): State<ApiState>,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let req: CreateRequest = object_body(body)?;
     let (row, nodes) = s.engine.create(req).await?;
     let mut v = ClusterView::new(&row, &nodes);
     v.resources = s.engine.footprint(&row);
@@ -256,9 +275,45 @@ async fn create(
 
 async fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
     let (c, nodes) = s.engine.cluster(name).await?;
-    let mut v = ClusterView::new(&c, &nodes);
+    let history = s.engine.history(name).await?;
+    let mut v = ClusterView::with_history(&c, &nodes, &history);
     v.resources = s.engine.footprint(&c);
+    s.engine.add_live_details(&c, &mut v);
     Ok(v)
+}
+
+/// 202 with the cluster as it is now.
+async fn accepted(s: &ApiState, name: &str) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(view(s, name).await?)))
+}
+
+async fn scale(
+    State(s): State<ApiState>,
+    name: PathResult<String>,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let (name, req): (String, ScaleRequest) = (path_or_400(name)?, object_body(body)?);
+    s.engine.scale(&name, req).await?;
+    accepted(&s, &name).await
+}
+
+async fn repair(
+    State(s): State<ApiState>,
+    name: PathResult<String>,
+    body: JsonBody,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let (name, req): (String, RepairRequest) = (path_or_400(name)?, object_body(body)?);
+    s.engine.repair(&name, req).await?;
+    accepted(&s, &name).await
+}
+
+async fn reboot(
+    State(s): State<ApiState>,
+    path: PathResult<(String, String)>,
+) -> Result<(StatusCode, Json<ClusterView>), ApiError> {
+    let (name, node) = path_or_400(path)?;
+    s.engine.reboot(&name, &node).await?;
+    accepted(&s, &name).await
 }
 
 type PathResult<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
@@ -330,6 +385,9 @@ mod tests {
         ("/metrics", &["get"]),
         ("/v1/clusters", &["get", "post"]),
         ("/v1/clusters/{name}", &["get", "delete"]),
+        ("/v1/clusters/{name}/scale", &["post"]),
+        ("/v1/clusters/{name}/repair", &["post"]),
+        ("/v1/clusters/{name}/nodes/{node}/reboot", &["post"]),
         ("/v1/clusters/{name}/user-data", &["get"]),
     ];
 
@@ -376,37 +434,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_cluster_schema_matches_what_the_api_serialises() {
-        let d = doc();
-        let view = ClusterView {
-            name: "demo".into(),
-            provider: "local".into(),
-            state: ClusterState::Creating,
-            reason: None,
-            generation: 0,
-            metadata_url: "http://10.0.0.1:8787".into(),
-            node_count: 1,
-            blueprint: "demo".into(),
-            overlay: "10.240.0.0/16".into(),
-            images: vec![],
-            created_ms: 1,
-            time_to_available_ms: None,
-            resources: None,
-            nodes: vec![],
-        };
-        let v = serde_json::to_value(&view).expect("json");
-        let schema = &d["components"]["schemas"]["Cluster"];
-        for req in schema["required"].as_array().expect("required") {
+    /// Every required property of `schema` is in `v`, and every key of `v` is
+    /// documented (or the schema takes any string property, like Node's details).
+    fn matches_schema(d: &serde_json::Value, schema: &str, v: &serde_json::Value) {
+        let schema = &d["components"]["schemas"][schema];
+        for req in schema["required"].as_array().into_iter().flatten() {
             let k = req.as_str().expect("name");
             assert!(v.get(k).is_some(), "{k} is required but not serialised");
         }
+        let free = schema["additionalProperties"].is_object();
         for k in v.as_object().expect("object").keys() {
             assert!(
-                schema["properties"].get(k).is_some(),
+                schema["properties"].get(k).is_some() || free,
                 "{k} is serialised but not documented"
             );
         }
+    }
+
+    #[test]
+    fn the_cluster_schema_matches_what_the_api_serialises() {
+        use crate::store::{ChangeRow, ChangeSpec, ClusterEvent, GenerationRow, History, NodeRow};
+        let d = doc();
+        let mut c = crate::store::conformance::cluster("demo");
+        c.auto_repair_secs = Some(60);
+        let mut n = NodeRow::requested("node-0".into(), 0, "server".into(), "t".into(), 1);
+        n.private_ip = Some("10.0.0.9".parse().expect("ip"));
+        n.generation = 2;
+        n.converged_ms = Some(3);
+        n.last_seen_ms = Some(4);
+        n.leaving = true;
+        n.incarnation = 1;
+        n.details.insert("netns".into(), "x".into());
+        let h = History {
+            changes: vec![ChangeRow {
+                id: 2,
+                kind: crate::store::ChangeKind::Scale,
+                spec: ChangeSpec {
+                    summary: "workers 1 → 2".into(),
+                    group: Some("workers".into()),
+                    add: vec!["node-1".into()],
+                    remove: vec!["node-0".into()],
+                    repair: vec!["node-0".into()],
+                },
+                asked_ms: 1,
+                step: "done".into(),
+                generation: Some(2),
+                published_ms: Some(2),
+                done_ms: Some(3),
+                outcome: Some(Err("why".into())),
+            }],
+            generations: vec![GenerationRow {
+                generation: 2,
+                published_ms: 2,
+                change: Some(2),
+                converged: vec![("node-0".into(), 3)],
+            }],
+            events: vec![ClusterEvent {
+                at_ms: 1,
+                state: ClusterState::Degraded,
+                reason: Some("node-0 lost".into()),
+            }],
+        };
+        let view = ClusterView::with_history(&c, &[n], &h);
+        let v = serde_json::to_value(&view).expect("json");
+        matches_schema(&d, "Cluster", &v);
+        matches_schema(&d, "Node", &v["nodes"][0]);
+        matches_schema(&d, "Change", &v["changes"][0]);
+        matches_schema(&d, "Convergence", &v["changes"][0]["converged"][0]);
+        matches_schema(&d, "ClusterEvent", &v["events"][0]);
+        let states: Vec<&str> = d["components"]["schemas"]["ClusterState"]["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            states,
+            ClusterState::ALL.map(|s| s.as_str()).to_vec(),
+            "every state is documented"
+        );
+        let phases: Vec<&str> = d["components"]["schemas"]["Phase"]["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            phases,
+            shoal_protocol::Phase::ALL.map(|p| p.as_str()).to_vec()
+        );
     }
 
     async fn serve() -> (String, String) {

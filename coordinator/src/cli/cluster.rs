@@ -10,9 +10,9 @@ use shoal_protocol::Phase;
 use super::client::Client;
 use super::error::{exit, to_json, CliError};
 use super::progress::Progress;
-use super::{ClusterCommand, CreateArgs};
+use super::{ClusterCommand, CreateArgs, ScaleArgs};
 use crate::blueprint::{built_in_names, Blueprint};
-use crate::engine::CreateRequest;
+use crate::engine::{CreateRequest, RepairRequest, ScaleRequest};
 use crate::providers::ProviderParams;
 use crate::store::{now_ms, ClusterState};
 use crate::view::timeline::Timeline;
@@ -25,6 +25,19 @@ pub async fn run(client: &Client, cmd: &ClusterCommand) -> Result<u8, CliError> 
         ClusterCommand::List { json } => list(client, *json).await,
         ClusterCommand::Show { name, json } => show(client, name, *json).await,
         ClusterCommand::Delete { name, wait, json } => delete(client, name, *wait, *json).await,
+        ClusterCommand::Scale(a) => scale(client, a).await,
+        ClusterCommand::Repair {
+            name,
+            nodes,
+            wait,
+            json,
+        } => {
+            let body = RepairRequest {
+                nodes: nodes.clone(),
+            };
+            change(client, name, "repair", &body, *wait, *json).await
+        }
+        ClusterCommand::Reboot { name, node, json } => reboot(client, name, node, *json).await,
         ClusterCommand::Timeline {
             name,
             svg,
@@ -151,6 +164,7 @@ async fn create(client: &Client, a: &CreateArgs) -> Result<u8, CliError> {
             operator_cidr: a.operator_cidr.clone(),
             extra: a.set.iter().cloned().collect(),
         },
+        auto_repair_secs: a.auto_repair,
     };
     let body = serde_json::to_value(&req)
         .map_err(|e| CliError::Local(format!("encoding the request: {e}")))?;
@@ -247,6 +261,98 @@ async fn delete(client: &Client, name: &str, wait: bool, json: bool) -> Result<u
     Ok(exit::OK)
 }
 
+async fn scale(client: &Client, a: &ScaleArgs) -> Result<u8, CliError> {
+    let body = ScaleRequest {
+        group: a.group.clone(),
+        nodes: a.nodes,
+        remove: a.remove.clone(),
+    };
+    change(client, &a.name, "scale", &body, a.wait, a.json).await
+}
+
+/// `scale` and `repair`: posts the change, then (with `wait`) follows it to its end.
+async fn change<T: serde::Serialize>(
+    client: &Client,
+    name: &str,
+    what: &str,
+    body: &T,
+    wait: bool,
+    json: bool,
+) -> Result<u8, CliError> {
+    let body = serde_json::to_value(body)
+        .map_err(|e| CliError::Local(format!("encoding the request: {e}")))?;
+    let c: ClusterView = client
+        .json(
+            reqwest::Method::POST,
+            &format!("/v1/clusters/{name}/{what}"),
+            Some(&body),
+        )
+        .await?;
+    let running = c.changes.iter().rev().find(|ch| ch.outcome == "running");
+    let Some(id) = running.map(|ch| ch.id) else {
+        eprintln!(
+            "cluster {name}: nothing to change ({} node(s), {})",
+            c.node_count, c.state
+        );
+        if json {
+            println!("{}", to_json(&c)?);
+        }
+        return Ok(exit::OK);
+    };
+    if let Some(ch) = running {
+        eprintln!("cluster {name}: change #{id} {} requested", ch.summary);
+    }
+    if !wait {
+        if json {
+            println!("{}", to_json(&c)?);
+        }
+        return Ok(exit::OK);
+    }
+    let c = wait_until(client, name, |c| {
+        c.changes
+            .iter()
+            .find(|ch| ch.id == id)
+            .is_none_or(|ch| ch.outcome != "running")
+            || c.state == ClusterState::Deleted
+    })
+    .await?;
+    if json {
+        println!("{}", to_json(&c)?);
+    } else {
+        print_cluster(&c);
+    }
+    match c.changes.iter().find(|ch| ch.id == id) {
+        Some(ch) if ch.outcome == "done" => Ok(exit::OK),
+        Some(ch) => {
+            eprintln!(
+                "shoal: change #{id} of {name} failed: {}",
+                ch.reason.as_deref().unwrap_or("no reason recorded")
+            );
+            eprintln!(
+                "shoal: the cluster is {}; `shoal cluster show {name}` says which nodes, `scale` or `repair` again finishes the job",
+                c.state
+            );
+            Ok(exit::FAILED)
+        }
+        None => Ok(exit::FAILED),
+    }
+}
+
+async fn reboot(client: &Client, name: &str, node: &str, json: bool) -> Result<u8, CliError> {
+    let c: ClusterView = client
+        .json(
+            reqwest::Method::POST,
+            &format!("/v1/clusters/{name}/nodes/{node}/reboot"),
+            None,
+        )
+        .await?;
+    eprintln!("cluster {name}: {node} is rebooting");
+    if json {
+        println!("{}", to_json(&c)?);
+    }
+    Ok(exit::OK)
+}
+
 /// The terminal's width: `$COLUMNS`, else the TTY's, else 100.
 fn terminal_width() -> usize {
     if let Some(w) = std::env::var("COLUMNS")
@@ -289,6 +395,19 @@ async fn wait_for(
     name: &str,
     states: &[ClusterState],
 ) -> Result<ClusterView, CliError> {
+    wait_until(client, name, |c| {
+        let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
+        states.contains(&c.state) || delete_failed
+    })
+    .await
+}
+
+/// Polls until `done` holds, showing progress on stderr.
+async fn wait_until(
+    client: &Client,
+    name: &str,
+    done: impl Fn(&ClusterView) -> bool,
+) -> Result<ClusterView, CliError> {
     use std::io::Write as _;
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
@@ -301,8 +420,7 @@ async fn wait_for(
             let _ = err.write_all(text.as_bytes());
             let _ = err.flush();
         }
-        let delete_failed = c.state == ClusterState::Deleting && c.reason.is_some();
-        if states.contains(&c.state) || delete_failed {
+        if done(&c) {
             return Ok(c);
         }
         // A terminal is redrawn often enough to look alive; logs need fewer polls.
@@ -327,9 +445,12 @@ pub fn print_cluster(c: &ClusterView) {
     if let Some(r) = &c.resources {
         println!("resources: {r}");
     }
+    if let Some(secs) = c.auto_repair_secs {
+        println!("auto-repair: nodes lost for more than {secs}s get a new VM");
+    }
     println!(
-        "{:<8} {:<15} {:<14} {:<34} CONTAINERS",
-        "NODE", "ADDRESS", "PHASE", "INSTANCE"
+        "{:<8} {:<15} {:<14} {:>4} {:<34} CONTAINERS",
+        "NODE", "ADDRESS", "PHASE", "GEN", "INSTANCE"
     );
     for n in &c.nodes {
         let containers = n
@@ -348,18 +469,72 @@ pub fn print_cluster(c: &ClusterView) {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "{:<8} {:<15} {:<14} {:<34} {}",
+            "{:<8} {:<15} {:<14} {:>4} {:<34} {}",
             n.id,
             n.private_ip.map(|i| i.to_string()).unwrap_or_default(),
             n.phase.as_str(),
+            n.generation,
             n.instance_id.as_deref().unwrap_or(""),
             containers
         );
         if let Some(e) = &n.error {
             println!("         error {}: {}", e.reason, e.message);
         }
+        if n.leaving {
+            println!("         leaving (a scale down removes it)");
+        }
         if let Some(state) = n.details.get("vm-state").filter(|s| *s != "running") {
             println!("         VM {state}");
         }
+        if let Some(r) = n.details.get("restarts") {
+            println!("         restarts: {r}");
+        }
+    }
+    let relative = |from: u64, to: Option<u64>| {
+        to.map(|t| format!("{:.2}s", t.saturating_sub(from) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    if c.changes.len() > 1 || c.changes.iter().any(|ch| ch.outcome != "done") {
+        println!("changes:");
+        for ch in &c.changes {
+            println!(
+                "  #{} {:<28} generation {:>3}  published after {:>7}  {} after {}{}",
+                ch.id,
+                ch.summary,
+                ch.generation.map_or("-".into(), |g| g.to_string()),
+                relative(ch.asked_ms, ch.published_ms),
+                ch.outcome,
+                relative(ch.asked_ms, ch.done_ms),
+                ch.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            if let (Some(p), false) = (ch.published_ms, ch.converged.is_empty()) {
+                let nodes: Vec<String> = ch
+                    .converged
+                    .iter()
+                    .map(|v| format!("{} {}", v.node, relative(p, Some(v.at_ms))))
+                    .collect();
+                println!("      converged after the plan: {}", nodes.join(", "));
+            }
+        }
+    }
+    let recent: Vec<String> = c
+        .events
+        .iter()
+        .rev()
+        .take(6)
+        .rev()
+        .map(|e| {
+            let at = relative(c.created_ms, Some(e.at_ms));
+            match &e.reason {
+                Some(r) => format!("{} at {at} ({r})", e.state),
+                None => format!("{} at {at}", e.state),
+            }
+        })
+        .collect();
+    if recent.len() > 1 {
+        println!("states: {}", recent.join(", "));
     }
 }

@@ -145,9 +145,18 @@ pub struct ServeArgs {
     /// The qemu provider's accelerator: auto (KVM when it is usable, else TCG), kvm, tcg.
     #[arg(long, default_value = "auto")]
     pub qemu_accel: crate::providers::qemu::AccelChoice,
-    /// Seconds a creation may take before the cluster is FAILED.
+    /// Seconds a creation may take before the cluster is FAILED (and a scale or repair
+    /// before it ends as failed).
     #[arg(long, default_value_t = 900)]
     pub create_timeout: u64,
+    /// Seconds between the reports a resident agent sends when nothing changes, so a
+    /// silent node can be told from a quiet one (0: reports on changes only, and no
+    /// node is ever marked lost).
+    #[arg(long, default_value_t = crate::engine::DEFAULT_REPORT_SECS, value_parser = clap::value_parser!(u32).range(0..=shoal_protocol::MAX_REPORT_SECS as i64))]
+    pub report_interval: u32,
+    /// Seconds of silence after which a node is marked lost and its cluster DEGRADED.
+    #[arg(long, default_value_t = crate::engine::DEFAULT_LOST_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub lost_after: u64,
     /// Serve the metadata API over plain HTTP instead of TLS. Cluster keys and node
     /// tokens then cross the network in clear: only for networks you trust, or behind
     /// a TLS-terminating proxy (with an https:// --advertise-url).
@@ -222,6 +231,35 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Resize a host group (--nodes N, with --group G), or take out given nodes
+    /// (--remove NODE…), without disturbing what runs on the others.
+    Scale(ScaleArgs),
+    /// Give nodes new VMs under the same ids and indexes: every lost or failed node, or
+    /// the ones named with --node.
+    Repair {
+        /// Cluster name.
+        name: String,
+        /// A node to replace (repeatable; default: every lost or failed node).
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
+        /// Wait until the repair is over (exit 1 if it fails), showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Print the cluster as JSON (with --wait: once the repair is over).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reboot a node's VM: every process in it stops, and it boots again.
+    Reboot {
+        /// Cluster name.
+        name: String,
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Print the cluster as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a cluster and every resource it owns (safe to repeat).
     Delete {
         /// Cluster name.
@@ -247,6 +285,28 @@ pub enum ClusterCommand {
         #[arg(long)]
         width: Option<usize>,
     },
+}
+
+/// `shoal cluster scale` options.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Cluster name.
+    pub name: String,
+    /// The host group to resize (default: the blueprint's "rest" group).
+    #[arg(long, requires = "nodes")]
+    pub group: Option<String>,
+    /// The group's new number of nodes.
+    #[arg(long, conflicts_with = "remove", required_unless_present = "remove", value_parser = clap::value_parser!(u32).range(0..=MAX_NODES as i64))]
+    pub nodes: Option<u32>,
+    /// Nodes to take out, by id.
+    #[arg(long, num_args = 1.., value_name = "NODE")]
+    pub remove: Vec<String>,
+    /// Wait until the scale is over (exit 1 if it fails), showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the cluster as JSON (with --wait: once the scale is over).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `shoal cluster create` options.
@@ -288,6 +348,17 @@ pub struct CreateArgs {
     /// Provider-specific setting KEY=VALUE (repeatable), e.g. vpc-id=vpc-123.
     #[arg(long = "set", value_parser = parse_kv)]
     pub set: Vec<(String, String)>,
+    /// Replace a node on its own once it has been lost this long (seconds, or with s,
+    /// m or h: 90s, 10m).
+    #[arg(long, value_name = "AFTER", value_parser = parse_duration)]
+    pub auto_repair: Option<u64>,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    crate::blueprint::Seconds::parse(s)
+        .map(|d| d.0)
+        .filter(|d| *d > 0)
+        .ok_or_else(|| format!("{s:?} is not a duration of at least 1 s (90, 90s, 10m, 1h)"))
 }
 
 /// Runs the command; returns the process exit status (see [`exit`]). Failures are

@@ -108,23 +108,26 @@ pub fn block(c: &ClusterView, elapsed: Duration) -> Vec<String> {
 
 /// `[#########.....]`: filled up to the node's phase; `!` where it failed.
 pub fn bar(n: &NodeView) -> String {
+    let last = STEPS.len() - 1;
+    let broken = matches!(n.phase, Phase::Failed | Phase::Unhealthy | Phase::Lost);
     let step = match n.phase {
-        Phase::Failed => n
+        _ if broken => n
             .timings
             .iter()
             .rev()
             .find_map(|t| STEPS.iter().position(|p| *p == t.phase))
             .unwrap_or(0),
+        // A leaving node had converged before its drain.
+        Phase::Draining | Phase::Drained => last,
         p => STEPS.iter().position(|s| *s == p).unwrap_or(0),
     };
-    let last = STEPS.len() - 1;
     let filled = step * BAR_CELLS / last;
     let mut s = String::with_capacity(BAR_CELLS + 2);
     s.push('[');
     for i in 0..BAR_CELLS {
         s.push(if i < filled {
             '#'
-        } else if i == filled && n.phase == Phase::Failed {
+        } else if i == filled && broken {
             '!'
         } else {
             '.'
@@ -158,7 +161,13 @@ mod tests {
             index: 0,
             instance_id: None,
             private_ip: Some("10.0.0.10".parse().expect("ip")),
+            group: String::new(),
             phase,
+            generation: 1,
+            converged_ms: None,
+            last_seen_ms: None,
+            leaving: false,
+            incarnation: 0,
             error: None,
             elapsed_ms: 1500,
             containers: vec![],
@@ -185,7 +194,10 @@ mod tests {
             created_ms: 1,
             time_to_available_ms: None,
             resources: None,
+            auto_repair_secs: None,
             nodes,
+            changes: vec![],
+            events: vec![],
         }
     }
 

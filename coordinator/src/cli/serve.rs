@@ -35,6 +35,8 @@ pub fn options(state_dir: &Path, a: &ServeArgs) -> ServeOptions {
         local_vpc: a.local_vpc,
         local_prefix: a.local_prefix.clone(),
         create_timeout: Duration::from_secs(a.create_timeout),
+        report_secs: a.report_interval,
+        lost_after: Duration::from_secs(a.lost_after),
         insecure_http: a.insecure_http,
         tls_names: a.tls_san.clone(),
         metadata_limits: Limits {

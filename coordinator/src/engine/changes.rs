@@ -14,7 +14,8 @@ use shoal_protocol::{NodeStatus, Plan};
 use tokio::sync::watch;
 
 use crate::store::{
-    ClusterRow, ClusterState, NodeRow, Store, StoreFuture, StoreStats, StoredPlan, VmRecord,
+    ClusterRow, ClusterState, History, NewChange, NodeRow, ReportOutcome, SilentNode, Store,
+    StoreFuture, StoreStats, StoredPlan, VmRecord,
 };
 
 /// A [`Store`] that counts its successful writes.
@@ -41,9 +42,13 @@ impl Watched {
     /// Awaits the write, and counts it if it succeeded.
     async fn counted<T>(&self, write: StoreFuture<'_, T>) -> Result<T, crate::store::StoreError> {
         let out = write.await?;
+        self.bump();
+        Ok(out)
+    }
+
+    fn bump(&self) {
         // `send_modify` updates the value even with no receiver (`send` would not).
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(out)
     }
 }
 
@@ -86,13 +91,85 @@ impl Store for Watched {
         Box::pin(self.counted(self.inner.publish_plan(cluster, plan)))
     }
 
-    fn set_node_status<'a>(
+    fn record_report<'a>(
         &'a self,
         cluster: &'a str,
         node: &'a str,
         status: &'a NodeStatus,
+    ) -> StoreFuture<'a, ReportOutcome> {
+        Box::pin(self.counted(self.inner.record_report(cluster, node, status)))
+    }
+
+    // A heartbeat changes nothing a view shows (the report it repeats is recorded), so
+    // counting it would re-render every open page once per agent per interval.
+    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.touch_node(cluster, node)
+    }
+
+    fn silent_nodes(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<SilentNode>> {
+        self.inner.silent_nodes(before_ms, limit)
+    }
+
+    fn mark_lost<'a>(
+        &'a self,
+        cluster: &'a str,
+        node: &'a str,
+        before_ms: u64,
+        message: &'a str,
+    ) -> StoreFuture<'a, Option<ReportOutcome>> {
+        Box::pin(async move {
+            let out = self
+                .inner
+                .mark_lost(cluster, node, before_ms, message)
+                .await?;
+            if out.is_some() {
+                self.bump();
+            }
+            Ok(out)
+        })
+    }
+
+    fn due_repairs(&self, now_ms: u64) -> StoreFuture<'_, Vec<(String, String)>> {
+        self.inner.due_repairs(now_ms)
+    }
+
+    fn begin_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        from: &'a [ClusterState],
+        change: &'a NewChange,
+    ) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(self.counted(self.inner.begin_change(cluster, from, change)))
+    }
+
+    fn change_step<'a>(&'a self, cluster: &'a str, id: u64, step: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.counted(self.inner.change_step(cluster, id, step)))
+    }
+
+    fn set_leaving<'a>(
+        &'a self,
+        cluster: &'a str,
+        nodes: &'a [String],
+        leaving: bool,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.counted(self.inner.set_node_status(cluster, node, status)))
+        Box::pin(self.counted(self.inner.set_leaving(cluster, nodes, leaving)))
+    }
+
+    fn remove_nodes<'a>(&'a self, cluster: &'a str, nodes: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(self.counted(self.inner.remove_nodes(cluster, nodes)))
+    }
+
+    fn finish_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        id: u64,
+        outcome: Result<(), &'a str>,
+    ) -> StoreFuture<'a, ClusterState> {
+        Box::pin(self.counted(self.inner.finish_change(cluster, id, outcome)))
+    }
+
+    fn history<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, History> {
+        self.inner.history(cluster)
     }
 
     fn stats(&self) -> StoreStats {
@@ -114,14 +191,14 @@ mod tests {
         assert_eq!(*rx.borrow_and_update(), 0);
         // A write that fails (no such cluster) is no change.
         assert!(w
-            .set_node_status("demo", "node-0", &conformance::status(Phase::Ready, 1))
+            .record_report("demo", "node-0", &conformance::status(Phase::Ready, 1))
             .await
             .is_err());
         assert!(!rx.has_changed().expect("open"));
         w.insert_cluster(&conformance::cluster("demo"), &[conformance::node(0)])
             .await
             .expect("insert");
-        w.set_node_status("demo", "node-0", &conformance::status(Phase::Network, 1))
+        w.record_report("demo", "node-0", &conformance::status(Phase::Network, 1))
             .await
             .expect("report");
         // Two writes since the receiver last looked: one change to see.

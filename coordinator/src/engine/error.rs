@@ -15,6 +15,19 @@ pub enum EngineError {
     /// No such cluster.
     #[error("no cluster named {0:?}")]
     NotFound(String),
+    /// The cluster's state does not allow what was asked (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but asks for what the cluster or its blueprint does
+    /// not allow (HTTP 422), with a stable code: `out-of-bounds`, `unknown-group`,
+    /// `unknown-node`, `nothing-to-repair`, `unsupported`.
+    #[error("{message}")]
+    Unprocessable {
+        /// The stable code.
+        code: &'static str,
+        /// What, for a person.
+        message: String,
+    },
     /// The provider is not usable here.
     #[error("provider {name} is not available: {why}")]
     ProviderUnavailable {

@@ -1,12 +1,15 @@
-//! The cluster life cycle: REQUESTED → CREATING → AVAILABLE or FAILED; DELETING →
-//! DELETED. Every transition is written to the store before anything is done about it,
-//! so a restarted coordinator resumes where it stopped ([`Engine::reconcile`]); every
-//! provider call is idempotent, so resuming never makes a VM twice.
+//! The cluster life cycle: REQUESTED → CREATING → AVAILABLE or FAILED; AVAILABLE ⇄
+//! UPDATING (a scale or a repair, [`change`]) and AVAILABLE ⇄ DEGRADED (a node lost or
+//! unhealthy, kept by the store from the reports); DELETING → DELETED. Every transition
+//! is written to the store before anything is done about it, so a restarted coordinator
+//! resumes where it stopped ([`Engine::reconcile`]); every provider call is idempotent,
+//! so resuming never makes a VM twice.
 //!
 //! The engine owns the store, the plans being served ([`PlanHub`]), the providers and
 //! the tasks driving clusters; the listeners reach it only through its methods and
 //! through the narrow [`MetadataState`] it hands the metadata router.
 
+pub mod change;
 pub mod changes;
 mod error;
 pub mod planner;
@@ -18,19 +21,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use shoal_protocol::{AgentConfig, NodeStatus, Phase, DEFAULT_AGENT_DEADLINE_SECS};
-use tokio::sync::watch;
+use shoal_protocol::{
+    AgentConfig, LivenessPlan, NodeStatus, Phase, Plan, DEFAULT_AGENT_DEADLINE_SECS,
+};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use self::changes::Watched;
 pub use self::error::EngineError;
 use self::planner::PlannedNode;
-pub use self::request::{dry_run_plan, validate_request, CreateRequest, ValidRequest};
+pub use self::request::{
+    dry_run_plan, validate_request, CreateRequest, RepairRequest, ScaleRequest, ValidRequest,
+};
 use crate::keys;
 use crate::metadata::{MetadataState, NodeKey, PlanHub, StatusSink};
 use crate::metrics::{Metrics, Snapshot};
 use crate::providers::registry::Registry;
-use crate::providers::{NodeInfo, NodeRequest, Provider, ProviderError, VmState};
+use crate::providers::{NodeInfo, Provider, ProviderError, VmState};
 use crate::store::{
     now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError, StoredPlan, VmRecord,
 };
@@ -50,6 +57,8 @@ const DELETABLE: &[ClusterState] = &[
     ClusterState::Requested,
     ClusterState::Creating,
     ClusterState::Available,
+    ClusterState::Updating,
+    ClusterState::Degraded,
     ClusterState::Failed,
     ClusterState::Deleting,
 ];
@@ -65,7 +74,17 @@ pub struct EngineSettings {
     pub create_timeout: Duration,
     /// How long agents keep trying to reach the coordinator.
     pub agent_deadline_secs: u64,
+    /// How often resident agents report when nothing changes (the plan's liveness
+    /// contract); `None`: only on changes, and no node is ever marked lost.
+    pub report_secs: Option<u32>,
+    /// The silence after which a node is marked lost.
+    pub lost_after: Duration,
 }
+
+/// Default seconds between liveness reports.
+pub const DEFAULT_REPORT_SECS: u32 = 5;
+/// Default silence before a node is lost: four report intervals.
+pub const DEFAULT_LOST_AFTER: Duration = Duration::from_secs(20);
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -74,8 +93,18 @@ impl Default for EngineSettings {
             ca_cert_pem: None,
             create_timeout: Duration::from_secs(900),
             agent_deadline_secs: DEFAULT_AGENT_DEADLINE_SECS,
+            report_secs: Some(DEFAULT_REPORT_SECS),
+            lost_after: DEFAULT_LOST_AFTER,
         }
     }
+}
+
+/// What a change in flight waits for, per cluster: the generation on which every node
+/// was last seen ready, and a nudge on every report that may end a drain.
+#[derive(Debug)]
+struct Signals {
+    ready: watch::Sender<u64>,
+    nudge: Notify,
 }
 
 /// The engine: store, served plans, providers, and the tasks driving clusters.
@@ -89,6 +118,7 @@ pub struct Engine {
     providers: Registry,
     settings: EngineSettings,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    signals: Mutex<HashMap<String, Arc<Signals>>>,
 }
 
 fn node_keys(nodes: &[NodeRow]) -> Vec<NodeKey> {
@@ -129,7 +159,30 @@ impl Engine {
             providers,
             settings,
             tasks: Mutex::new(HashMap::new()),
+            signals: Mutex::new(HashMap::new()),
         }))
+    }
+
+    fn signals(&self, cluster: &str) -> Arc<Signals> {
+        let mut map = match self.signals.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(cluster.to_string())
+            .or_insert_with(|| {
+                Arc::new(Signals {
+                    ready: watch::channel(0).0,
+                    nudge: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The liveness contract agents are given in the plan.
+    fn liveness(&self) -> Option<LivenessPlan> {
+        self.settings
+            .report_secs
+            .map(|report_secs| LivenessPlan { report_secs })
     }
 
     /// What the metadata router needs: the plans, where reports go, the counters.
@@ -198,6 +251,57 @@ impl Engine {
         Ok((c, nodes))
     }
 
+    /// A cluster's changes, generations and state events.
+    pub async fn history(&self, name: &str) -> Result<crate::store::History, EngineError> {
+        Ok(self.store.history(name).await?)
+    }
+
+    /// Adds to a cluster's view what its provider knows of each VM right now (the local
+    /// provider: restarts of each VM's dockerd and agent). No cloud call.
+    pub fn add_live_details(&self, c: &ClusterRow, v: &mut crate::view::ClusterView) {
+        let Ok(provider) = self.provider(&c.provider) else {
+            return;
+        };
+        let cref = c.cluster_ref();
+        for n in &mut v.nodes {
+            n.details.extend(provider.live_details(&cref, &n.id));
+        }
+    }
+
+    /// Reboots a node's VM: its OS starts again and its agent converges it at boot.
+    pub async fn reboot(&self, name: &str, node: &str) -> Result<(), EngineError> {
+        let (c, nodes) = self.cluster(name).await?;
+        if !nodes.iter().any(|n| n.id == node) {
+            return Err(EngineError::Unprocessable {
+                code: "unknown-node",
+                message: format!(
+                    "cluster {name} has no node {node:?} (its nodes are {})",
+                    nodes
+                        .iter()
+                        .map(|n| n.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        if matches!(c.state, ClusterState::Deleting | ClusterState::Deleted) {
+            return Err(EngineError::Conflict(format!(
+                "cluster {name} is {}",
+                c.state
+            )));
+        }
+        let provider = self.provider(&c.provider)?;
+        tracing::info!(cluster = %name, %node, "rebooting a VM");
+        self.metrics
+            .provider_call(
+                provider.name(),
+                "reboot_node",
+                provider.reboot_node(&c.cluster_ref(), &c.params, node),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records a new cluster and starts creating it.
     pub async fn create(
         self: &Arc<Self>,
@@ -238,20 +342,28 @@ impl Engine {
             created_ms: now,
             updated_ms: now,
             available_ms: None,
+            ready_nodes: 0,
+            next_index: req.nodes,
+            auto_repair_secs: req.auto_repair_secs,
+            change: Some(1),
         };
-        let nodes: Vec<NodeRow> = (0..req.nodes)
-            .map(|i| NodeRow {
-                id: format!("node-{i}"),
-                index: i,
-                token: keys::random_secret(),
-                instance_id: None,
-                private_ip: None,
-                details: Default::default(),
-                phase: Phase::Pending,
-                status: None,
-                requested_ms: Some(now),
-                running_ms: None,
-                updated_ms: now,
+        let groups: Vec<String> = row
+            .blueprint
+            .assign(req.nodes)?
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        let nodes: Vec<NodeRow> = groups
+            .into_iter()
+            .enumerate()
+            .map(|(i, group)| {
+                NodeRow::requested(
+                    format!("node-{i}"),
+                    i as u32,
+                    group,
+                    keys::random_secret(),
+                    now,
+                )
             })
             .collect();
         self.store.insert_cluster(&row, &nodes).await?;
@@ -354,47 +466,14 @@ impl Engine {
         {
             return Ok(());
         }
-        let provider = self.provider(&c.provider)?;
-        let cref = c.cluster_ref();
-        let nodes = self.store.nodes(name).await?;
-        let mut requests = Vec::with_capacity(nodes.len());
-        for n in &nodes {
-            let cfg = self.agent_config(&c, n);
-            requests.push(NodeRequest {
-                node_id: n.id.clone(),
-                index: n.index,
-                user_data: userdata::render_for(provider.name(), &cfg, provider.user_data_limit())?,
-            });
-        }
-        let infos = self
-            .metrics
-            .provider_call(
-                provider.name(),
-                "create_nodes",
-                provider.create_nodes(&cref, &c.params, &requests),
-            )
-            .await?;
-        crate::fault::point("vms-created");
-        self.record_vms(name, &infos).await?;
-        // Clouds assign private addresses a little after the call: describe until all are known.
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let nodes = self.store.nodes(name).await?;
-            if nodes.iter().all(|n| n.private_ip.is_some()) {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            let infos = self
-                .metrics
-                .provider_call(
-                    provider.name(),
-                    "describe_nodes",
-                    provider.describe_nodes(&cref, &c.params),
-                )
-                .await?;
-            self.record_vms(name, &infos).await?;
-        }
+        let all: Vec<String> = self
+            .store
+            .nodes(name)
+            .await?
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        self.create_vms(name, &all, "vms-created").await?;
         self.publish_plan(name).await?;
         crate::fault::point("plan-published");
         Ok(())
@@ -475,71 +554,106 @@ impl Engine {
             .and_then(|p| p.footprint(&c.cluster_ref(), &c.params))
     }
 
+    /// The plan of the stored nodes (generation 0: the store assigns it).
+    fn plan_for(&self, c: &ClusterRow, nodes: &[NodeRow]) -> Result<Plan, EngineError> {
+        // A node without a VM (a repair that could not make one) is nobody's peer.
+        let mut planned = layout(c, nodes);
+        planned.retain(|p| !p.private_ip.is_unspecified());
+        Ok(planner::build(
+            &c.name,
+            &c.blueprint,
+            c.overlay,
+            c.vni,
+            &planned,
+            self.liveness(),
+        )?)
+    }
+
     /// Builds the plan from the stored nodes; the store assigns its generation, and the
     /// hub serves exactly what was stored.
     async fn publish_plan(&self, name: &str) -> Result<StoredPlan, EngineError> {
         let (c, nodes) = self.cluster(name).await?;
-        let planned: Vec<PlannedNode> = nodes
-            .into_iter()
-            .map(|n| PlannedNode {
-                private_ip: n.private_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                id: n.id,
-                index: n.index,
-                instance_id: n.instance_id,
-            })
-            .collect();
-        let plan = planner::build(&c.name, &c.blueprint, c.overlay, c.vni, &planned)?;
-        let stored = self.store.publish_plan(name, plan).await?;
+        let plan = self.plan_for(&c, &nodes)?;
+        self.publish(&c, plan).await
+    }
+
+    async fn publish(&self, c: &ClusterRow, plan: Plan) -> Result<StoredPlan, EngineError> {
+        let stored = self.store.publish_plan(&c.name, plan).await?;
         self.hub
             .publish(&c.key, stored.generation(), stored.json.clone());
-        tracing::info!(cluster = %name, generation = stored.generation(), "plan ready");
+        tracing::info!(cluster = %c.name, generation = stored.generation(), nodes = stored.plan.nodes.len(), "plan ready");
         Ok(stored)
     }
 
-    /// Records an agent's report and moves the cluster on.
+    /// Publishes the plan of the stored nodes unless the plan served already is that
+    /// plan (a change resumed after a crash publishes nothing twice); returns the
+    /// generation in force.
+    async fn publish_if_changed(&self, name: &str) -> Result<u64, EngineError> {
+        let (c, nodes) = self.cluster(name).await?;
+        let plan = self.plan_for(&c, &nodes)?;
+        if let Some(current) = &c.plan {
+            let mut served = current.plan.clone();
+            served.generation = 0;
+            if served == plan {
+                return Ok(current.generation());
+            }
+        }
+        Ok(self.publish(&c, plan).await?.generation())
+    }
+
+    /// Records an agent's report and moves the cluster on. Constant work per report:
+    /// the store returns the cluster's counts with the write.
     pub async fn on_status(
         &self,
         cluster: &str,
         node: &str,
         status: &NodeStatus,
     ) -> Result<(), EngineError> {
-        self.store.set_node_status(cluster, node, status).await?;
-        let Some(c) = self.store.cluster(cluster).await? else {
-            return Ok(());
-        };
-        if !SETTLING.contains(&c.state) {
-            return Ok(());
+        let outcome = self.store.record_report(cluster, node, status).await?;
+        if let Some(moved) = outcome.moved {
+            tracing::info!(cluster = %cluster, %node, phase = %status.phase, state = %moved, "cluster health changed");
         }
-        if status.phase == Phase::Failed && c.state == ClusterState::Creating {
-            let (code, message) = status
-                .error
-                .as_ref()
-                .map(|e| (e.reason.as_str(), e.message.as_str()))
-                .unwrap_or(("unknown", "no reason given"));
-            self.fail(cluster, &format!("{node}: {code}: {message}"))
-                .await;
-            return Ok(());
+        match outcome.state {
+            ClusterState::Creating | ClusterState::Failed => {
+                if status.phase == Phase::Failed && outcome.state == ClusterState::Creating {
+                    let (code, message) = status
+                        .error
+                        .as_ref()
+                        .map(|e| (e.reason.as_str(), e.message.as_str()))
+                        .unwrap_or(("unknown", "no reason given"));
+                    self.fail(cluster, &format!("{node}: {code}: {message}"))
+                        .await;
+                    return Ok(());
+                }
+                if outcome.all_ready() {
+                    if let Some(c) = self.store.cluster(cluster).await? {
+                        self.settle(&c).await?;
+                    }
+                }
+            }
+            ClusterState::Updating => {
+                let signals = self.signals(cluster);
+                if outcome.all_ready() {
+                    signals.ready.send_replace(outcome.generation);
+                }
+                if matches!(status.phase, Phase::Drained | Phase::Failed | Phase::Lost) {
+                    signals.nudge.notify_waiters();
+                }
+            }
+            _ => {}
         }
-        self.settle(&c).await?;
         Ok(())
     }
 
     /// Marks the cluster AVAILABLE when every node reported `ready` on the current
-    /// plan; returns whether it is. Run on every report, and by [`Engine::reconcile`]:
-    /// a crash may fall between the last report and this transition, and agents that
-    /// are ready do not report again.
+    /// plan; returns whether it is. Run when a report makes every node ready, and by
+    /// [`Engine::reconcile`]: a crash may fall between the last report and this
+    /// transition, and agents that are ready do not report again.
     async fn settle(&self, c: &ClusterRow) -> Result<bool, EngineError> {
         if !SETTLING.contains(&c.state) {
             return Ok(c.state == ClusterState::Available);
         }
-        let nodes = self.store.nodes(&c.name).await?;
-        let all_ready = c.generation > 0
-            && nodes.iter().all(|n| {
-                n.phase == Phase::Ready
-                    && n.status
-                        .as_ref()
-                        .is_some_and(|s| s.generation == c.generation)
-            });
+        let all_ready = c.generation > 0 && c.ready_nodes >= c.node_count;
         if !all_ready {
             return Ok(false);
         }
@@ -576,9 +690,18 @@ impl Engine {
     fn spawn_delete(self: &Arc<Self>, name: &str) {
         let engine = self.clone();
         let n = name.to_string();
-        // Replacing the task aborts a creation still in flight: deletion finds what it
-        // made by tags and names, so nothing it started is left behind.
+        // A creation still in flight is aborted, and deletion starts once it has
+        // stopped: an abort takes effect at the task's next await, and until then it
+        // may still be starting a VM's process that a deletion running beside it would
+        // miss. Deletion then finds what it made by tags and names.
+        let previous = self.tasks.lock().ok().and_then(|mut t| t.remove(name));
+        if let Some(p) = &previous {
+            p.abort();
+        }
         let task = tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
             if let Err(e) = engine.drive_delete(&n).await {
                 tracing::warn!(cluster = %n, error = %e, "deletion failed; `shoal cluster delete` retries it");
                 let _ = engine
@@ -643,6 +766,10 @@ impl Engine {
                     tracing::info!(cluster = %c.name, "resuming deletion");
                     self.spawn_delete(&c.name);
                 }
+                ClusterState::Updating => {
+                    tracing::info!(cluster = %c.name, change = ?c.change, "resuming a change");
+                    self.spawn_change(&c.name);
+                }
                 _ => {}
             }
         }
@@ -679,6 +806,32 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.providers.shutdown().await;
     }
+}
+
+/// The stored nodes as the planner takes them. Nodes recorded before groups were stored
+/// (an older coordinator's) get the group a creation would have given their position.
+fn layout(c: &ClusterRow, nodes: &[NodeRow]) -> Vec<PlannedNode> {
+    let assigned: Vec<String> = c
+        .blueprint
+        .assign(nodes.len() as u32)
+        .map(|g| g.iter().map(|g| g.name.clone()).collect())
+        .unwrap_or_default();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| PlannedNode {
+            private_ip: n.private_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            id: n.id.clone(),
+            index: n.index,
+            group: if n.group.is_empty() {
+                assigned.get(i).cloned().unwrap_or_default()
+            } else {
+                n.group.clone()
+            },
+            leaving: n.leaving,
+            instance_id: n.instance_id.clone(),
+        })
+        .collect()
 }
 
 impl StatusSink for Engine {
@@ -742,6 +895,7 @@ image = "registry.example.com/app:1"
                 blueprint: None,
                 blueprint_toml: Some(toml.into()),
                 params: ProviderParams::default(),
+                auto_repair_secs: None,
             })
             .await
             .expect_err("an image the VMs cannot get");

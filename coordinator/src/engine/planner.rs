@@ -2,15 +2,17 @@
 //!
 //! Addressing: node `i` (by index) gets the `(i+1)`-th /24 of the overlay as its slice
 //! (the first /24 stays unused, so `x.y.0.0` is never a gateway), its gateway is the
-//! slice's `.1`, and its containers take `.2`, `.3`, … in blueprint order.
+//! slice's `.1`, and its containers take `.2`, `.3`, … in blueprint order. Slices follow
+//! the index, never the position in the list, and indexes are never reused: adding or
+//! removing nodes moves no other node's containers.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use shoal_protocol::{
-    ContainerPlan, NetworkMode, NetworkPlan, NodePlan, Plan, PlanError, RegistryAuth, VolumePlan,
-    DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
+    ContainerPlan, DrainPlan, LivenessPlan, NetworkMode, NetworkPlan, NodePlan, Plan, PlanError,
+    RegistryAuth, VolumePlan, DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
 };
 
 use crate::blueprint::{expand, parse_volume, registry_of, Blueprint, BlueprintError};
@@ -25,6 +27,10 @@ pub struct PlannedNode {
     pub id: String,
     /// Index.
     pub index: u32,
+    /// Its host group.
+    pub group: String,
+    /// Being removed (it runs its group's drain hook).
+    pub leaving: bool,
     /// Private address.
     pub private_ip: Ipv4Addr,
     /// Provider's id.
@@ -38,14 +44,22 @@ pub enum PlannerError {
     #[error(transparent)]
     Blueprint(#[from] BlueprintError),
     /// The overlay has too few /24 slices.
-    #[error("overlay {overlay} has room for {room} nodes (one /24 each, the first left unused), the cluster has {nodes}")]
+    #[error("overlay {overlay} has room for {room} nodes (one /24 each, the first left unused), the cluster needs {nodes}")]
     OverlayTooSmall {
         /// Overlay.
         overlay: Ipv4Net,
         /// Slices available.
         room: usize,
-        /// Nodes.
+        /// Slices needed (the highest node index plus one).
         nodes: usize,
+    },
+    /// A node names a group the blueprint does not have.
+    #[error("node {node} belongs to group {group:?}, which the blueprint does not have")]
+    UnknownGroup {
+        /// Node.
+        node: String,
+        /// Its group.
+        group: String,
     },
     /// An environment reference did not resolve.
     #[error("container {container}: {message}")]
@@ -73,24 +87,42 @@ pub fn build(
     overlay: Ipv4Net,
     vni: u32,
     nodes: &[PlannedNode],
+    liveness: Option<LivenessPlan>,
 ) -> Result<Plan, PlannerError> {
     let mut nodes: Vec<&PlannedNode> = nodes.iter().collect();
     nodes.sort_by_key(|n| n.index);
-    let groups = blueprint.assign(nodes.len() as u32)?;
-    let slices: Vec<Ipv4Net> = overlay
+    let mut groups = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        groups.push(
+            blueprint
+                .group(&n.group)
+                .ok_or_else(|| PlannerError::UnknownGroup {
+                    node: n.id.clone(),
+                    group: n.group.clone(),
+                })?,
+        );
+    }
+    let room = overlay
         .subnets(24)
-        .map(|s| s.skip(1).take(nodes.len()).collect())
-        .unwrap_or_default();
-    if slices.len() < nodes.len() {
-        let room = overlay
-            .subnets(24)
-            .map(|s| s.count().saturating_sub(1))
-            .unwrap_or(0);
+        .map(|s| s.count().saturating_sub(1))
+        .unwrap_or(0);
+    let needed = nodes.last().map_or(0, |n| n.index as usize + 1);
+    if needed > room {
         return Err(PlannerError::OverlayTooSmall {
             overlay,
             room,
-            nodes: nodes.len(),
+            nodes: needed,
         });
+    }
+    let slice_of =
+        |index: u32| -> Option<Ipv4Net> { overlay.subnets(24).ok()?.nth(index as usize + 1) };
+    let mut slices = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        slices.push(slice_of(n.index).ok_or(PlannerError::OverlayTooSmall {
+            overlay,
+            room,
+            nodes: needed,
+        })?);
     }
     let domain = &blueprint.domain;
 
@@ -157,6 +189,15 @@ pub fn build(
                     }),
             });
         }
+        let drain = group
+            .drain
+            .as_ref()
+            .filter(|_| node.leaving)
+            .map(|d| DrainPlan {
+                container: d.container.clone(),
+                exec: d.exec.clone(),
+                timeout_secs: d.timeout.0,
+            });
         out.push(NodePlan {
             id: node.id.clone(),
             index: node.index,
@@ -165,6 +206,8 @@ pub fn build(
             slice: *slice,
             gateway,
             containers,
+            leaving: node.leaving,
+            drain,
         });
     }
     let plan = Plan {
@@ -179,6 +222,7 @@ pub fn build(
             mtu: None,
         },
         nodes: out,
+        liveness,
     };
     plan.validate()?;
     Ok(plan)
@@ -194,6 +238,8 @@ mod tests {
             .map(|i| PlannedNode {
                 id: format!("node-{i}"),
                 index: i,
+                group: if i == 0 { "server" } else { "workers" }.into(),
+                leaving: false,
                 private_ip: Ipv4Addr::new(10, 213, 0, 10 + i as u8),
                 instance_id: None,
             })
@@ -209,6 +255,7 @@ mod tests {
             DEFAULT_OVERLAY.parse().expect("cidr"),
             42,
             &nodes(3),
+            None,
         )
         .expect("plan");
         assert_eq!(plan.nodes.len(), 3);
@@ -249,12 +296,17 @@ name = "public"
 image = "busybox:1"
 "#;
         let bp = Blueprint::parse("t", text).expect("valid");
+        let mut ns = nodes(2);
+        for n in &mut ns {
+            n.group = "a".into();
+        }
         let plan = build(
             "x",
             &bp,
             DEFAULT_OVERLAY.parse().expect("cidr"),
             1,
-            &nodes(2),
+            &ns,
+            None,
         )
         .expect("plan");
         let c = &plan.nodes[1].containers;
@@ -274,6 +326,7 @@ image = "busybox:1"
             "10.240.0.0/23".parse().expect("cidr"),
             1,
             &nodes(3),
+            None,
         )
         .unwrap_err();
         assert!(err.to_string().contains("room for 1 nodes"), "{err}");
@@ -284,7 +337,73 @@ image = "busybox:1"
         let bp = load("demo").expect("demo");
         let mut ns = nodes(2);
         ns[1].private_ip = Ipv4Addr::new(10, 240, 9, 9);
-        let err = build("demo", &bp, DEFAULT_OVERLAY.parse().expect("cidr"), 1, &ns).unwrap_err();
+        let err = build(
+            "demo",
+            &bp,
+            DEFAULT_OVERLAY.parse().expect("cidr"),
+            1,
+            &ns,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, PlannerError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn slices_follow_the_index_so_removing_a_node_moves_no_other() {
+        let bp = load("demo").expect("demo");
+        let overlay = DEFAULT_OVERLAY.parse().expect("cidr");
+        let all = build("demo", &bp, overlay, 1, &nodes(4), None).expect("plan");
+        let mut fewer = nodes(4);
+        fewer.remove(1);
+        let some = build("demo", &bp, overlay, 1, &fewer, None).expect("plan");
+        for n in &some.nodes {
+            let before = all.node(&n.id).expect("was planned");
+            assert_eq!(n, before, "{} moved when node-1 left", n.id);
+        }
+        // A node of a group the blueprint lacks is refused by name.
+        let mut stray = nodes(2);
+        stray[1].group = "nope".into();
+        let e = build("demo", &bp, overlay, 1, &stray, None).unwrap_err();
+        assert!(
+            e.to_string().contains("node-1 belongs to group \"nope\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_leaving_node_carries_its_groups_drain_hook() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "server"
+count = 1
+[[group.container]]
+name = "s"
+image = "i"
+[[group]]
+name = "workers"
+count = "rest"
+drain = { container = "w", exec = ["drain-me"], timeout = "5m" }
+[[group.container]]
+name = "w"
+image = "i"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        let mut ns = nodes(3);
+        ns[2].leaving = true;
+        let plan = build(
+            "x",
+            &bp,
+            DEFAULT_OVERLAY.parse().expect("cidr"),
+            1,
+            &ns,
+            Some(LivenessPlan { report_secs: 5 }),
+        )
+        .expect("plan");
+        assert!(!plan.nodes[1].leaving && plan.nodes[1].drain.is_none());
+        let d = plan.nodes[2].drain.as_ref().expect("drain");
+        assert_eq!((d.container.as_str(), d.timeout_secs), ("w", 300));
+        assert_eq!(plan.liveness, Some(LivenessPlan { report_secs: 5 }));
     }
 }

@@ -29,7 +29,14 @@ pub struct CreateRequest {
     /// Provider settings.
     #[serde(default)]
     pub params: ProviderParams,
+    /// Replace a node on its own once it has been lost for this many seconds
+    /// (`--auto-repair`); absent: only `repair` replaces nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_repair_secs: Option<u64>,
 }
+
+/// The longest auto-repair delay accepted (a week).
+pub const MAX_AUTO_REPAIR_SECS: u64 = 7 * 24 * 3600;
 
 /// A creation request that passed [`validate_request`].
 #[derive(Debug, Clone)]
@@ -81,6 +88,14 @@ pub fn validate_request(req: &CreateRequest) -> Result<ValidRequest, EngineError
             })??
         }
     };
+    if let Some(secs) = req.auto_repair_secs {
+        if secs == 0 || secs > MAX_AUTO_REPAIR_SECS {
+            return Err(EngineError::BadRequest(format!(
+                "--auto-repair must be between 1 s and {} days, not {secs} s",
+                MAX_AUTO_REPAIR_SECS / 86400
+            )));
+        }
+    }
     blueprint.assign(req.nodes)?;
     let overlay: Ipv4Net = match blueprint.overlay {
         Some(o) => o,
@@ -99,12 +114,30 @@ pub fn validate_request(req: &CreateRequest) -> Result<ValidRequest, EngineError
     Ok(ValidRequest { blueprint, overlay })
 }
 
-/// Builds the plan of `nodes` nodes with placeholder addresses outside the overlay.
+/// Builds the plan of `nodes` nodes, laid on the blueprint's groups as a creation lays
+/// them, with placeholder addresses outside the overlay.
 pub fn dry_run_plan(
     cluster: &str,
     blueprint: &Blueprint,
     overlay: Ipv4Net,
     nodes: u32,
+) -> Result<shoal_protocol::Plan, EngineError> {
+    let layout: Vec<(String, u32, String)> = blueprint
+        .assign(nodes)?
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("node-{i}"), i as u32, g.name.clone()))
+        .collect();
+    dry_run(cluster, blueprint, overlay, &layout)
+}
+
+/// Builds the plan of the nodes `(id, index, group)` with placeholder addresses outside
+/// the overlay: whether such a cluster could be planned at all.
+pub fn dry_run(
+    cluster: &str,
+    blueprint: &Blueprint,
+    overlay: Ipv4Net,
+    layout: &[(String, u32, String)],
 ) -> Result<shoal_protocol::Plan, EngineError> {
     let underlay = DRY_RUN_UNDERLAYS
         .iter()
@@ -113,16 +146,44 @@ pub fn dry_run_plan(
         .ok_or_else(|| EngineError::BadRequest(format!("overlay {overlay} is too large")))?;
     let planned: Vec<PlannedNode> = underlay
         .hosts()
-        .take(nodes as usize)
-        .enumerate()
-        .map(|(i, ip)| PlannedNode {
-            id: format!("node-{i}"),
-            index: i as u32,
+        .zip(layout)
+        .map(|(ip, (id, index, group))| PlannedNode {
+            id: id.clone(),
+            index: *index,
+            group: group.clone(),
+            leaving: false,
             private_ip: ip,
             instance_id: None,
         })
         .collect();
-    Ok(planner::build(cluster, blueprint, overlay, 1, &planned)?)
+    Ok(planner::build(
+        cluster, blueprint, overlay, 1, &planned, None,
+    )?)
+}
+
+/// What `POST /v1/clusters/{name}/scale` takes: a group's new size, or nodes to remove.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The host group to resize (default: the blueprint's "rest" group, or its only
+    /// group that can change size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The group's new number of nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Nodes to take out, by id (instead of `nodes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// What `POST /v1/clusters/{name}/repair` takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    /// Nodes to give new VMs (default: every node lost or failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 #[cfg(test)]
@@ -137,6 +198,7 @@ mod tests {
             blueprint: None,
             blueprint_toml: toml.map(String::from),
             params: ProviderParams::default(),
+            auto_repair_secs: None,
         }
     }
 

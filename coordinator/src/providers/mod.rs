@@ -75,6 +75,10 @@ pub struct NodeRequest {
     pub node_id: String,
     /// Node index.
     pub index: u32,
+    /// How many times the node's VM was replaced (repair): 0 for its first VM. A new
+    /// incarnation is a new VM (part of EC2's client token, for instance), the same
+    /// incarnation the same VM.
+    pub incarnation: u32,
     /// Rendered user-data, possibly gzip-compressed (see `userdata`); providers encode
     /// it as their API wants (base64 for EC2 and Azure).
     pub user_data: Vec<u8>,
@@ -162,6 +166,14 @@ pub enum ProviderError {
     /// Setting up a qemu VM failed.
     #[error("qemu: {0}")]
     Qemu(String),
+    /// The provider cannot do this.
+    #[error("the {provider} provider does not support {what}")]
+    Unsupported {
+        /// Provider.
+        provider: &'static str,
+        /// What was asked.
+        what: String,
+    },
     /// Images the blueprint names cannot be had where the VMs run (the local provider's
     /// image directory): each with the command that makes it.
     #[error("{0}")]
@@ -232,6 +244,47 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         cluster: &'a ClusterRef,
         params: &'a ProviderParams,
     ) -> BoxFuture<'a, Result<Vec<NodeInfo>, ProviderError>>;
+
+    /// Deletes the VMs of these nodes and what only they used (network interfaces,
+    /// disks, public addresses), and waits until they are gone; the rest of the cluster
+    /// is untouched. Safe to repeat; a node without a VM is no error. Scale downs and
+    /// repairs need it: a provider without it cannot do either.
+    fn delete_nodes<'a>(
+        &'a self,
+        _cluster: &'a ClusterRef,
+        _params: &'a ProviderParams,
+        _nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let provider = self.name();
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider,
+                what: "removing single nodes (scale down, repair)".into(),
+            })
+        })
+    }
+
+    /// Restarts the VM of a node (its OS boots again; its disks stay).
+    fn reboot_node<'a>(
+        &'a self,
+        _cluster: &'a ClusterRef,
+        _params: &'a ProviderParams,
+        _node: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let provider = self.name();
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider,
+                what: "rebooting a VM".into(),
+            })
+        })
+    }
+
+    /// Facts about a node's VM that change while it runs and are cheap to read (the
+    /// local provider: its supervisor's restart counts), for `show`. No cloud call.
+    fn live_details(&self, _cluster: &ClusterRef, _node: &str) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 
     /// Deletes everything the cluster owns and waits until it is gone. Safe to repeat.
     fn delete_cluster<'a>(

@@ -47,8 +47,12 @@ pub struct ServeOptions {
     pub local_vpc: Ipv4Net,
     /// Prefix of local namespace names.
     pub local_prefix: String,
-    /// Creation timeout.
+    /// Creation timeout (and a change's: every node ready on the new plan).
     pub create_timeout: Duration,
+    /// How often resident agents report when nothing changes (0: only on changes).
+    pub report_secs: u32,
+    /// The silence after which a node is marked lost.
+    pub lost_after: Duration,
     /// Serve the metadata API over plain HTTP (explicit opt-in; TLS otherwise).
     pub insecure_http: bool,
     /// Extra names (DNS names or addresses) for the listeners' certificate.
@@ -190,6 +194,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let settings = EngineSettings {
         advertise_url: opts.advertise_url.clone(),
         create_timeout: opts.create_timeout,
+        report_secs: (opts.report_secs > 0).then_some(opts.report_secs),
+        lost_after: opts.lost_after,
         // Agents of a TLS listener trust only this CA. With --insecure-http and an
         // https:// advertised URL (a TLS-terminating proxy), they use the system's roots.
         ca_cert_pem: match (&ca, &metadata_tls) {

@@ -10,6 +10,17 @@
 //!   stored never disagree.
 //! - State changes are compare-and-set ([`Store::transition`]), so two tasks (or two
 //!   coordinators) racing on one cluster cannot undo each other's transition.
+//! - Every change of a running cluster (a scale, a repair) is a [`ChangeRow`]: begun
+//!   in one transaction with everything it asks for ([`Store::begin_change`]), moved
+//!   through steps ([`Store::change_step`]), ended with its outcome
+//!   ([`Store::finish_change`]). A restarted coordinator resumes it from its step.
+//! - Health follows the agents' reports in the same transaction that records them: a
+//!   cluster AVAILABLE or DEGRADED is AVAILABLE exactly when every node reported
+//!   `ready` on the current plan ([`Store::record_report`], [`Store::mark_lost`]).
+//!   The store keeps the count of such nodes per cluster, so a report costs the same
+//!   in a cluster of ten nodes and of ten thousand.
+//! - Every state a cluster enters is kept as a [`ClusterEvent`] (the latest
+//!   [`MAX_EVENTS`]), so a brief DEGRADED is on record after it is over.
 //! - Values are typed (blueprint, overlay, plan, params); how they are serialised is
 //!   the backend's business, and happens in one place in it.
 //! - The store holds secrets (cluster keys, node tokens): `Debug` of a row hides them,
@@ -43,6 +54,12 @@ pub enum ClusterState {
     Creating,
     /// Every node reported ready.
     Available,
+    /// A change runs: a scale or a repair (AVAILABLE again when every node is ready on
+    /// the new plan).
+    Updating,
+    /// A node is lost, unhealthy or failed; see the reason (AVAILABLE again once every
+    /// node reports ready).
+    Degraded,
     /// Creation failed; see the reason. `delete` removes what was made.
     Failed,
     /// Being deleted.
@@ -53,10 +70,12 @@ pub enum ClusterState {
 
 impl ClusterState {
     /// Every state, in the order of a cluster's life.
-    pub const ALL: [ClusterState; 6] = [
+    pub const ALL: [ClusterState; 8] = [
         ClusterState::Requested,
         ClusterState::Creating,
         ClusterState::Available,
+        ClusterState::Updating,
+        ClusterState::Degraded,
         ClusterState::Failed,
         ClusterState::Deleting,
         ClusterState::Deleted,
@@ -68,6 +87,8 @@ impl ClusterState {
             ClusterState::Requested => "REQUESTED",
             ClusterState::Creating => "CREATING",
             ClusterState::Available => "AVAILABLE",
+            ClusterState::Updating => "UPDATING",
+            ClusterState::Degraded => "DEGRADED",
             ClusterState::Failed => "FAILED",
             ClusterState::Deleting => "DELETING",
             ClusterState::Deleted => "DELETED",
@@ -142,6 +163,14 @@ pub struct ClusterRow {
     pub updated_ms: u64,
     /// When it became AVAILABLE.
     pub available_ms: Option<u64>,
+    /// Nodes that reported `ready` on the current plan (kept by the store).
+    pub ready_nodes: u32,
+    /// The index the next node added will get (indexes are never reused).
+    pub next_index: u32,
+    /// Repair a node lost for longer than this many seconds (`--auto-repair`).
+    pub auto_repair_secs: Option<u64>,
+    /// The change in flight, if any.
+    pub change: Option<u64>,
 }
 
 impl std::fmt::Debug for ClusterRow {
@@ -174,8 +203,15 @@ pub struct NodeRow {
     pub id: String,
     /// Index.
     pub index: u32,
+    /// Its host group.
+    pub group: String,
     /// The node's status-write token.
     pub token: String,
+    /// How many times its VM was replaced (repair): part of the provider's idempotency
+    /// key, so a replacement is a new VM.
+    pub incarnation: u32,
+    /// Being removed by a scale down.
+    pub leaving: bool,
     /// Provider's id of the VM.
     pub instance_id: Option<String>,
     /// Private address.
@@ -186,12 +222,46 @@ pub struct NodeRow {
     pub phase: Phase,
     /// The agent's last report.
     pub status: Option<NodeStatus>,
+    /// The plan generation of that report.
+    pub generation: u64,
+    /// When it first reported `ready` on that generation.
+    pub converged_ms: Option<u64>,
+    /// When its agent last reported (liveness).
+    pub last_seen_ms: Option<u64>,
+    /// When it was marked lost.
+    pub lost_ms: Option<u64>,
     /// When the VM was requested.
     pub requested_ms: Option<u64>,
     /// When the provider reported it running.
     pub running_ms: Option<u64>,
     /// Last change.
     pub updated_ms: u64,
+}
+
+impl NodeRow {
+    /// A node as recorded when it is asked for: pending, no VM yet.
+    pub fn requested(id: String, index: u32, group: String, token: String, now: u64) -> NodeRow {
+        NodeRow {
+            id,
+            index,
+            group,
+            token,
+            incarnation: 0,
+            leaving: false,
+            instance_id: None,
+            private_ip: None,
+            details: BTreeMap::new(),
+            phase: Phase::Pending,
+            status: None,
+            generation: 0,
+            converged_ms: None,
+            last_seen_ms: None,
+            lost_ms: None,
+            requested_ms: Some(now),
+            running_ms: None,
+            updated_ms: now,
+        }
+    }
 }
 
 impl std::fmt::Debug for NodeRow {
@@ -218,6 +288,180 @@ pub struct VmRecord {
     pub details: BTreeMap<String, String>,
     /// The VM runs: a pending node becomes `vm-running`, and the time is recorded once.
     pub running: bool,
+}
+
+/// What a change of a running cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// The creation (change 1 of every cluster).
+    Create,
+    /// Nodes added or removed.
+    Scale,
+    /// Nodes given new VMs.
+    Repair,
+}
+
+impl ChangeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Create => "create",
+            ChangeKind::Scale => "scale",
+            ChangeKind::Repair => "repair",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        [ChangeKind::Create, ChangeKind::Scale, ChangeKind::Repair]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// What a change asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSpec {
+    /// For a person: `workers 2 → 4`, `repair node-1`.
+    pub summary: String,
+    /// The host group resized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Nodes added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// Nodes removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Nodes given new VMs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repair: Vec<String>,
+}
+
+/// A change of a cluster, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRow {
+    /// 1, 2, … per cluster (1 is the creation).
+    pub id: u64,
+    /// What kind.
+    pub kind: ChangeKind,
+    /// What it asks for.
+    pub spec: ChangeSpec,
+    /// When it was asked for.
+    pub asked_ms: u64,
+    /// How far it got (the engine's step names); a restart resumes from here.
+    pub step: String,
+    /// The plan generation that carries it, once published.
+    pub generation: Option<u64>,
+    /// When that plan was published.
+    pub published_ms: Option<u64>,
+    /// When it ended.
+    pub done_ms: Option<u64>,
+    /// `None` while it runs; `Some(Ok)` done, `Some(Err(why))` failed.
+    pub outcome: Option<Result<(), String>>,
+}
+
+/// A change to begin ([`Store::begin_change`]).
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    /// What kind.
+    pub kind: ChangeKind,
+    /// What it asks for.
+    pub spec: ChangeSpec,
+    /// When it was asked for.
+    pub asked_ms: u64,
+    /// Nodes to add (pending, no VM); their indexes must be at least the cluster's
+    /// `next_index`, which moves past them.
+    pub add: Vec<NodeRow>,
+    /// Nodes to mark leaving.
+    pub leaving: Vec<String>,
+    /// Nodes to give a new VM, with their new token: each becomes pending, its VM facts
+    /// and reports forgotten, its incarnation one more.
+    pub replace: Vec<(String, String)>,
+}
+
+/// A published generation and when each node converged to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRow {
+    /// The generation.
+    pub generation: u64,
+    /// When it was published.
+    pub published_ms: u64,
+    /// The change it carried, if any.
+    pub change: Option<u64>,
+    /// (node, when it first reported ready on it), by node index.
+    pub converged: Vec<(String, u64)>,
+}
+
+/// A state a cluster entered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// When.
+    pub at_ms: u64,
+    /// The state entered.
+    pub state: ClusterState,
+    /// Why, when there is a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A cluster's record of changes: what [`Store::history`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Every change, oldest first.
+    pub changes: Vec<ChangeRow>,
+    /// Every published generation kept, oldest first.
+    pub generations: Vec<GenerationRow>,
+    /// The states it entered, oldest first (the latest [`MAX_EVENTS`]).
+    pub events: Vec<ClusterEvent>,
+}
+
+/// The most events kept per cluster.
+pub const MAX_EVENTS: u64 = 500;
+/// How many past generations keep their per-node convergence times.
+pub const KEPT_GENERATIONS: u64 = 50;
+
+/// What recording a report did: the cluster's state and counts after it, in the same
+/// transaction, so the engine needs no further read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOutcome {
+    /// The cluster's state after the report.
+    pub state: ClusterState,
+    /// Its plan generation.
+    pub generation: u64,
+    /// Nodes ready on that generation.
+    pub ready: u32,
+    /// Nodes.
+    pub nodes: u32,
+    /// The state the report moved the cluster to (AVAILABLE ⇄ DEGRADED), if it did.
+    pub moved: Option<ClusterState>,
+}
+
+impl ReportOutcome {
+    /// Every node is ready on the current plan.
+    pub fn all_ready(&self) -> bool {
+        self.generation > 0 && self.ready >= self.nodes
+    }
+}
+
+/// A node whose agent has been silent ([`Store::silent_nodes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilentNode {
+    /// Cluster.
+    pub cluster: String,
+    /// Node.
+    pub node: String,
+    /// When it last reported.
+    pub last_seen_ms: u64,
+}
+
+/// Why a cluster in AVAILABLE or DEGRADED is DEGRADED, from the report that made it so.
+pub fn degraded_reason(node: &str, status: &NodeStatus) -> String {
+    match &status.error {
+        Some(e) => format!("{node} {}: {}: {}", status.phase, e.reason, e.message),
+        None => format!("{node} {}", status.phase),
+    }
 }
 
 /// How busy a store has been since it opened: transactions committed and the calls in
@@ -258,6 +502,9 @@ pub enum StoreError {
     /// A stored value is unreadable.
     #[error("state store: corrupt value in {0}")]
     Corrupt(String),
+    /// A call asked for something the store's rules forbid (a bug in the caller).
+    #[error("state store: {0}")]
+    Invalid(String),
     /// A value could not be serialised for storing.
     #[error("state store: cannot serialise {what}: {message}")]
     Serialise {
@@ -285,8 +532,9 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 /// Cluster state, wherever it is kept. Methods return boxed futures so the engine can
 /// hold `Arc<dyn Store>`; none blocks an async worker.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Records a new cluster and its nodes in one transaction. A DELETED cluster of the
-    /// same name is replaced; any other is [`StoreError::Exists`].
+    /// Records a new cluster and its nodes in one transaction, with its creation as
+    /// change 1 (in flight) and its first event. A DELETED cluster of the same name is
+    /// replaced; any other is [`StoreError::Exists`].
     fn insert_cluster<'a>(&'a self, c: &'a ClusterRow, nodes: &'a [NodeRow])
         -> StoreFuture<'a, ()>;
 
@@ -300,7 +548,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn nodes<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, Vec<NodeRow>>;
 
     /// Moves a cluster to `to`, with `reason` (cleared when `None`), if its state is one
-    /// of `from`; returns whether it did. Becoming AVAILABLE records the time once.
+    /// of `from`; returns whether it did, and records the event. Becoming AVAILABLE
+    /// records the time once; leaving creation (to AVAILABLE or FAILED) ends the
+    /// creation's change.
     fn transition<'a>(
         &'a self,
         name: &'a str,
@@ -313,16 +563,82 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn set_node_vm<'a>(&'a self, cluster: &'a str, vm: &'a VmRecord) -> StoreFuture<'a, ()>;
 
     /// Stores `plan` as the cluster's next generation, assigning `plan.generation` (the
-    /// stored generation plus one) in the same transaction; returns it as stored.
+    /// stored generation plus one) in the same transaction; records the generation (and
+    /// on the change in flight, if any, that it carries it); returns it as stored. No
+    /// node is ready on the new generation yet.
     fn publish_plan<'a>(&'a self, cluster: &'a str, plan: Plan) -> StoreFuture<'a, StoredPlan>;
 
-    /// Records an agent's report (its phase becomes the node's).
-    fn set_node_status<'a>(
+    /// Records an agent's report, its liveness and, when it is `ready` on a generation
+    /// for the first time, when it converged; a cluster AVAILABLE or DEGRADED becomes
+    /// AVAILABLE when every node is ready on the current plan, DEGRADED (with
+    /// [`degraded_reason`]) otherwise. Returns the cluster's state and counts.
+    fn record_report<'a>(
         &'a self,
         cluster: &'a str,
         node: &'a str,
         status: &'a NodeStatus,
+    ) -> StoreFuture<'a, ReportOutcome>;
+
+    /// Records that a node's agent is alive (it sent again the report last recorded);
+    /// false, changing nothing, if the node is marked lost (a full report is needed).
+    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Nodes of clusters AVAILABLE, DEGRADED or UPDATING whose agent has reported, but
+    /// not since `before_ms`, and that are not lost or leaving: at most `limit`.
+    fn silent_nodes(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<SilentNode>>;
+
+    /// Marks a node lost (reason [`shoal_protocol::reason::AGENT_SILENT`], `message`) if
+    /// it has still not reported since `before_ms` (compare-and-set); an AVAILABLE
+    /// cluster becomes DEGRADED. `None` if the node reported meanwhile or is gone.
+    fn mark_lost<'a>(
+        &'a self,
+        cluster: &'a str,
+        node: &'a str,
+        before_ms: u64,
+        message: &'a str,
+    ) -> StoreFuture<'a, Option<ReportOutcome>>;
+
+    /// Nodes lost for longer than their cluster's auto-repair delay, in DEGRADED
+    /// clusters with no change in flight, as (cluster, node).
+    fn due_repairs(&self, now_ms: u64) -> StoreFuture<'_, Vec<(String, String)>>;
+
+    /// Begins a change if the cluster's state is one of `from` and no change is in
+    /// flight: the cluster becomes UPDATING, the change is recorded (its id returned),
+    /// and its nodes added, marked leaving or reset for a new VM, all in one
+    /// transaction. `None` (nothing changed) if the state did not match.
+    fn begin_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        from: &'a [ClusterState],
+        change: &'a NewChange,
+    ) -> StoreFuture<'a, Option<u64>>;
+
+    /// Records how far change `id` got.
+    fn change_step<'a>(&'a self, cluster: &'a str, id: u64, step: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Marks nodes leaving, or no longer leaving.
+    fn set_leaving<'a>(
+        &'a self,
+        cluster: &'a str,
+        nodes: &'a [String],
+        leaving: bool,
     ) -> StoreFuture<'a, ()>;
+
+    /// Removes nodes (and their convergence times); absent ones are ignored.
+    fn remove_nodes<'a>(&'a self, cluster: &'a str, nodes: &'a [String]) -> StoreFuture<'a, ()>;
+
+    /// Ends change `id` with its outcome; an UPDATING cluster becomes AVAILABLE if every
+    /// node is ready on the current plan, else DEGRADED (with the failure, if any, as
+    /// reason). Returns the cluster's state after it.
+    fn finish_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        id: u64,
+        outcome: Result<(), &'a str>,
+    ) -> StoreFuture<'a, ClusterState>;
+
+    /// The changes, generations and state events of a cluster.
+    fn history<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, History>;
 
     /// Commits and writes so far.
     fn stats(&self) -> StoreStats {

@@ -19,8 +19,9 @@ use shoal_protocol::{NodeStatus, Phase, Plan};
 use tokio::sync::oneshot;
 
 use super::{
-    now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreError, StoreFuture, StoreStats,
-    StoredPlan, VmRecord,
+    degraded_reason, now_ms, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent, ClusterRow,
+    ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome, SilentNode, Store,
+    StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS, MAX_EVENTS,
 };
 
 /// Most calls one transaction takes: bounds how long the first caller of a burst waits.
@@ -65,7 +66,104 @@ CREATE TABLE IF NOT EXISTS nodes (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (cluster, id)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+    id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    asked_ms INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    generation INTEGER,
+    published_ms INTEGER,
+    done_ms INTEGER,
+    failure TEXT,
+    PRIMARY KEY (cluster, id)
+);
+CREATE TABLE IF NOT EXISTS generations (
+    cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+    generation INTEGER NOT NULL,
+    published_ms INTEGER NOT NULL,
+    change_id INTEGER,
+    PRIMARY KEY (cluster, generation)
+);
+CREATE TABLE IF NOT EXISTS convergences (
+    cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+    generation INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    converged_ms INTEGER NOT NULL,
+    PRIMARY KEY (cluster, generation, node)
+);
+CREATE TABLE IF NOT EXISTS events (
+    cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (cluster, seq)
+);
 ";
+
+/// Columns added after the first release, with their definitions: a database made by
+/// an older coordinator gets them on open (`ALTER TABLE … ADD COLUMN`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("clusters", "ready_nodes", "INTEGER NOT NULL DEFAULT 0"),
+    ("clusters", "next_index", "INTEGER NOT NULL DEFAULT 0"),
+    ("clusters", "auto_repair_secs", "INTEGER"),
+    ("clusters", "change_id", "INTEGER"),
+    ("clusters", "change_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("clusters", "event_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "grp", "TEXT NOT NULL DEFAULT ''"),
+    ("nodes", "incarnation", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "leaving", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "converged_ms", "INTEGER"),
+    ("nodes", "last_seen_ms", "INTEGER"),
+    ("nodes", "lost_ms", "INTEGER"),
+];
+
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a database of an older coordinator up to [`SCHEMA_VERSION`]: the columns
+/// it lacks, the indexes, and the values the new columns derive from the old ones.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read the schema version"))?;
+    for (table, column, def) in ADDED_COLUMNS {
+        let has = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))
+            .and_then(|mut st| st.exists([column]))
+            .map_err(db("read the schema"))?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))
+                .map_err(db("add a column"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes(last_seen_ms)
+             WHERE last_seen_ms IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS nodes_lost ON nodes(lost_ms) WHERE lost_ms IS NOT NULL;",
+    )
+    .map_err(db("create indexes"))?;
+    if version < SCHEMA_VERSION {
+        // Rows written before the counters existed: derive them once.
+        conn.execute_batch(
+            "UPDATE nodes SET generation = COALESCE(json_extract(status, '$.generation'), 0)
+                 WHERE status IS NOT NULL AND generation = 0;
+             UPDATE clusters SET
+                 next_index = (SELECT COALESCE(MAX(idx) + 1, 0) FROM nodes WHERE cluster = name),
+                 ready_nodes = (SELECT COUNT(*) FROM nodes WHERE cluster = name
+                     AND phase = 'ready' AND nodes.generation = clusters.generation);",
+        )
+        .map_err(db("derive the new columns"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db("write the schema version"))?;
+    }
+    Ok(())
+}
 
 fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::Database {
@@ -142,6 +240,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db("foreign keys"))?;
         conn.execute_batch(SCHEMA).map_err(db("create schema"))?;
+        migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Call>();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
@@ -259,6 +358,168 @@ fn to_json<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String, Sto
     })
 }
 
+/// Moves `name` to `state` with `reason`, and records the event (keeping the latest
+/// [`MAX_EVENTS`]). Becoming AVAILABLE records the time once.
+fn set_state(
+    conn: &Connection,
+    name: &str,
+    state: ClusterState,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let available = (state == ClusterState::Available).then_some(now);
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE clusters SET state = ?2, reason = ?3, updated_ms = ?4,
+                available_ms = COALESCE(available_ms, ?5), event_seq = event_seq + 1
+             WHERE name = ?1 RETURNING event_seq",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![name, state.as_str(), reason, now, available], |r| {
+                r.get(0)
+            })
+        })
+        .map_err(db("set cluster state"))?;
+    conn.prepare_cached(
+        "INSERT INTO events (cluster, seq, at_ms, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut st| st.execute(params![name, seq, now, state.as_str(), reason]))
+    .map_err(db("record an event"))?;
+    if seq > MAX_EVENTS as i64 {
+        conn.prepare_cached("DELETE FROM events WHERE cluster = ?1 AND seq <= ?2")
+            .and_then(|mut st| st.execute(params![name, seq - MAX_EVENTS as i64]))
+            .map_err(db("trim events"))?;
+    }
+    Ok(())
+}
+
+/// Ends the change `id` of `name` with `outcome`.
+fn close_change(
+    conn: &Connection,
+    name: &str,
+    id: i64,
+    outcome: Result<(), &str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE changes SET done_ms = ?3, failure = ?4, step = 'done'
+         WHERE cluster = ?1 AND id = ?2 AND done_ms IS NULL",
+        params![name, id, now, outcome.err()],
+    )
+    .map_err(db("end a change"))?;
+    conn.execute(
+        "UPDATE clusters SET change_id = NULL WHERE name = ?1 AND change_id = ?2",
+        params![name, id],
+    )
+    .map_err(db("end a change"))?;
+    Ok(())
+}
+
+/// Recounts the nodes ready on the cluster's current generation.
+fn recount_ready(conn: &Connection, name: &str) -> Result<u32, StoreError> {
+    conn.query_row(
+        "UPDATE clusters SET ready_nodes = (SELECT COUNT(*) FROM nodes
+             WHERE cluster = ?1 AND phase = 'ready' AND generation = clusters.generation),
+             node_count = (SELECT COUNT(*) FROM nodes WHERE cluster = ?1)
+         WHERE name = ?1 RETURNING ready_nodes",
+        [name],
+        |r| r.get(0),
+    )
+    .map_err(db("count ready nodes"))
+}
+
+/// Runs a query and collects its rows; `context` names it in errors.
+fn rows<T, P: rusqlite::Params>(
+    conn: &Connection,
+    context: &'static str,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(db(context))?;
+    let out = st
+        .query_map(params, f)
+        .map_err(db(context))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db(context));
+    out
+}
+
+/// A node's phase and generation with its cluster's state and counts: what a report or
+/// a lost mark changes the counts from.
+struct Counted {
+    phase: String,
+    generation: i64,
+    last_seen: Option<i64>,
+    status: Option<String>,
+    state: String,
+    cluster_generation: i64,
+    ready: i64,
+    nodes: i64,
+}
+
+fn counted(conn: &Connection, cluster: &str, node: &str) -> Result<Option<Counted>, StoreError> {
+    conn.prepare_cached(
+        "SELECT n.phase, n.generation, n.last_seen_ms, n.status, c.state, c.generation,
+            c.ready_nodes, c.node_count
+         FROM nodes n JOIN clusters c ON c.name = n.cluster
+         WHERE n.cluster = ?1 AND n.id = ?2",
+    )
+    .and_then(|mut st| {
+        st.query_row(params![cluster, node], |r| {
+            Ok(Counted {
+                phase: r.get(0)?,
+                generation: r.get(1)?,
+                last_seen: r.get(2)?,
+                status: r.get(3)?,
+                state: r.get(4)?,
+                cluster_generation: r.get(5)?,
+                ready: r.get(6)?,
+                nodes: r.get(7)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(db("read a node and its cluster's counts"))
+}
+
+/// The state an AVAILABLE or DEGRADED cluster should be in, given its counts.
+fn health(generation: i64, ready: i64, nodes: i64) -> ClusterState {
+    if generation > 0 && ready >= nodes {
+        ClusterState::Available
+    } else {
+        ClusterState::Degraded
+    }
+}
+
+fn parse_state(s: &str) -> Result<ClusterState, StoreError> {
+    ClusterState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("cluster state {s:?}")))
+}
+
+fn insert_node(conn: &Connection, cluster: &str, n: &NodeRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO nodes (cluster, id, idx, grp, token, incarnation, leaving, phase,
+            requested_ms, updated_ms, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '{}')",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            cluster,
+            n.id,
+            n.index,
+            n.group,
+            n.token,
+            n.incarnation,
+            n.leaving,
+            n.phase.as_str(),
+            n.requested_ms.map(|v| v as i64),
+            n.updated_ms as i64
+        ])
+    })
+    .map_err(db("insert node"))?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn insert_cluster<'a>(
         &'a self,
@@ -288,11 +549,19 @@ impl Store for SqliteStore {
                 .plan
                 .as_ref()
                 .map(|p| String::from_utf8_lossy(&p.json).into_owned());
+            let next_index = nodes
+                .iter()
+                .map(|n| n.index + 1)
+                .max()
+                .unwrap_or(0)
+                .max(c.next_index);
             conn.execute(
                 "INSERT INTO clusters (name, uid, provider, state, reason, key, generation, plan,
                     blueprint, params, metadata_url, node_count, overlay, vni, domain,
-                    created_ms, updated_ms, available_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                    created_ms, updated_ms, available_ms, ready_nodes, next_index,
+                    auto_repair_secs, change_id, change_seq, event_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, 0, ?19, ?20, 1, 1, 0)",
                 params![
                     c.name,
                     c.uid,
@@ -312,25 +581,32 @@ impl Store for SqliteStore {
                     c.created_ms as i64,
                     c.updated_ms as i64,
                     c.available_ms.map(|v| v as i64),
+                    next_index,
+                    c.auto_repair_secs.map(|v| v as i64),
                 ],
             )
             .map_err(db("insert cluster"))?;
             for n in &nodes {
-                conn.execute(
-                    "INSERT INTO nodes (cluster, id, idx, token, phase, requested_ms, updated_ms, details)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')",
-                    params![
-                        c.name,
-                        n.id,
-                        n.index,
-                        n.token,
-                        n.phase.as_str(),
-                        n.requested_ms.map(|v| v as i64),
-                        n.updated_ms as i64
-                    ],
-                )
-                .map_err(db("insert node"))?;
+                insert_node(conn, &c.name, n)?;
             }
+            let spec = ChangeSpec {
+                summary: format!("create {} node(s)", nodes.len()),
+                add: nodes.iter().map(|n| n.id.clone()).collect(),
+                ..ChangeSpec::default()
+            };
+            conn.execute(
+                "INSERT INTO changes (cluster, id, kind, spec, asked_ms, step)
+                 VALUES (?1, 1, 'create', ?2, ?3, 'recorded')",
+                params![c.name, to_json("the change", &spec)?, c.created_ms as i64],
+            )
+            .map_err(db("record the creation"))?;
+            set_state(
+                conn,
+                &c.name,
+                c.state,
+                c.reason.as_deref(),
+                c.created_ms as i64,
+            )?;
             Ok(())
         })
     }
@@ -386,29 +662,44 @@ impl Store for SqliteStore {
         reason: Option<&'a str>,
     ) -> StoreFuture<'a, bool> {
         let name = name.to_string();
-        let from: Vec<&'static str> = from.iter().map(|s| s.as_str()).collect();
+        let from: Vec<ClusterState> = from.to_vec();
         let reason = reason.map(String::from);
         self.call(true, move |conn| {
-            let current: Option<String> = conn
-                .query_row("SELECT state FROM clusters WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })
+            let current: Option<(String, Option<i64>, Option<String>)> = conn
+                .query_row(
+                    "SELECT c.state, c.change_id, ch.kind FROM clusters c
+                     LEFT JOIN changes ch ON ch.cluster = c.name AND ch.id = c.change_id
+                     WHERE c.name = ?1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()
                 .map_err(db("read cluster state"))?;
-            let Some(current) = current else {
+            let Some((current, change, kind)) = current else {
                 return Err(StoreError::NotFound(name));
             };
-            if !from.contains(&current.as_str()) {
+            let current = parse_state(&current)?;
+            if !from.contains(&current) {
                 return Ok(false);
             }
             let now = now_ms() as i64;
-            let available = (to == ClusterState::Available).then_some(now);
-            conn.execute(
-                "UPDATE clusters SET state = ?2, reason = ?3, updated_ms = ?4,
-                    available_ms = COALESCE(available_ms, ?5) WHERE name = ?1",
-                params![name, to.as_str(), reason, now, available],
-            )
-            .map_err(db("set cluster state"))?;
+            set_state(conn, &name, to, reason.as_deref(), now)?;
+            if let Some(id) = change {
+                let creating = kind.as_deref() == Some(ChangeKind::Create.as_str());
+                let outcome = match to {
+                    ClusterState::Available if creating => Some(Ok(())),
+                    ClusterState::Failed if creating => {
+                        Some(Err(reason.as_deref().unwrap_or("failed")))
+                    }
+                    ClusterState::Deleting | ClusterState::Deleted => {
+                        Some(Err("the cluster was deleted"))
+                    }
+                    _ => None,
+                };
+                if let Some(outcome) = outcome {
+                    close_change(conn, &name, id, outcome, now)?;
+                }
+            }
             Ok(true)
         })
     }
@@ -442,25 +733,50 @@ impl Store for SqliteStore {
     fn publish_plan<'a>(&'a self, cluster: &'a str, plan: Plan) -> StoreFuture<'a, StoredPlan> {
         let cluster = cluster.to_string();
         self.call(true, move |conn| {
-            let current: Option<i64> = conn
+            let current: Option<(i64, Option<i64>)> = conn
                 .query_row(
-                    "SELECT generation FROM clusters WHERE name = ?1",
+                    "SELECT generation, change_id FROM clusters WHERE name = ?1",
                     [&cluster],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(db("read plan generation"))?;
-            let Some(current) = current else {
+            let Some((current, change)) = current else {
                 return Err(StoreError::NotFound(cluster));
             };
             let mut plan = plan;
             plan.generation = current.max(0) as u64 + 1;
+            let generation = plan.generation as i64;
             let json = to_json("the plan", &plan)?;
+            let now = now_ms() as i64;
             conn.execute(
                 "UPDATE clusters SET generation = ?2, plan = ?3, updated_ms = ?4 WHERE name = ?1",
-                params![cluster, plan.generation as i64, json, now_ms() as i64],
+                params![cluster, generation, json, now],
             )
             .map_err(db("store plan"))?;
+            conn.execute(
+                "INSERT OR REPLACE INTO generations (cluster, generation, published_ms, change_id)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![cluster, generation, now, change],
+            )
+            .map_err(db("record the generation"))?;
+            if let Some(id) = change {
+                conn.execute(
+                    "UPDATE changes SET generation = ?3, published_ms = ?4
+                     WHERE cluster = ?1 AND id = ?2",
+                    params![cluster, id, generation, now],
+                )
+                .map_err(db("record the change's generation"))?;
+            }
+            let oldest = generation - KEPT_GENERATIONS as i64;
+            for table in ["convergences", "generations"] {
+                conn.execute(
+                    &format!("DELETE FROM {table} WHERE cluster = ?1 AND generation <= ?2"),
+                    params![cluster, oldest],
+                )
+                .map_err(db("trim past generations"))?;
+            }
+            recount_ready(conn, &cluster)?;
             Ok(StoredPlan {
                 plan,
                 json: json.into_bytes().into(),
@@ -468,36 +784,540 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_node_status<'a>(
+    fn record_report<'a>(
         &'a self,
         cluster: &'a str,
         node: &'a str,
         status: &'a NodeStatus,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, ReportOutcome> {
         let (cluster, node) = (cluster.to_string(), node.to_string());
-        let phase = status.phase;
-        let json = to_json("the node status", status);
+        let status = status.clone();
+        let json = to_json("the node status", &status);
         self.call(true, move |conn| {
             let json = json?;
-            let mut stmt = conn
-                .prepare_cached(
-                    "UPDATE nodes SET phase = ?3, status = ?4, updated_ms = ?5
-                     WHERE cluster = ?1 AND id = ?2",
-                )
-                .map_err(db("record node status"))?;
-            let changed = stmt
-                .execute(params![
+            let Some(Counted {
+                phase: old_phase,
+                generation: old_gen,
+                state,
+                cluster_generation: cgen,
+                mut ready,
+                nodes,
+                ..
+            }) = counted(conn, &cluster, &node)?
+            else {
+                return Err(StoreError::NotFound(format!("{cluster}/{node}")));
+            };
+            let generation = status.generation as i64;
+            let is_ready = status.phase == Phase::Ready;
+            let was_ready_here = old_phase == Phase::Ready.as_str() && old_gen == generation;
+            let first_ready = is_ready && !was_ready_here;
+            let now = now_ms() as i64;
+            conn.prepare_cached(
+                "UPDATE nodes SET phase = ?3, status = ?4, generation = ?5, updated_ms = ?6,
+                    last_seen_ms = ?6, lost_ms = NULL,
+                    converged_ms = CASE WHEN ?7 THEN ?6 WHEN ?8 THEN converged_ms ELSE NULL END
+                 WHERE cluster = ?1 AND id = ?2",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
                     cluster,
                     node,
-                    phase.as_str(),
+                    status.phase.as_str(),
                     json,
-                    now_ms() as i64
+                    generation,
+                    now,
+                    first_ready,
+                    is_ready
                 ])
-                .map_err(db("record node status"))?;
+            })
+            .map_err(db("record node status"))?;
+            let was_good = old_phase == Phase::Ready.as_str() && old_gen == cgen;
+            let good = is_ready && generation == cgen;
+            if was_good != good {
+                ready += if good { 1 } else { -1 };
+                conn.prepare_cached("UPDATE clusters SET ready_nodes = ?2 WHERE name = ?1")
+                    .and_then(|mut st| st.execute(params![cluster, ready]))
+                    .map_err(db("count ready nodes"))?;
+            }
+            if first_ready {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO convergences (cluster, generation, node, converged_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut st| st.execute(params![cluster, generation, node, now]))
+                .map_err(db("record a convergence"))?;
+            }
+            let mut state = parse_state(&state)?;
+            let mut moved = None;
+            if matches!(state, ClusterState::Available | ClusterState::Degraded) {
+                let want = health(cgen, ready, nodes);
+                if want != state {
+                    let reason =
+                        (want == ClusterState::Degraded).then(|| degraded_reason(&node, &status));
+                    set_state(conn, &cluster, want, reason.as_deref(), now)?;
+                    state = want;
+                    moved = Some(want);
+                }
+            }
+            Ok(ReportOutcome {
+                state,
+                generation: cgen.max(0) as u64,
+                ready: ready.max(0) as u32,
+                nodes: nodes.max(0) as u32,
+                moved,
+            })
+        })
+    }
+
+    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool> {
+        let (cluster, node) = (cluster.to_string(), node.to_string());
+        self.call(true, move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE nodes SET last_seen_ms = ?3
+                     WHERE cluster = ?1 AND id = ?2 AND phase != 'lost'",
+                )
+                .and_then(|mut st| st.execute(params![cluster, node, now_ms() as i64]))
+                .map_err(db("record liveness"))?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn silent_nodes(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<SilentNode>> {
+        self.call(false, move |conn| {
+            rows(
+                conn,
+                "find silent nodes",
+                "SELECT n.cluster, n.id, n.last_seen_ms FROM nodes n
+                 JOIN clusters c ON c.name = n.cluster
+                 WHERE n.last_seen_ms < ?1 AND n.phase != 'lost' AND n.leaving = 0
+                   AND c.state IN ('AVAILABLE', 'DEGRADED', 'UPDATING')
+                 LIMIT ?2",
+                params![before_ms as i64, limit as i64],
+                |r| {
+                    Ok(SilentNode {
+                        cluster: r.get(0)?,
+                        node: r.get(1)?,
+                        last_seen_ms: get_u64(r, "last_seen_ms")?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn mark_lost<'a>(
+        &'a self,
+        cluster: &'a str,
+        node: &'a str,
+        before_ms: u64,
+        message: &'a str,
+    ) -> StoreFuture<'a, Option<ReportOutcome>> {
+        let (cluster, node, message) = (cluster.to_string(), node.to_string(), message.to_string());
+        self.call(true, move |conn| {
+            let Some(Counted {
+                phase,
+                generation: gen,
+                last_seen,
+                status,
+                state,
+                cluster_generation: cgen,
+                mut ready,
+                nodes,
+            }) = counted(conn, &cluster, &node)?
+            else {
+                return Ok(None);
+            };
+            let silent = last_seen.is_some_and(|t| t < before_ms as i64);
+            if phase == Phase::Lost.as_str() || !silent {
+                return Ok(None);
+            }
+            let mut st: NodeStatus = match status {
+                Some(s) => serde_json::from_str(&s)
+                    .map_err(|_| StoreError::Corrupt(format!("status of {cluster}/{node}")))?,
+                None => NodeStatus {
+                    phase: Phase::Lost,
+                    generation: gen.max(0) as u64,
+                    timings: vec![],
+                    error: None,
+                    containers: vec![],
+                    agent_version: String::new(),
+                    boot: None,
+                },
+            };
+            st.phase = Phase::Lost;
+            st.error = Some(shoal_protocol::NodeFailure {
+                reason: shoal_protocol::reason::AGENT_SILENT.to_string(),
+                message,
+            });
+            let now = now_ms() as i64;
+            conn.execute(
+                "UPDATE nodes SET phase = 'lost', status = ?3, lost_ms = ?4, updated_ms = ?4,
+                    converged_ms = NULL
+                 WHERE cluster = ?1 AND id = ?2",
+                params![cluster, node, to_json("the node status", &st)?, now],
+            )
+            .map_err(db("mark a node lost"))?;
+            if phase == Phase::Ready.as_str() && gen == cgen {
+                ready -= 1;
+                conn.execute(
+                    "UPDATE clusters SET ready_nodes = ?2 WHERE name = ?1",
+                    params![cluster, ready],
+                )
+                .map_err(db("count ready nodes"))?;
+            }
+            let mut state = parse_state(&state)?;
+            let mut moved = None;
+            if state == ClusterState::Available {
+                set_state(
+                    conn,
+                    &cluster,
+                    ClusterState::Degraded,
+                    Some(&degraded_reason(&node, &st)),
+                    now,
+                )?;
+                state = ClusterState::Degraded;
+                moved = Some(state);
+            }
+            Ok(Some(ReportOutcome {
+                state,
+                generation: cgen.max(0) as u64,
+                ready: ready.max(0) as u32,
+                nodes: nodes.max(0) as u32,
+                moved,
+            }))
+        })
+    }
+
+    fn due_repairs(&self, now_ms: u64) -> StoreFuture<'_, Vec<(String, String)>> {
+        self.call(false, move |conn| {
+            rows(
+                conn,
+                "find nodes to repair",
+                "SELECT n.cluster, n.id FROM nodes n JOIN clusters c ON c.name = n.cluster
+                 WHERE n.lost_ms IS NOT NULL AND n.phase = 'lost'
+                   AND c.auto_repair_secs IS NOT NULL AND c.state = 'DEGRADED'
+                   AND c.change_id IS NULL
+                   AND n.lost_ms + c.auto_repair_secs * 1000 <= ?1
+                 ORDER BY n.cluster, n.idx",
+                [now_ms as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
+    fn begin_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        from: &'a [ClusterState],
+        change: &'a NewChange,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let cluster = cluster.to_string();
+        let from = from.to_vec();
+        let change = change.clone();
+        self.call(true, move |conn| {
+            let row: Option<(String, Option<i64>, i64, i64)> = conn
+                .query_row(
+                    "SELECT state, change_id, next_index, change_seq FROM clusters
+                     WHERE name = ?1",
+                    [&cluster],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(db("read cluster for a change"))?;
+            let Some((state, in_flight, next_index, seq)) = row else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            if !from.contains(&parse_state(&state)?) || in_flight.is_some() {
+                return Ok(None);
+            }
+            let id = seq + 1;
+            let now = now_ms() as i64;
+            conn.execute(
+                "INSERT INTO changes (cluster, id, kind, spec, asked_ms, step)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'recorded')",
+                params![
+                    cluster,
+                    id,
+                    change.kind.as_str(),
+                    to_json("the change", &change.spec)?,
+                    change.asked_ms as i64
+                ],
+            )
+            .map_err(db("record a change"))?;
+            let mut next = next_index;
+            for n in &change.add {
+                if i64::from(n.index) < next_index {
+                    return Err(StoreError::Invalid(format!(
+                        "node {} has index {}, below the cluster's next index {next_index}",
+                        n.id, n.index
+                    )));
+                }
+                insert_node(conn, &cluster, n)?;
+                next = next.max(i64::from(n.index) + 1);
+            }
+            for id in &change.leaving {
+                let changed = conn
+                    .execute(
+                        "UPDATE nodes SET leaving = 1 WHERE cluster = ?1 AND id = ?2",
+                        params![cluster, id],
+                    )
+                    .map_err(db("mark a node leaving"))?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound(format!("{cluster}/{id}")));
+                }
+            }
+            for (node, token) in &change.replace {
+                let changed = conn
+                    .execute(
+                        "UPDATE nodes SET token = ?3, incarnation = incarnation + 1,
+                            phase = 'pending', status = NULL, generation = 0,
+                            converged_ms = NULL, last_seen_ms = NULL, lost_ms = NULL,
+                            instance_id = NULL, private_ip = NULL, details = '{}',
+                            requested_ms = ?4, running_ms = NULL, updated_ms = ?4
+                         WHERE cluster = ?1 AND id = ?2",
+                        params![cluster, node, token, now],
+                    )
+                    .map_err(db("reset a node for a new VM"))?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound(format!("{cluster}/{node}")));
+                }
+            }
+            conn.execute(
+                "UPDATE clusters SET change_id = ?2, change_seq = ?2, next_index = ?3
+                 WHERE name = ?1",
+                params![cluster, id, next],
+            )
+            .map_err(db("record a change"))?;
+            recount_ready(conn, &cluster)?;
+            set_state(conn, &cluster, ClusterState::Updating, None, now)?;
+            Ok(Some(id as u64))
+        })
+    }
+
+    fn change_step<'a>(&'a self, cluster: &'a str, id: u64, step: &'a str) -> StoreFuture<'a, ()> {
+        let (cluster, step) = (cluster.to_string(), step.to_string());
+        self.call(true, move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE changes SET step = ?3 WHERE cluster = ?1 AND id = ?2",
+                    params![cluster, id as i64, step],
+                )
+                .map_err(db("record a change's step"))?;
             if changed == 0 {
-                return Err(StoreError::NotFound(format!("{cluster}/{node}")));
+                return Err(StoreError::NotFound(format!("{cluster} change {id}")));
             }
             Ok(())
+        })
+    }
+
+    fn set_leaving<'a>(
+        &'a self,
+        cluster: &'a str,
+        nodes: &'a [String],
+        leaving: bool,
+    ) -> StoreFuture<'a, ()> {
+        let cluster = cluster.to_string();
+        let nodes = nodes.to_vec();
+        self.call(true, move |conn| {
+            for n in &nodes {
+                conn.execute(
+                    "UPDATE nodes SET leaving = ?3 WHERE cluster = ?1 AND id = ?2",
+                    params![cluster, n, leaving],
+                )
+                .map_err(db("mark a node leaving"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_nodes<'a>(&'a self, cluster: &'a str, nodes: &'a [String]) -> StoreFuture<'a, ()> {
+        let cluster = cluster.to_string();
+        let nodes = nodes.to_vec();
+        self.call(true, move |conn| {
+            for n in &nodes {
+                conn.execute(
+                    "DELETE FROM nodes WHERE cluster = ?1 AND id = ?2",
+                    params![cluster, n],
+                )
+                .map_err(db("remove a node"))?;
+                conn.execute(
+                    "DELETE FROM convergences WHERE cluster = ?1 AND node = ?2",
+                    params![cluster, n],
+                )
+                .map_err(db("remove a node"))?;
+            }
+            recount_ready(conn, &cluster)?;
+            Ok(())
+        })
+    }
+
+    fn finish_change<'a>(
+        &'a self,
+        cluster: &'a str,
+        id: u64,
+        outcome: Result<(), &'a str>,
+    ) -> StoreFuture<'a, ClusterState> {
+        let cluster = cluster.to_string();
+        let failure = outcome.err().map(String::from);
+        self.call(true, move |conn| {
+            let row: Option<(String, i64, i64, i64)> = conn
+                .query_row(
+                    "SELECT state, generation, ready_nodes, node_count FROM clusters
+                     WHERE name = ?1",
+                    [&cluster],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(db("read cluster to end a change"))?;
+            let Some((state, gen, ready, nodes)) = row else {
+                return Err(StoreError::NotFound(cluster));
+            };
+            let now = now_ms() as i64;
+            let outcome = match &failure {
+                Some(f) => Err(f.as_str()),
+                None => Ok(()),
+            };
+            close_change(conn, &cluster, id as i64, outcome, now)?;
+            let state = parse_state(&state)?;
+            if state != ClusterState::Updating {
+                return Ok(state);
+            }
+            let to = health(gen, ready, nodes);
+            let reason = match (&failure, to) {
+                (Some(f), _) => Some(f.clone()),
+                (None, ClusterState::Degraded) => {
+                    let names = rows(
+                        conn,
+                        "list nodes not ready",
+                        "SELECT id, phase FROM nodes WHERE cluster = ?1
+                           AND NOT (phase = 'ready' AND generation = ?2)
+                         ORDER BY idx LIMIT 5",
+                        params![cluster, gen],
+                        |r| {
+                            Ok(format!(
+                                "{} ({})",
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?
+                            ))
+                        },
+                    )?;
+                    Some(format!("not every node is ready: {}", names.join(", ")))
+                }
+                (None, _) => None,
+            };
+            set_state(conn, &cluster, to, reason.as_deref(), now)?;
+            Ok(to)
+        })
+    }
+
+    fn history<'a>(&'a self, cluster: &'a str) -> StoreFuture<'a, History> {
+        let cluster = cluster.to_string();
+        self.call(false, move |conn| {
+            type Raw = (
+                i64,
+                String,
+                String,
+                i64,
+                String,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<String>,
+            );
+            let raw: Vec<Raw> = rows(
+                conn,
+                "read changes",
+                "SELECT id, kind, spec, asked_ms, step, generation, published_ms, done_ms,
+                    failure
+                 FROM changes WHERE cluster = ?1 ORDER BY id",
+                [&cluster],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
+                },
+            )?;
+            let mut changes = Vec::with_capacity(raw.len());
+            for (id, kind, spec, asked, step, generation, published, done, failure) in raw {
+                let bad = || StoreError::Corrupt(format!("change {id} of cluster {cluster}"));
+                changes.push(ChangeRow {
+                    id: id as u64,
+                    kind: ChangeKind::parse(&kind).ok_or_else(bad)?,
+                    spec: serde_json::from_str(&spec).map_err(|_| bad())?,
+                    asked_ms: asked.max(0) as u64,
+                    step,
+                    generation: generation.map(|g| g as u64),
+                    published_ms: published.map(|p| p as u64),
+                    done_ms: done.map(|d| d as u64),
+                    outcome: done.map(|_| match failure {
+                        Some(f) => Err(f),
+                        None => Ok(()),
+                    }),
+                });
+            }
+            let mut generations: Vec<GenerationRow> = rows(
+                conn,
+                "read generations",
+                "SELECT generation, published_ms, change_id FROM generations
+                 WHERE cluster = ?1 ORDER BY generation",
+                [&cluster],
+                |r| {
+                    Ok(GenerationRow {
+                        generation: get_u64(r, "generation")?,
+                        published_ms: get_u64(r, "published_ms")?,
+                        change: r.get::<_, Option<i64>>("change_id")?.map(|c| c as u64),
+                        converged: vec![],
+                    })
+                },
+            )?;
+            let conv = rows(
+                conn,
+                "read convergences",
+                "SELECT v.generation, v.node, v.converged_ms FROM convergences v
+                 LEFT JOIN nodes n ON n.cluster = v.cluster AND n.id = v.node
+                 WHERE v.cluster = ?1 ORDER BY v.generation, n.idx, v.node",
+                [&cluster],
+                |r| {
+                    Ok((
+                        get_u64(r, "generation")?,
+                        r.get::<_, String>(1)?,
+                        get_u64(r, "converged_ms")?,
+                    ))
+                },
+            )?;
+            for (g, node, ms) in conv {
+                if let Some(row) = generations.iter_mut().find(|r| r.generation == g) {
+                    row.converged.push((node, ms));
+                }
+            }
+            let raw: Vec<(i64, String, Option<String>)> = rows(
+                conn,
+                "read events",
+                "SELECT at_ms, state, reason FROM events WHERE cluster = ?1 ORDER BY seq",
+                [&cluster],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut events = Vec::with_capacity(raw.len());
+            for (at, state, reason) in raw {
+                events.push(ClusterEvent {
+                    at_ms: at.max(0) as u64,
+                    state: parse_state(&state)?,
+                    reason,
+                });
+            }
+            Ok(History {
+                changes,
+                generations,
+                events,
+            })
         })
     }
 
@@ -538,6 +1358,10 @@ struct RawCluster {
     created_ms: u64,
     updated_ms: u64,
     available_ms: Option<u64>,
+    ready_nodes: u32,
+    next_index: u32,
+    auto_repair_secs: Option<u64>,
+    change: Option<u64>,
 }
 
 impl RawCluster {
@@ -561,6 +1385,12 @@ impl RawCluster {
             created_ms: get_u64(r, "created_ms")?,
             updated_ms: get_u64(r, "updated_ms")?,
             available_ms: r.get::<_, Option<i64>>("available_ms")?.map(|v| v as u64),
+            ready_nodes: r.get("ready_nodes")?,
+            next_index: r.get("next_index")?,
+            auto_repair_secs: r
+                .get::<_, Option<i64>>("auto_repair_secs")?
+                .map(|v| v.max(0) as u64),
+            change: r.get::<_, Option<i64>>("change_id")?.map(|v| v as u64),
         })
     }
 
@@ -595,6 +1425,10 @@ impl RawCluster {
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
             available_ms: self.available_ms,
+            ready_nodes: self.ready_nodes,
+            next_index: self.next_index,
+            auto_repair_secs: self.auto_repair_secs,
+            change: self.change,
         })
     }
 }
@@ -604,10 +1438,20 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<NodeRow> {
     let ip: Option<String> = r.get("private_ip")?;
     let details: String = r.get("details")?;
     let status: Option<String> = r.get("status")?;
+    let opt_ms = |col: &str| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(col)?.map(|v| v.max(0) as u64))
+    };
     Ok(NodeRow {
         id: r.get("id")?,
         index: r.get("idx")?,
+        group: r.get("grp")?,
         token: r.get("token")?,
+        incarnation: r.get("incarnation")?,
+        leaving: r.get("leaving")?,
+        generation: get_u64(r, "generation")?,
+        converged_ms: opt_ms("converged_ms")?,
+        last_seen_ms: opt_ms("last_seen_ms")?,
+        lost_ms: opt_ms("lost_ms")?,
         instance_id: r.get("instance_id")?,
         private_ip: match ip {
             Some(s) => Some(s.parse().map_err(|_| corrupt("private_ip"))?),
@@ -656,7 +1500,7 @@ mod tests {
             s.insert_cluster(&conformance::cluster("demo"), &[conformance::node(0)])
                 .await
                 .expect("insert");
-            s.set_node_status("demo", "node-0", &conformance::status(Phase::Ready, 0))
+            s.record_report("demo", "node-0", &conformance::status(Phase::Ready, 0))
                 .await
                 .expect("status");
         }
@@ -689,10 +1533,7 @@ mod tests {
         let writes = (0..200).map(|i| {
             let s = s.clone();
             let status = status.clone();
-            tokio::spawn(async move {
-                s.set_node_status("big", &format!("node-{i}"), &status)
-                    .await
-            })
+            tokio::spawn(async move { s.record_report("big", &format!("node-{i}"), &status).await })
         });
         for w in futures_util::future::join_all(writes).await {
             w.expect("task").expect("write");

@@ -140,7 +140,12 @@ impl Stage {
             Phase::Network => Some(Stage::Network),
             Phase::Images => Some(Stage::Images),
             Phase::Containers => Some(Stage::Containers),
-            Phase::Ready | Phase::Failed => None,
+            Phase::Ready
+            | Phase::Failed
+            | Phase::Draining
+            | Phase::Drained
+            | Phase::Unhealthy
+            | Phase::Lost => None,
         }
     }
 }
@@ -383,6 +388,51 @@ pub struct Timeline {
     pub total_ms: u64,
     /// Rows.
     pub nodes: Vec<NodeTimeline>,
+    /// The changes after the creation (scales, repairs), each with its generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangeLine>,
+    /// The states the cluster entered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<StateMark>,
+}
+
+/// A change of a running cluster on the timeline: when it was asked for (since the
+/// cluster's request), and, from then, when its plan was published, when each node
+/// converged to it and when it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeLine {
+    /// Change number.
+    pub id: u64,
+    /// What it asked for.
+    pub summary: String,
+    /// The generation that carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// When it was asked for, since the cluster's request.
+    pub asked_ms: u64,
+    /// From the ask to the plan's publication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_after_ms: Option<u64>,
+    /// From the ask to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_after_ms: Option<u64>,
+    /// `running`, `done` or `failed`.
+    pub outcome: String,
+    /// (node, from the plan's publication to its first `ready` on it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub converged: Vec<(String, u64)>,
+}
+
+/// A state the cluster entered, since its request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMark {
+    /// When.
+    pub at_ms: u64,
+    /// The state.
+    pub state: ClusterState,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Timeline {
@@ -409,6 +459,37 @@ impl Timeline {
                 .max(n.ready_ms.unwrap_or(0))
                 .max(n.failed_ms.unwrap_or(0));
         }
+        let changes = c
+            .changes
+            .iter()
+            .filter(|ch| ch.kind != crate::store::ChangeKind::Create)
+            .map(|ch| ChangeLine {
+                id: ch.id,
+                summary: ch.summary.clone(),
+                generation: ch.generation,
+                asked_ms: rel(ch.asked_ms),
+                published_after_ms: ch.published_ms.map(|p| p.saturating_sub(ch.asked_ms)),
+                done_after_ms: ch.done_ms.map(|d| d.saturating_sub(ch.asked_ms)),
+                outcome: ch.outcome.clone(),
+                converged: ch
+                    .converged
+                    .iter()
+                    .map(|v| {
+                        let from = ch.published_ms.unwrap_or(ch.asked_ms);
+                        (v.node.clone(), v.at_ms.saturating_sub(from))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let states = c
+            .events
+            .iter()
+            .map(|e| StateMark {
+                at_ms: rel(e.at_ms),
+                state: e.state,
+                reason: e.reason.clone(),
+            })
+            .collect();
         Timeline {
             cluster: c.name.clone(),
             state: c.state,
@@ -417,7 +498,47 @@ impl Timeline {
             time_to_available_ms: c.time_to_available_ms,
             total_ms: total.max(1),
             nodes,
+            changes,
+            states,
         }
+    }
+
+    /// The changes and states, as text lines (below the waterfall).
+    fn history_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ch in &self.changes {
+            let opt = |v: Option<u64>| v.map(secs).unwrap_or_else(|| "-".into());
+            out.push(format!(
+                "change #{} {} (generation {}): asked at {}, published after {}, {} after {}",
+                ch.id,
+                ch.summary,
+                ch.generation.map_or("-".into(), |g| g.to_string()),
+                secs(ch.asked_ms),
+                opt(ch.published_after_ms),
+                ch.outcome,
+                opt(ch.done_after_ms),
+            ));
+            if !ch.converged.is_empty() {
+                let nodes: Vec<String> = ch
+                    .converged
+                    .iter()
+                    .map(|(n, ms)| format!("{n} {}", secs(*ms)))
+                    .collect();
+                out.push(format!(
+                    "  nodes converged after the plan: {}",
+                    nodes.join(", ")
+                ));
+            }
+        }
+        if self.states.len() > 1 {
+            let marks: Vec<String> = self
+                .states
+                .iter()
+                .map(|m| format!("{} {}", m.state, secs(m.at_ms)))
+                .collect();
+            out.push(format!("states: {}", marks.join(", ")));
+        }
+        out
     }
 
     /// The picture's title: the cluster, its nodes and provider, and time to
@@ -549,6 +670,13 @@ impl Timeline {
         if has_os {
             out.push_str(&self.render_os_table(label_w));
         }
+        let history = self.history_lines();
+        if !history.is_empty() {
+            out.push('\n');
+            for l in history {
+                let _ = writeln!(out, "{l}");
+            }
+        }
         out
     }
 
@@ -622,7 +750,8 @@ impl Timeline {
         let legend_y = axis_y + 70;
         let legend_items = STAGES.len() + 1 + if has_os { OS_LEGEND.len() } else { 0 };
         let legend_rows = legend_items.div_ceil(4) as u32;
-        let h = legend_y + legend_rows * 22 + 12;
+        let history = self.history_lines();
+        let h = legend_y + legend_rows * 22 + 12 + history.len() as u32 * 18;
         let scale = plot_w as f64 / self.total_ms as f64;
         let x = |ms: u64| LEFT + ((ms as f64 * scale).round() as u32).min(plot_w);
 
@@ -835,6 +964,14 @@ impl Timeline {
                 r##"<text x="{}" y="{ly}" fill="#333">{}</text>"##,
                 lx + 20,
                 esc(label)
+            );
+        }
+        for (i, line) in history.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                r##"<text x="20" y="{}" fill="#333" font-size="12">{}</text>"##,
+                legend_y + legend_rows * 22 + 8 + i as u32 * 18,
+                esc(line)
             );
         }
         o.push_str("</svg>\n");
@@ -1057,11 +1194,17 @@ mod tests {
             index: i,
             instance_id: None,
             private_ip: Some(format!("10.0.0.{}", 10 + i).parse().expect("ip")),
+            group: String::new(),
             phase: if ready {
                 Phase::Ready
             } else {
                 Phase::Containers
             },
+            generation: 1,
+            converged_ms: None,
+            last_seen_ms: None,
+            leaving: false,
+            incarnation: 0,
             error: None,
             elapsed_ms: 0,
             containers: vec![],
@@ -1092,7 +1235,10 @@ mod tests {
             created_ms: T0,
             time_to_available_ms: available,
             resources: None,
+            auto_repair_secs: None,
             nodes,
+            changes: vec![],
+            events: vec![],
         }
     }
 
@@ -1323,6 +1469,58 @@ mod tests {
         assert!(!svg.contains(os_style("kernel").0));
         let json = serde_json::to_value(&t).expect("json");
         assert!(json["nodes"][0].get("os").is_none());
+    }
+
+    #[test]
+    fn changes_and_states_are_listed_after_the_boot() {
+        let mut c = cluster(vec![node(0, 0, true), node(1, 0, true)], Some(3800));
+        c.changes.push(crate::view::ChangeView {
+            id: 2,
+            kind: crate::store::ChangeKind::Scale,
+            summary: "workers 1 → 2".into(),
+            asked_ms: T0 + 60_000,
+            outcome: "done".into(),
+            reason: None,
+            step: "done".into(),
+            added: vec!["node-2".into()],
+            removed: vec![],
+            repaired: vec![],
+            generation: Some(2),
+            published_ms: Some(T0 + 60_800),
+            done_ms: Some(T0 + 61_900),
+            converged: vec![crate::view::Convergence {
+                node: "node-0".into(),
+                at_ms: T0 + 60_850,
+            }],
+        });
+        c.events.push(crate::store::ClusterEvent {
+            at_ms: T0,
+            state: ClusterState::Requested,
+            reason: None,
+        });
+        c.events.push(crate::store::ClusterEvent {
+            at_ms: T0 + 60_000,
+            state: ClusterState::Updating,
+            reason: None,
+        });
+        let t = Timeline::from_view(&c, T0 + 70_000);
+        // The boot's scale is not stretched by a change a minute later.
+        assert_eq!(t.total_ms, 3800);
+        assert_eq!(t.changes[0].published_after_ms, Some(800));
+        assert_eq!(t.changes[0].converged, [("node-0".to_string(), 50)]);
+        let text = t.render_text(100, false);
+        assert!(
+            text.contains("change #2 workers 1 → 2 (generation 2): asked at 60.0s, published after 0.80s, done after 1.90s"),
+            "{text}"
+        );
+        assert!(text.contains("node-0 0.05s"), "{text}");
+        assert!(
+            text.contains("states: REQUESTED 0.00s, UPDATING 60.0s"),
+            "{text}"
+        );
+        let svg = t.render_svg();
+        assert!(svg.contains("change #2 workers 1 → 2"));
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //!   `provisioningState: Creating`/`Updating` and an `Azure-AsyncOperation` URL whose
 //!   status goes `InProgress` → `Succeeded` (or `Failed`) after a number of polls; a
 //!   resource group DELETE answers 202 with a `Location` URL that answers 202 until the
-//!   group and everything in it are gone, then 200. `Retry-After` is sent throughout.
+//!   group and everything in it are gone, then 200. A resource DELETE answers 202 with
+//!   an `Azure-AsyncOperation`, refuses what is still in use, and a VM takes its NIC
+//!   and OS disk (a resource of its own here too) along per their `deleteOption`.
+//!   `Retry-After` is sent throughout.
 //! - **Faults** on demand: N× 429 with `Retry-After`, N× 5xx, a VM deployment that ends
 //!   `Failed` with a chosen code.
 //!
@@ -31,11 +34,13 @@
 //! Layout: this file serves and routes (the [`FakeAzure`] handle; authentication,
 //! `api-version` and role checks; dispatch); `token.rs` the token endpoint and client
 //! assertions; `resources.rs` resource groups and resources (PUT, GET, list), with the
-//! bodies checked in `network.rs` and `compute.rs`; `operations.rs` asynchronous
+//! bodies checked in `network.rs` and `compute.rs`; `deletion.rs` deleting single
+//! resources (a VM with its NIC and disk); `operations.rs` asynchronous
 //! operations; `faults.rs` scripted faults; `state.rs` what the fake holds; `wire.rs`
 //! answers and ARM's error shapes.
 
 mod compute;
+mod deletion;
 mod faults;
 mod network;
 mod operations;
@@ -303,6 +308,7 @@ fn canonical_type(ns: &str, t: &str) -> Option<&'static str> {
         ("microsoft.network", "networkinterfaces") => Some("Microsoft.Network/networkInterfaces"),
         ("microsoft.network", "publicipaddresses") => Some("Microsoft.Network/publicIPAddresses"),
         ("microsoft.compute", "virtualmachines") => Some("Microsoft.Compute/virtualMachines"),
+        ("microsoft.compute", "disks") => Some("Microsoft.Compute/disks"),
         _ => None,
     }
 }
@@ -531,6 +537,15 @@ impl State {
                 },
                 Method::GET,
             ) => self.get_resource(&sub, &rg, rtype, &name),
+            (
+                Route::Resource {
+                    sub,
+                    rg,
+                    rtype,
+                    name,
+                },
+                Method::DELETE,
+            ) => self.delete_in_group(&sub, &rg, rtype, &name, &api_version),
             (
                 Route::Subnet {
                     sub,

@@ -89,7 +89,11 @@ impl State {
                 None => Ok(()),
             };
             op.done = Some(outcome.clone());
-            if let OpKind::Put { key } = op.kind.clone() {
+            let kind = op.kind.clone();
+            if let OpKind::DeleteResource { key } = &kind {
+                self.finish_delete(key);
+            }
+            if let OpKind::Put { key } = kind {
                 if let Some(r) = self.resources.get_mut(&key) {
                     r.view["properties"]["provisioningState"] = json!(if outcome.is_ok() {
                         "Succeeded"

@@ -298,6 +298,11 @@ impl State {
                 request: body,
             },
         );
+        if created && rtype == "Microsoft.Compute/virtualMachines" {
+            if let Some(vm) = self.resources.get(&key).cloned() {
+                self.attach_os_disk(&vm);
+            }
+        }
         let op = self.begin(OpKind::Put { key }, failure);
         let ns = rtype.split('/').next().unwrap_or("");
         Ok(Answer::json(if created { 201 } else { 200 }, view)
@@ -306,6 +311,32 @@ impl State {
                 self.async_operation_url(sub, ns, &location, &op, api_version),
             )
             .header("Retry-After", self.lro_retry_after.to_string()))
+    }
+
+    /// `DELETE` on a resource: see `deletion.rs`.
+    pub(super) fn delete_in_group(
+        &mut self,
+        sub: &str,
+        rg: &str,
+        rtype: &str,
+        name: &str,
+        api_version: &str,
+    ) -> Result<Answer, ArmErr> {
+        self.group_for_write(sub, rg)?;
+        let id = resource_id(sub, rg, rtype, name);
+        let location = self
+            .resources
+            .get(&id.to_ascii_lowercase())
+            .and_then(|r| r.view["location"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let ns = rtype.split('/').next().unwrap_or("").to_string();
+        let (sub, api_version) = (sub.to_string(), api_version.to_string());
+        let base = self.base.clone();
+        self.delete_resource(&id, move |op| {
+            format!(
+                "{base}/subscriptions/{sub}/providers/{ns}/locations/{location}/operations/{op}?api-version={api_version}"
+            )
+        })
     }
 
     pub(super) fn link(&mut self, rtype: &str, id: &str, view: &Value) {

@@ -76,6 +76,7 @@ pub(super) struct Resource {
 pub(super) enum OpKind {
     Put { key: String },
     DeleteGroup { group_key: String },
+    DeleteResource { key: String },
 }
 
 #[derive(Debug, Clone)]

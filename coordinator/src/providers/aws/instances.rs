@@ -24,11 +24,17 @@ pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "st
 pub(super) const NOT_TERMINATED: [&str; 5] =
     ["pending", "running", "stopping", "stopped", "shutting-down"];
 
-/// The idempotency token of a node's `RunInstances`: the same cluster and node always
-/// give the same token (at most 64 ASCII characters, as EC2 requires), so a call
-/// repeated after a timeout or a crash returns the instance launched the first time.
-pub fn client_token(cluster: &ClusterRef, node_id: &str) -> String {
-    let digest = Sha256::digest(format!("{}\0{}", cluster.tag(), node_id).as_bytes());
+/// The idempotency token of a node's `RunInstances`: the same cluster, node and
+/// incarnation always give the same token (at most 64 ASCII characters, as EC2
+/// requires), so a call repeated after a timeout or a crash returns the instance
+/// launched the first time; a repaired node (the next incarnation) gets a new one.
+pub fn client_token(cluster: &ClusterRef, node_id: &str, incarnation: u32) -> String {
+    let key = match incarnation {
+        // The first VM's token is what it was before repairs existed.
+        0 => format!("{}\0{}", cluster.tag(), node_id),
+        n => format!("{}\0{}\0{n}", cluster.tag(), node_id),
+    };
+    let digest = Sha256::digest(key.as_bytes());
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     let uid: String = cluster
         .uid
@@ -44,6 +50,8 @@ pub fn client_token(cluster: &ClusterRef, node_id: &str) -> String {
 pub(super) struct Instance {
     pub(super) id: String,
     pub(super) node_id: Option<String>,
+    /// The network interface it was launched with (device index 0).
+    pub(super) primary_eni: Option<String>,
     state: String,
     private_ip: Option<Ipv4Addr>,
     public_ip: Option<String>,
@@ -65,9 +73,18 @@ impl Instance {
                 child_text(r, "message").unwrap_or_default().to_string(),
             ))
         });
+        let primary_eni = items(node, "networkInterfaceSet")
+            .into_iter()
+            .find_map(|n| {
+                let index = child(n, "attachment").and_then(|a| child_text(a, "deviceIndex"));
+                (index == Some("0"))
+                    .then(|| child_text(n, "networkInterfaceId").map(str::to_string))
+                    .flatten()
+            });
         Some(Instance {
             id: child_text(node, "instanceId")?.to_string(),
             node_id: tags(node).remove(TAG_NODE),
+            primary_eni,
             state,
             private_ip: child_text(node, "privateIpAddress").and_then(|a| a.parse().ok()),
             public_ip: child_text(node, "ipAddress")
@@ -204,7 +221,10 @@ async fn run(
         )
         .set("MinCount", "1")
         .set("MaxCount", "1")
-        .set("ClientToken", client_token(cluster, &node.node_id))
+        .set(
+            "ClientToken",
+            client_token(cluster, &node.node_id, node.incarnation),
+        )
         .set(
             "UserData",
             base64::engine::general_purpose::STANDARD.encode(&node.user_data),
@@ -351,6 +371,25 @@ pub(super) async fn terminate(
     }
 }
 
+/// Deletes network interfaces that outlived their instance: EC2 deletes an instance's
+/// primary interface with it, but one whose `DeleteOnTermination` was turned off (or an
+/// emulator that keeps it) is left `available`. One already gone is no error.
+pub(super) async fn delete_leftover_interfaces(
+    client: &QueryClient,
+    enis: &[String],
+) -> Result<(), ProviderError> {
+    for eni in enis {
+        call_tolerating(
+            client,
+            "DeleteNetworkInterface",
+            &Params::new().set("NetworkInterfaceId", eni.clone()),
+            &["InvalidNetworkInterfaceID.NotFound"],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A polling loop's schedule: jittered, growing pauses until an overall deadline.
 #[derive(Debug)]
 struct Polling<'a> {
@@ -397,19 +436,22 @@ mod tests {
     #[test]
     fn client_tokens_are_stable_short_ascii_and_distinct() {
         let c = test_cluster();
-        let t = client_token(&c, "node-0");
-        assert_eq!(t, client_token(&c, "node-0"));
-        assert_ne!(t, client_token(&c, "node-1"));
+        let t = client_token(&c, "node-0", 0);
+        assert_eq!(t, client_token(&c, "node-0", 0));
+        assert_ne!(t, client_token(&c, "node-1", 0));
+        // A repaired node's new VM is a new launch.
+        assert_ne!(t, client_token(&c, "node-0", 1));
+        assert_ne!(client_token(&c, "node-0", 1), client_token(&c, "node-0", 2));
         let other = ClusterRef {
             name: "demo".into(),
             uid: "ba9876543210".into(),
         };
-        assert_ne!(t, client_token(&other, "node-0"));
+        assert_ne!(t, client_token(&other, "node-0", 0));
         let long = ClusterRef {
             name: "a".repeat(63),
             uid: "0123456789ab".into(),
         };
-        for tok in [t.clone(), client_token(&long, &"n".repeat(200))] {
+        for tok in [t.clone(), client_token(&long, &"n".repeat(200), 7)] {
             assert!(tok.len() <= 64 && tok.is_ascii(), "{tok}");
         }
         assert!(t.starts_with("shoal-0123456789ab-"), "{t}");
@@ -432,6 +474,8 @@ mod tests {
     <instanceState><code>16</code><name>running</name></instanceState>
     <privateIpAddress>10.77.0.12</privateIpAddress>
     <ipAddress>203.0.113.9</ipAddress>
+    <networkInterfaceSet><item><networkInterfaceId>eni-0abc</networkInterfaceId>
+      <attachment><deviceIndex>0</deviceIndex></attachment></item></networkInterfaceSet>
     <instanceType>t3.medium</instanceType>
     <placement><availabilityZone>us-east-1a</availabilityZone></placement>
     <tagSet><item><key>shoal:node</key><value>node-2</value></item>
@@ -453,5 +497,6 @@ mod tests {
         assert_eq!(info.details["availability-zone"], "us-east-1a");
         assert_eq!(info.details["public-ip"], "203.0.113.9");
         assert_eq!(inst[0].node_id.as_deref(), Some("node-2"));
+        assert_eq!(inst[0].primary_eni.as_deref(), Some("eni-0abc"));
     }
 }

@@ -311,6 +311,38 @@ impl Provider for AwsProvider {
         })
     }
 
+    fn delete_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let client = self.client(params)?;
+            // Their instances, found by tag as deletion finds everything; the root volume
+            // and the primary network interface go with each (EC2 deletes both on
+            // termination; an interface left behind is deleted after), the cluster's
+            // network stays.
+            let theirs: Vec<_> = instances::list(&client, cluster, Some(&NOT_TERMINATED))
+                .await?
+                .into_iter()
+                .filter(|i| i.node_id.as_ref().is_some_and(|n| nodes.contains(n)))
+                .collect();
+            if theirs.is_empty() {
+                tracing::info!(cluster = %cluster.tag(), nodes = ?nodes, "no instance left for these nodes");
+                return Ok(());
+            }
+            let ids: Vec<String> = theirs.iter().map(|i| i.id.clone()).collect();
+            let enis: Vec<String> = theirs
+                .iter()
+                .filter_map(|i| i.primary_eni.clone())
+                .collect();
+            tracing::info!(cluster = %cluster.tag(), nodes = ?nodes, instances = ?ids, "terminating the nodes' instances");
+            instances::terminate(&client, &self.timing.wait, &ids).await?;
+            instances::delete_leftover_interfaces(&client, &enis).await
+        })
+    }
+
     fn delete_cluster<'a>(
         &'a self,
         cluster: &'a ClusterRef,

@@ -305,6 +305,23 @@ fn ssh_public_key(params: &ProviderParams) -> Result<String, ProviderError> {
     Ok(text)
 }
 
+/// Whether the cluster's resource group exists.
+async fn group_exists(arm: &ArmClient, names: &Names) -> Result<bool, ProviderError> {
+    Ok(arm
+        .get(
+            &format!("read resource group {}", names.group),
+            &names.group_path,
+            API_RESOURCES,
+        )
+        .await?
+        .is_some())
+}
+
+/// A node's OS disk: `NODE-osdisk`.
+fn disk_name(node: &str) -> String {
+    format!("{node}-osdisk")
+}
+
 /// The cluster's resource group: `shoal-NAME-UID`.
 fn group_name(cluster: &ClusterRef) -> String {
     format!("shoal-{}", cluster.tag())
@@ -345,6 +362,13 @@ impl Names {
     }
     fn public_ip(&self, node: &str) -> String {
         self.network("publicIPAddresses", &format!("{node}-pip"))
+    }
+    fn disk(&self, node: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.Compute/disks/{}",
+            self.group_path,
+            disk_name(node)
+        )
     }
     fn vm(&self, node: &str) -> String {
         format!(
@@ -580,7 +604,9 @@ impl AzureProvider {
             .map(str::to_string)
             .unwrap_or_else(|| names.nic(id));
 
+        // Named, so a node's disk can be found (and deleted) by name like its NIC.
         let mut os_disk = json!({
+            "name": disk_name(id),
             "createOption": "FromImage",
             "deleteOption": "Delete",
             "managedDisk": {"storageAccountType": s.os_disk_type},
@@ -660,15 +686,7 @@ impl AzureProvider {
     ) -> Result<Vec<NodeInfo>, ProviderError> {
         let (arm, subscription) = self.client(params)?;
         let names = Names::new(&subscription, cluster);
-        if arm
-            .get(
-                &format!("read resource group {}", names.group),
-                &names.group_path,
-                API_RESOURCES,
-            )
-            .await?
-            .is_none()
-        {
+        if !group_exists(&arm, &names).await? {
             return Ok(Vec::new());
         }
         let vms = arm
@@ -714,6 +732,53 @@ impl AzureProvider {
             .collect();
         out.sort_by_key(|n| node_sort_key(&n.node_id));
         Ok(out)
+    }
+
+    /// Deletes the VMs of `nodes` and what each had of its own: the VM first (ARM
+    /// deletes its NIC and OS disk with it, `deleteOption: Delete`), then, in case they
+    /// outlived it, the NIC, the public IP and the disk. A resource already gone is no
+    /// error.
+    async fn delete_some(
+        &self,
+        cluster: &ClusterRef,
+        params: &ProviderParams,
+        nodes: &[String],
+    ) -> Result<(), ProviderError> {
+        let (arm, subscription) = self.client(params)?;
+        let names = Names::new(&subscription, cluster);
+        if !group_exists(&arm, &names).await? {
+            return Ok(());
+        }
+        tracing::info!(cluster = %cluster.tag(), group = %names.group, nodes = ?nodes, "deleting the nodes' Azure resources");
+        let (arm, names) = (&arm, &names);
+        let results = join_all(nodes.iter().map(|id| async move {
+            arm.delete(
+                &format!("delete virtual machine {id}"),
+                &names.vm(id),
+                API_COMPUTE,
+            )
+            .await?;
+            arm.delete(
+                &format!("delete network interface {id}-nic"),
+                &names.nic(id),
+                API_NETWORK,
+            )
+            .await?;
+            arm.delete(
+                &format!("delete public IP {id}-pip"),
+                &names.public_ip(id),
+                API_NETWORK,
+            )
+            .await?;
+            arm.delete(
+                &format!("delete disk {}", disk_name(id)),
+                &names.disk(id),
+                API_COMPUTE,
+            )
+            .await
+        }))
+        .await;
+        results.into_iter().collect()
     }
 
     async fn delete(
@@ -866,6 +931,15 @@ impl Provider for AzureProvider {
         params: &'a ProviderParams,
     ) -> BoxFuture<'a, Result<Vec<NodeInfo>, ProviderError>> {
         Box::pin(self.describe(cluster, params))
+    }
+
+    fn delete_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        params: &'a ProviderParams,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.delete_some(cluster, params, nodes))
     }
 
     fn delete_cluster<'a>(

@@ -385,12 +385,17 @@ impl LocalProvider {
         Ok(ip)
     }
 
-    async fn release(&self, tag: &str) -> Result<(), ProviderError> {
+    /// Releases the addresses whose owner `drop` picks.
+    async fn release_where(&self, drop: impl Fn(&str) -> bool) -> Result<(), ProviderError> {
         let _guard = self.leases.lock().await;
         let mut leases = self.read_leases();
-        let prefix = format!("{tag}/");
-        leases.retain(|_, o| !o.starts_with(&prefix));
+        leases.retain(|_, o| !drop(o));
         self.write_leases(&leases)
+    }
+
+    async fn release(&self, tag: &str) -> Result<(), ProviderError> {
+        let prefix = format!("{tag}/");
+        self.release_where(|o| o.starts_with(&prefix)).await
     }
 
     fn leased_ip(&self, owner: &str) -> Option<Ipv4Addr> {
@@ -566,6 +571,8 @@ impl LocalProvider {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg("--image-dir")
             .arg(&self.s.image_dir)
+            .arg("--state-dir")
+            .arg(dir.join("agent-state"))
             // The agents' log level: SHOAL_AGENT_LOG of the coordinator (a tracing
             // filter), info by default.
             .env(
@@ -825,6 +832,35 @@ impl Provider for LocalProvider {
                     }
                 })
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn delete_nodes<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        _params: &'a ProviderParams,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let results = join_all(nodes.iter().map(|node| {
+                let index = node.strip_prefix("node-").and_then(|i| i.parse().ok());
+                self.delete_vm(cluster, node, index)
+            }))
+            .await;
+            let mut errors: Vec<String> = results.into_iter().flatten().collect();
+            let owners: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{}/{n}", cluster.tag()))
+                .collect();
+            if let Err(e) = self.release_where(|o| owners.iter().any(|x| x == o)).await {
+                errors.push(e.to_string());
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(err(errors.join("; ")))
+            }
         }
         .boxed()
     }

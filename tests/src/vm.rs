@@ -1,0 +1,108 @@
+//! Looking into a local cluster's simulated VMs from a test, through what `shoal cluster
+//! show --json` says of each node (its namespace, Docker socket and log paths): the
+//! processes, the overlay's FDB, the containers and their hosts files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::coordinator::TestCoordinator;
+
+/// The nodes of a `show --json` answer.
+pub fn nodes(v: &Value) -> Vec<Value> {
+    v["nodes"].as_array().cloned().unwrap_or_default()
+}
+
+/// A command's standard output, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command run inside the node's network namespace.
+pub fn in_ns(node: &Value, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!(
+        "--net=/run/netns/{}",
+        node["netns"].as_str().expect("netns")
+    ))
+    .arg("--")
+    .arg(program);
+    cmd
+}
+
+/// The peers in the node's VXLAN replication list (`shoal-vx`'s all-zeros FDB
+/// entries), sorted.
+pub fn fdb_peers(node: &Value) -> Vec<String> {
+    let out = in_ns(node, "bridge")
+        .args(["-j", "fdb", "show", "dev", "shoal-vx"])
+        .output()
+        .expect("bridge");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    let mut peers: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["mac"] == "00:00:00:00:00:00")
+        .filter_map(|e| e["dst"].as_str().map(String::from))
+        .collect();
+    peers.sort();
+    peers
+}
+
+/// The ids of the node's running containers, one per line.
+pub fn container_ids(c: &TestCoordinator, node: &Value) -> String {
+    stdout(&c.docker(node, &["ps", "-q", "--no-trunc"]))
+}
+
+/// The node's VM directory (its state, logs, pid files).
+pub fn vm_dir(node: &Value) -> PathBuf {
+    Path::new(node["agent_log"].as_str().expect("agent_log"))
+        .parent()
+        .expect("vm dir")
+        .to_path_buf()
+}
+
+/// Live processes whose program is `program` and whose command line has an argument
+/// containing `needle`, as `pid: command line`.
+pub fn processes(program: &str, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue;
+        }
+        if args.first().is_some_and(|a| a.ends_with(program))
+            && args.iter().any(|a| a.contains(needle))
+        {
+            out.push(format!(
+                "{}: {}",
+                e.file_name().to_string_lossy(),
+                args.join(" ")
+            ));
+        }
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics naming `what` after
+/// `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
