@@ -78,7 +78,7 @@ pub struct TestCoordinator {
     child: Option<Child>,
     log: PathBuf,
     /// Held while this coordinator lives: its prefix and state directory are its own.
-    _lock: std::fs::File,
+    lock: (std::fs::File, PathBuf),
 }
 
 impl TestCoordinator {
@@ -116,7 +116,7 @@ impl TestCoordinator {
             let path = std::env::temp_dir().join(format!("shoal-e2e-{prefix}.lock"));
             let lock = std::fs::File::create(&path).expect("test lock file");
             if lock.try_lock().is_ok() {
-                break (n, prefix, lock);
+                break (n, prefix, (lock, path));
             }
         };
         // A /24 of 10.214.0.0/16 per coordinator (and the same one of 10.219.0.0/16 for
@@ -151,7 +151,7 @@ impl TestCoordinator {
                 .collect(),
             bare,
             child: None,
-            _lock: lock,
+            lock,
         };
         c.spawn(extra);
         c
@@ -582,5 +582,8 @@ impl Drop for TestCoordinator {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }
+        // Removed while still held: a process that opens the path afterwards makes a
+        // new file and locks that.
+        let _ = std::fs::remove_file(&self.lock.1);
     }
 }
