@@ -5,6 +5,7 @@
 //! The binary (`main.rs`) only parses the command line and sets up logging; the boot
 //! sequence lives in [`run`].
 
+pub mod boot_milestones;
 pub mod client;
 pub mod config;
 pub mod containers;

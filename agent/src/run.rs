@@ -25,7 +25,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
-use crate::{config, containers, docker, images, netns, overlay, probes, retry};
+use crate::{boot_milestones, config, containers, docker, images, netns, overlay, probes, retry};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
@@ -112,6 +112,8 @@ struct Agent {
     undelivered: Option<NodeStatus>,
     /// Attempts at delivering `undelivered` so far.
     redeliveries: u32,
+    /// The OS's own boot, as last read ([`boot_milestones`]); sent with every report.
+    boot: tokio::sync::watch::Receiver<Option<shoal_protocol::BootReport>>,
     /// The configured deadline (`deadline_secs`) while the node has no valid plan: no
     /// request carries the agent further than that past the coordinator's last answer.
     /// `None` once a plan is held: a resident agent keeps trying.
@@ -162,7 +164,23 @@ impl Agent {
             error,
             containers,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot: self.boot.borrow_and_update().clone(),
         };
+        self.deliver(status).await;
+    }
+
+    /// Sends the latest report again with the newest boot report: the OS's boot goes
+    /// on (cloud-init's last stage, systemd's end) after the agent reported ready.
+    async fn resend_with_boot(&mut self) {
+        let Some(mut status) = self.latest.clone() else {
+            return;
+        };
+        status.boot = self.boot.borrow_and_update().clone();
+        self.deliver(status).await;
+    }
+
+    async fn deliver(&mut self, status: NodeStatus) {
+        let phase = status.phase;
         self.latest = Some(status.clone());
         // A few quick tries only: the node's convergence does not wait for the
         // coordinator, and an undelivered report is sent again later (the latest one).
@@ -522,8 +540,10 @@ pub async fn run(opts: RunOptions) -> i32 {
         latest: None,
         undelivered: None,
         redeliveries: 0,
+        boot: boot_milestones::watch(boot_milestones::Sources::default()),
         deadline: Some(deadline),
     };
+    let mut boot_open = true;
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(4);
@@ -602,6 +622,11 @@ pub async fn run(opts: RunOptions) -> i32 {
             () = redeliver_sleep => {
                 agent.redeliver().await;
             }
+            changed = agent.boot.changed(), if boot_open => match changed {
+                Ok(()) => agent.resend_with_boot().await,
+                // The boot is complete (or there is none to read): nothing more comes.
+                Err(_) => boot_open = false,
+            },
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping (containers keep running)");
                 return exit::OK;

@@ -26,6 +26,7 @@ fn report() -> NodeStatus {
         error: None,
         containers: vec![],
         agent_version: "test".into(),
+        boot: None,
     }
 }
 

@@ -100,6 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             error: None,
             containers: vec![],
             agent_version: "status_load".into(),
+            boot: None,
         };
         let token = cfg.node_token.clone();
         let start = start.clone();

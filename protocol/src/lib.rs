@@ -580,6 +580,66 @@ pub struct NodeStatus {
     /// The agent's version.
     #[serde(default)]
     pub agent_version: String,
+    /// The OS's own boot (kernel, systemd, cloud-init), as the agent read it on a real
+    /// VM. Absent where the node has no boot of its own (the local provider's
+    /// namespaces) and from agents older than this field; a coordinator older than it
+    /// ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootReport>,
+}
+
+/// Most stages a [`BootReport`] may list.
+pub const MAX_BOOT_STAGES: usize = 32;
+/// Most cloud-init errors a [`BootReport`] may carry.
+pub const MAX_CLOUD_INIT_ERRORS: usize = 8;
+
+/// A VM's own boot, read from its kernel (`/proc/uptime`), systemd (the manager's and
+/// units' timestamps) and cloud-init (`/run/cloud-init/status.json`, `result.json`).
+/// Times are milliseconds since the Unix epoch on the VM's clock, like
+/// [`PhaseTiming::started_ms`], so they line up with the agent's phases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    /// When the kernel started: the VM's clock minus its uptime.
+    pub kernel_start_ms: u64,
+    /// The spans of the boot, in order of their start.
+    #[serde(default)]
+    pub stages: Vec<BootStage>,
+    /// cloud-init's outcome, once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitOutcome>,
+    /// The systemd unit the agent runs in (from its cgroup), when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_unit: Option<String>,
+}
+
+/// One span of a VM's boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootStage {
+    /// Who measured it: `kernel`, `systemd` or `cloud-init` (a string, not an enum, so
+    /// that a newer agent's new source does not make an older coordinator refuse the
+    /// whole report).
+    pub source: String,
+    /// What it is: `kernel`, `initrd`, `userspace`, a unit (`docker.service`), a
+    /// cloud-init stage (`init-local`, `init`, `modules-config`, `modules-final`).
+    pub name: String,
+    /// When it began.
+    pub started_ms: u64,
+    /// How long it took (absent while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// What cloud-init says of its run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInitOutcome {
+    /// `running` (a stage is under way), `done` (finished, no errors) or `error`.
+    pub status: String,
+    /// The datasource it used, e.g. `DataSourceNoCloud [seed=/dev/vdb][dsmode=net]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datasource: Option<String>,
+    /// Its errors, verbatim (at most [`MAX_CLOUD_INIT_ERRORS`]).
+    #[serde(default)]
+    pub errors: Vec<String>,
 }
 
 impl NodeStatus {

@@ -411,8 +411,122 @@ fn status_reason_must_be_a_code() {
         }),
         containers: vec![],
         agent_version: "0.1.0".into(),
+        boot: None,
     };
     assert!(s.validate().is_err());
+}
+
+fn boot_report() -> BootReport {
+    let k = 1_700_000_000_000;
+    BootReport {
+        kernel_start_ms: k,
+        stages: vec![
+            BootStage {
+                source: "kernel".into(),
+                name: "kernel".into(),
+                started_ms: k,
+                duration_ms: Some(1700),
+            },
+            BootStage {
+                source: "systemd".into(),
+                name: "docker.service".into(),
+                started_ms: k + 40_000,
+                duration_ms: None,
+            },
+        ],
+        cloud_init: Some(CloudInitOutcome {
+            status: "running".into(),
+            datasource: Some("DataSourceNoCloud [seed=/dev/vdb][dsmode=net]".into()),
+            errors: vec![],
+        }),
+        agent_unit: Some("shoal-agent.service".into()),
+    }
+}
+
+#[test]
+fn a_status_without_boot_is_what_an_old_agent_sends() {
+    let old =
+        r#"{"phase":"ready","generation":1,"timings":[],"containers":[],"agent_version":"0.0.9"}"#;
+    let s: NodeStatus = serde_json::from_str(old).expect("an old agent's report parses");
+    assert_eq!(s.boot, None);
+    assert!(s.validate().is_ok());
+    // And no `boot` key is written when there is none, so older coordinators see the
+    // document they always saw.
+    assert!(!serde_json::to_string(&s).expect("ser").contains("boot"));
+}
+
+#[test]
+fn boot_reports_round_trip_and_ignore_unknown_fields() {
+    let s = NodeStatus {
+        phase: Phase::Ready,
+        generation: 1,
+        timings: vec![],
+        error: None,
+        containers: vec![],
+        agent_version: "0.1.0".into(),
+        boot: Some(boot_report()),
+    };
+    assert!(s.validate().is_ok());
+    let mut v = serde_json::to_value(&s).expect("ser");
+    assert_eq!(
+        serde_json::from_value::<NodeStatus>(v.clone()).expect("de"),
+        s
+    );
+    // A newer agent's additions, inside and beside the report, are ignored.
+    v["boot"]["firmware_ms"] = 12.into();
+    v["boot"]["stages"][0]["cpu"] = "x".into();
+    v["boot"]["stages"][0]["source"] = "firmware".into();
+    let back: NodeStatus = serde_json::from_value(v).expect("unknown fields ignored");
+    assert!(back.validate().is_ok());
+}
+
+#[test]
+fn bad_boot_reports_are_refused() {
+    let with = |f: &dyn Fn(&mut BootReport)| {
+        let mut b = boot_report();
+        f(&mut b);
+        NodeStatus {
+            phase: Phase::Ready,
+            generation: 1,
+            timings: vec![],
+            error: None,
+            containers: vec![],
+            agent_version: "0.1.0".into(),
+            boot: Some(b),
+        }
+        .validate()
+        .expect_err("refused")
+        .to_string()
+    };
+    assert!(with(&|b| b.stages[1].name = "<script>".into()).contains("boot.stages[1]"));
+    assert!(with(&|b| b.stages[0].source = String::new()).contains("boot.stages[0]"));
+    assert!(with(&|b| b.stages[0].name = "x".repeat(65)).contains("boot.stages[0]"));
+    assert!(with(&|b| b.stages[1].started_ms = 5).contains("before the kernel"));
+    assert!(with(&|b| b.stages[0].duration_ms = Some(u64::MAX)).contains("out of range"));
+    assert!(with(&|b| {
+        let s = b.stages[0].clone();
+        b.stages = vec![s; MAX_BOOT_STAGES + 1];
+    })
+    .contains("more than 32"));
+    assert!(with(&|b| {
+        if let Some(c) = b.cloud_init.as_mut() {
+            c.status = "done\n".into();
+        }
+    })
+    .contains("cloud_init.status"));
+    assert!(with(&|b| {
+        if let Some(c) = b.cloud_init.as_mut() {
+            c.errors = vec!["e".into(); MAX_CLOUD_INIT_ERRORS + 1];
+        }
+    })
+    .contains("cloud_init.errors"));
+    assert!(with(&|b| {
+        if let Some(c) = b.cloud_init.as_mut() {
+            c.errors = vec!["e".repeat(1025)];
+        }
+    })
+    .contains("longer than 1024"));
+    assert!(with(&|b| b.agent_unit = Some("a b".into())).contains("agent_unit"));
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::{
-    NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_SECS,
-    MAX_NODES, MAX_REPORT_SECS, SCHEMA_VERSION,
+    BootReport, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
+    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_SECS, MAX_NODES, MAX_REPORT_SECS,
+    SCHEMA_VERSION,
 };
 
 /// Longest a probe may be given to pass: a day.
@@ -566,6 +567,81 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
         if c.name.len() > 253 || c.hostname.len() > 253 || c.state.len() > 64 {
             return Err(PlanError::invalid("containers", "a field is too long"));
         }
+    }
+    if let Some(b) = &s.boot {
+        boot(b)?;
+    }
+    Ok(())
+}
+
+/// A name in a boot report: 1 to 64 printable ASCII characters of the kind unit and
+/// stage names use, nothing a terminal or an SVG would read as markup or control.
+fn is_boot_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+fn boot(b: &BootReport) -> Result<(), PlanError> {
+    if b.stages.len() > MAX_BOOT_STAGES {
+        return Err(PlanError::invalid(
+            "boot.stages",
+            format!("more than {MAX_BOOT_STAGES} entries"),
+        ));
+    }
+    for (i, st) in b.stages.iter().enumerate() {
+        if !is_boot_name(&st.source) || !is_boot_name(&st.name) {
+            return Err(PlanError::invalid(
+                format!("boot.stages[{i}]"),
+                "source and name must be 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.', ':', '@'",
+            ));
+        }
+        if st.started_ms < b.kernel_start_ms {
+            return Err(PlanError::invalid(
+                format!("boot.stages[{i}].started_ms"),
+                "before the kernel started",
+            ));
+        }
+        if st
+            .started_ms
+            .checked_add(st.duration_ms.unwrap_or(0))
+            .is_none()
+        {
+            return Err(PlanError::invalid(
+                format!("boot.stages[{i}].duration_ms"),
+                "out of range",
+            ));
+        }
+    }
+    if let Some(c) = &b.cloud_init {
+        if !is_boot_name(&c.status) {
+            return Err(PlanError::invalid(
+                "boot.cloud_init.status",
+                "not a status word",
+            ));
+        }
+        if c.datasource.as_ref().is_some_and(|d| d.len() > 256) {
+            return Err(PlanError::invalid(
+                "boot.cloud_init.datasource",
+                "longer than 256 bytes",
+            ));
+        }
+        if c.errors.len() > MAX_CLOUD_INIT_ERRORS {
+            return Err(PlanError::invalid(
+                "boot.cloud_init.errors",
+                format!("more than {MAX_CLOUD_INIT_ERRORS} entries"),
+            ));
+        }
+        if c.errors.iter().any(|e| e.len() > 1024) {
+            return Err(PlanError::invalid(
+                "boot.cloud_init.errors",
+                "an entry is longer than 1024 bytes",
+            ));
+        }
+    }
+    if b.agent_unit.as_ref().is_some_and(|u| !is_boot_name(u)) {
+        return Err(PlanError::invalid("boot.agent_unit", "not a unit name"));
     }
     Ok(())
 }

@@ -63,6 +63,12 @@ pub fn hadoop_image_dir() -> PathBuf {
     dir
 }
 
+/// The qemu provider's base image made by `cloud-init/build-vm-image`
+/// (`target/vm-image/current`; it may not exist: only the qemu tests need it).
+pub fn vm_image_dir() -> PathBuf {
+    target_dir().join("vm-image").join("current")
+}
+
 /// A running coordinator.
 #[derive(Debug)]
 pub struct TestCoordinator {
@@ -74,6 +80,9 @@ pub struct TestCoordinator {
     pub vpc: String,
     /// The gateway (metadata listener) address.
     pub gateway: String,
+    /// The qemu provider's VPC range (a /24 of 10.219.0.0/16, the same third octet as
+    /// the local VPC's).
+    pub qemu_vpc: String,
     /// Environment variables every start of the server gets (cloud credentials and
     /// endpoints), on top of the test's own environment.
     pub env: Vec<(String, String)>,
@@ -84,6 +93,8 @@ pub struct TestCoordinator {
     log: PathBuf,
     /// The image directory it serves with.
     images: PathBuf,
+    /// Held while this coordinator lives: its prefix and state directory are its own.
+    lock: (std::fs::File, PathBuf),
 }
 
 impl TestCoordinator {
@@ -125,9 +136,22 @@ impl TestCoordinator {
     /// A coordinator not started yet: its prefix, VPC range and state directory.
     fn prepare(env: &[(&str, &str)], bare: bool) -> TestCoordinator {
         static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        // A /24 of 10.214.0.0/16 per coordinator, from the pid and a counter, skipping
-        // any whose gateway address a coordinator of another test process holds.
+        // The prefix (and so the state directory, namespaces and links) comes from the
+        // pid modulo 1000, which another test process may share: a lock file held for
+        // this coordinator's life makes it ours, so no other process removes its state
+        // directory at start (as one did to a qemu test's, mid-boot).
+        let (n, prefix, lock) = loop {
+            let n = N.fetch_add(1, Ordering::SeqCst);
+            let prefix = format!("t{}x{n}", std::process::id() % 1000);
+            let path = std::env::temp_dir().join(format!("shoal-e2e-{prefix}.lock"));
+            let lock = std::fs::File::create(&path).expect("test lock file");
+            if lock.try_lock().is_ok() {
+                break (n, prefix, (lock, path));
+            }
+        };
+        // A /24 of 10.214.0.0/16 per coordinator (and the same one of 10.219.0.0/16 for
+        // its qemu VPC), from the pid and a counter, skipping any whose gateway address
+        // a coordinator of another test process holds.
         let in_use = Command::new("ip")
             .args(["-o", "-4", "addr", "show"])
             .output()
@@ -136,14 +160,17 @@ impl TestCoordinator {
         let first = std::process::id().wrapping_mul(7).wrapping_add(n * 31);
         let octet = (0..250)
             .map(|i| (first.wrapping_add(i * 37)) % 250 + 1)
-            .find(|o| !in_use.contains(&format!(" 10.214.{o}.1/")))
+            .find(|o| {
+                !in_use.contains(&format!(" 10.214.{o}.1/"))
+                    && !in_use.contains(&format!(" 10.219.{o}.1/"))
+            })
             .expect("a free test VPC range in 10.214.0.0/16");
-        let prefix = format!("t{}x{n}", std::process::id() % 1000);
         let state_dir = std::env::temp_dir().join(format!("shoal-e2e-{prefix}"));
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).expect("state dir");
         TestCoordinator {
             vpc: format!("10.214.{octet}.0/24"),
+            qemu_vpc: format!("10.219.{octet}.0/24"),
             gateway: format!("10.214.{octet}.1"),
             prefix,
             log: state_dir.join("serve.log"),
@@ -155,6 +182,7 @@ impl TestCoordinator {
             bare,
             child: None,
             images: image_dir(),
+            lock,
         }
     }
 
@@ -172,9 +200,12 @@ impl TestCoordinator {
             .arg(&self.state_dir)
             .arg("serve")
             .args(["--api-listen", "127.0.0.1:0"])
-            .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix]);
+            .args(["--local-vpc", &self.vpc, "--local-prefix", &self.prefix])
+            .args(["--qemu-vpc", &self.qemu_vpc]);
         if !self.bare {
-            cmd.arg("--agent-bin")
+            cmd.arg("--qemu-image")
+                .arg(vm_image_dir())
+                .arg("--agent-bin")
                 .arg(bin("shoal-agent"))
                 .arg("--image-dir")
                 .arg(&self.images);
@@ -232,6 +263,42 @@ impl TestCoordinator {
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// Waits (up to `timeout`) until a coordinator started with `SHOAL_FAULT_STOP_AT`
+    /// reached `point` and stopped itself there, then kills it with SIGKILL: a crash at
+    /// exactly that point (see `coordinator/src/fault.rs`).
+    pub fn kill_at(&mut self, point: &str, timeout: Duration) {
+        let marker = self.state_dir.join(format!("fault-{point}"));
+        let start = Instant::now();
+        while !marker.exists() {
+            assert!(
+                start.elapsed() < timeout,
+                "the coordinator never reached {point}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The marker is written just before SIGSTOP; wait until it took effect, so the
+        // kill lands at the point and not a little after it.
+        let pid = self.pid().expect("running");
+        let start = Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if state == Some("T") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "not stopped: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop("KILL");
     }
 
     /// Runs the CLI against this coordinator.
@@ -447,18 +514,49 @@ impl TestCoordinator {
             .expect("run docker")
     }
 
-    /// Everything this coordinator's local provider may leave behind: namespaces with
-    /// its prefix, processes in them, mounts under its state dir. Empty when clean.
+    /// Everything this coordinator's local and qemu providers may leave behind:
+    /// namespaces with its prefix, processes in them or naming its state dir (dockerds,
+    /// agents, qemus), taps on the qemu VPC bridge, VM files (overlays, seeds), mounts
+    /// under its state dir. Empty when clean.
     pub fn leftovers(&self, cluster_only: bool) -> Vec<String> {
         let mut out = Vec::new();
         let pattern = format!("{}-", self.prefix);
+        let vpcs = [
+            format!("{}-vpc", self.prefix),
+            format!("{}-qvpc", self.prefix),
+        ];
         if let Ok(d) = std::fs::read_dir("/run/netns") {
             for e in d.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&pattern) && !(cluster_only && n == format!("{}-vpc", self.prefix))
-                {
+                if n.starts_with(&pattern) && !(cluster_only && vpcs.contains(&n)) {
                     out.push(format!("namespace {n}"));
                 }
+            }
+        }
+        let qvpc = Path::new("/run/netns").join(&vpcs[1]);
+        if qvpc.exists() {
+            let links = Command::new("ip")
+                .args(["-n", &vpcs[1], "-o", "link", "show", "type", "tun"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for l in links.lines() {
+                if let Some(name) = l.split(':').nth(1) {
+                    out.push(format!("tap {} in {}", name.trim(), vpcs[1]));
+                }
+            }
+        }
+        let vms = self.state_dir.join("qemu").join("vms");
+        for cluster in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(cluster.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(format!("VM files {}", f.path().display()));
+            }
+            if std::fs::read_dir(cluster.path()).is_ok() {
+                out.push(format!("VM directory {}", cluster.path().display()));
             }
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -486,9 +584,10 @@ impl TestCoordinator {
             }
         }
         if !cluster_only {
-            let host_link = Path::new("/sys/class/net").join(format!("{}-vpc", self.prefix));
-            if host_link.exists() {
-                out.push(format!("link {}-vpc", self.prefix));
+            for link in &vpcs {
+                if Path::new("/sys/class/net").join(link).exists() {
+                    out.push(format!("link {link}"));
+                }
             }
         }
         out
@@ -514,5 +613,8 @@ impl Drop for TestCoordinator {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }
+        // Removed while still held: a process that opens the path afterwards makes a
+        // new file and locks that.
+        let _ = std::fs::remove_file(&self.lock.1);
     }
 }

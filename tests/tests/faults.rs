@@ -33,40 +33,6 @@ fn coordinator_stopping_at(point: &str) -> TestCoordinator {
     TestCoordinator::start_with_env(&[], &[("SHOAL_FAULT_STOP_AT", point)])
 }
 
-/// Waits until the coordinator reached `point` and stopped there, then kills it.
-fn kill_at(c: &mut TestCoordinator, point: &str) {
-    let marker = c.state_dir.join(format!("fault-{point}"));
-    let start = Instant::now();
-    while !marker.exists() {
-        assert!(
-            start.elapsed() < BOOT,
-            "the coordinator never reached {point}:\n{}",
-            c.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The marker is written just before SIGSTOP; wait until it took effect, so the
-    // kill lands at the point and not a little after it.
-    let pid = c.pid().expect("running");
-    let start = Instant::now();
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next());
-        if state == Some("T") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "not stopped: {stat}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    c.stop("KILL");
-}
-
 /// Every node of `name` was made exactly once, and the cluster runs.
 fn assert_made_once(c: &TestCoordinator, name: &str) -> Value {
     assert_made_once_as(c, name, NODES, 1)
@@ -177,7 +143,7 @@ fn crash_during_creation_and_wait(point: &str, down: Duration) {
         &c,
         &["cluster", "create", name, "--nodes", &NODES.to_string()],
     );
-    kill_at(&mut c, point);
+    c.kill_at(point, BOOT);
     let _ = cli.wait();
     std::thread::sleep(down);
     c.spawn(&[]);
@@ -236,7 +202,7 @@ fn crash_during_deletion(point: &str) {
     let name = "kdel";
     c.shoal_ok(&["cluster", "create", name, "--nodes", "2", "--wait"]);
     let mut cli = cli_in_background(&c, &["cluster", "delete", name]);
-    kill_at(&mut c, point);
+    c.kill_at(point, BOOT);
     let _ = cli.wait();
     c.spawn(&[]);
     c.wait_state(name, "DELETED", BOOT);
@@ -282,7 +248,7 @@ fn coordinator_down_30s_before_the_plan() {
     // VMs and agents run; the agents poll for a plan nobody serves.
     let mut c = coordinator_stopping_at("vms-created");
     let mut cli = cli_in_background(&c, &["cluster", "create", "dbefore", "--nodes", "3"]);
-    kill_at(&mut c, "vms-created");
+    c.kill_at("vms-created", BOOT);
     let _ = cli.wait();
     down_while_nodes_boot(&mut c, "dbefore", Duration::from_secs(30));
 }
@@ -360,7 +326,7 @@ fn crash_during_scale(point: &str, from: usize, to: usize) {
     ]);
     let workers = (to - 1).to_string();
     let mut cli = cli_in_background(&c, &["cluster", "scale", name, "--nodes", &workers]);
-    kill_at(&mut c, point);
+    c.kill_at(point, BOOT);
     let _ = cli.wait();
     c.spawn(&[]);
     let start = Instant::now();

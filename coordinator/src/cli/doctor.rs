@@ -98,6 +98,8 @@ pub struct Options {
     pub region: Option<String>,
     /// `--set profile=NAME` for AWS.
     pub profile: Option<String>,
+    /// The qemu provider's base image (default `<state-dir>/vm-image`).
+    pub qemu_image: Option<PathBuf>,
 }
 
 /// Runs every check for the chosen provider: the provider's own preflight, the state
@@ -109,6 +111,7 @@ pub async fn run(opts: &Options) -> Report {
         agent_bin: opts.agent_bin.clone(),
         region: opts.region.clone(),
         profile: opts.profile.clone(),
+        qemu_image: opts.qemu_image.clone(),
         host_only: false,
     };
     let mut checks = registry::preflight(&opts.provider, &preflight).unwrap_or_else(|| {
@@ -381,7 +384,8 @@ async fn coordinator_check(opts: &Options) -> Check {
             Some("fix that where the coordinator runs, then restart `shoal serve`".into()),
         );
     }
-    if opts.provider != "local" && health["advertise_url"].is_null() {
+    // The local and qemu providers' VMs reach the coordinator on this machine.
+    if !matches!(opts.provider.as_str(), "local" | "qemu") && health["advertise_url"].is_null() {
         return check(
             NAME,
             Status::Fail,
@@ -479,6 +483,7 @@ mod tests {
             coordinator: None,
             region: None,
             profile: None,
+            qemu_image: None,
         })
         .await;
         assert!(!r.ok);

@@ -103,6 +103,10 @@ pub struct DoctorArgs {
     /// AWS profile to check (as `--set profile=NAME` at create).
     #[arg(long)]
     pub profile: Option<String>,
+    /// The qemu provider's base image to check (as `shoal serve --qemu-image`;
+    /// default: <state-dir>/vm-image).
+    #[arg(long)]
+    pub qemu_image: Option<PathBuf>,
 }
 
 /// How the local provider's VMs get their images (`shoal serve --local-images`).
@@ -136,7 +140,8 @@ pub struct ServeArgs {
     /// Address range of the local provider's VPC.
     #[arg(long, default_value = crate::providers::local::DEFAULT_VPC)]
     pub local_vpc: ipnet::Ipv4Net,
-    /// Prefix of the local provider's namespace and link names.
+    /// Prefix of the local provider's namespace and link names (the qemu provider's
+    /// too).
     #[arg(long, default_value = crate::providers::local::DEFAULT_PREFIX)]
     pub local_prefix: String,
     /// How local VMs get the image tarballs: `shared` (loaded once into a template that
@@ -144,6 +149,16 @@ pub struct ServeArgs {
     /// loads them at boot).
     #[arg(long, value_enum, default_value_t = LocalImages::Shared)]
     pub local_images: LocalImages,
+    /// The qemu provider's base image: a directory made by cloud-init/build-vm-image
+    /// (e.g. target/vm-image/current). Default: <state-dir>/vm-image.
+    #[arg(long)]
+    pub qemu_image: Option<PathBuf>,
+    /// Address range of the qemu provider's VPC.
+    #[arg(long, default_value = crate::providers::qemu::DEFAULT_VPC)]
+    pub qemu_vpc: ipnet::Ipv4Net,
+    /// The qemu provider's accelerator: auto (KVM when it is usable, else TCG), kvm, tcg.
+    #[arg(long, default_value = "auto")]
+    pub qemu_accel: crate::providers::qemu::AccelChoice,
     /// Seconds a creation may take before the cluster is FAILED (and a scale or repair
     /// before it ends as failed).
     #[arg(long, default_value_t = 900)]
@@ -313,7 +328,7 @@ pub struct ScaleArgs {
 pub struct CreateArgs {
     /// Cluster name (1 to 40 of a-z, 0-9, '-').
     pub name: String,
-    /// Provider: local, aws or azure.
+    /// Provider: local, qemu, aws or azure.
     #[arg(long, default_value = "local")]
     pub provider: String,
     /// Number of nodes.
@@ -331,7 +346,8 @@ pub struct CreateArgs {
     /// Cloud region.
     #[arg(long)]
     pub region: Option<String>,
-    /// Machine image (AMI id, Azure image reference or id).
+    /// Machine image (AMI id, Azure image reference or id; for qemu, the absolute path
+    /// of a base image directory instead of `shoal serve --qemu-image`).
     #[arg(long)]
     pub image: Option<String>,
     /// Instance type or VM size.
@@ -425,6 +441,7 @@ async fn run_doctor(
         coordinator,
         region: a.region.clone(),
         profile: a.profile.clone(),
+        qemu_image: a.qemu_image.clone(),
     })
     .await;
     if a.json {

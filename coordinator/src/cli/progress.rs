@@ -176,6 +176,7 @@ mod tests {
             timings: vec![],
             requested_ms: Some(1),
             running_ms: None,
+            boot: None,
             details: BTreeMap::new(),
         }
     }

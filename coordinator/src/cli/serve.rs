@@ -17,6 +17,12 @@ pub fn options(state_dir: &Path, a: &ServeArgs) -> ServeOptions {
             .unwrap_or_else(|| "shoal-agent".into())
     });
     ServeOptions {
+        qemu_image: a
+            .qemu_image
+            .clone()
+            .unwrap_or_else(|| state_dir.join("vm-image")),
+        qemu_vpc: a.qemu_vpc,
+        qemu_accel: a.qemu_accel,
         image_dir: a
             .image_dir
             .clone()

@@ -1,5 +1,6 @@
 //! Cloud providers: one trait, implemented by `local` (network namespaces on this
-//! machine), `aws` (EC2 Query API) and `azure` (Azure Resource Manager).
+//! machine), `qemu` (real VMs on this machine, booted through cloud-init), `aws` (EC2
+//! Query API) and `azure` (Azure Resource Manager).
 //!
 //! A provider creates a cluster's VMs with the user-data the engine rendered for each
 //! node, describes them, and deletes everything the cluster owns. Every call must be
@@ -17,6 +18,7 @@ pub mod aws;
 pub mod azure;
 pub mod local;
 pub mod preflight;
+pub mod qemu;
 pub mod registry;
 pub mod retry;
 
@@ -161,6 +163,9 @@ pub enum ProviderError {
     /// Setting up a local VM failed.
     #[error("local: {0}")]
     Local(String),
+    /// Setting up a qemu VM failed.
+    #[error("qemu: {0}")]
+    Qemu(String),
     /// The provider cannot do this.
     #[error("the {provider} provider does not support {what}")]
     Unsupported {

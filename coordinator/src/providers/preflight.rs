@@ -86,6 +86,8 @@ pub struct PreflightOptions {
     pub region: Option<String>,
     /// `--set profile=NAME` for AWS.
     pub profile: Option<String>,
+    /// The qemu provider's base image (default `<state-dir>/vm-image`).
+    pub qemu_image: Option<PathBuf>,
     /// Only what `shoal serve` needs to set a provider up (tools, privileges), not what
     /// a cluster needs later (images, kernel devices tried for real).
     pub host_only: bool,
@@ -97,6 +99,13 @@ impl PreflightOptions {
         self.image_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("images"))
+    }
+
+    /// The qemu provider's base image directory, defaulted.
+    pub fn qemu_image(&self) -> PathBuf {
+        self.qemu_image
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("vm-image"))
     }
 
     /// The agent binary, defaulted to `shoal-agent` beside this binary.
@@ -142,6 +151,37 @@ pub fn output(tool: &Path, args: &[&str]) -> Result<String, String> {
             out.status,
             text.trim()
         ))
+    }
+}
+
+/// One check per tool (name, Debian package, what it is for): found on `PATH`, or how
+/// to install it.
+pub fn tool_checks(tools: &[(&str, &str, &str)]) -> Vec<Check> {
+    tools
+        .iter()
+        .map(|(tool, package, why)| match which(tool) {
+            Some(p) => check(tool, Status::Ok, format!("{} ({why})", p.display()), None),
+            None => check(
+                tool,
+                Status::Fail,
+                format!("{tool} not found on PATH: needed for {why}"),
+                Some(format!("apt-get install {package}")),
+            ),
+        })
+        .collect()
+}
+
+/// The `root` check: `why` says what the provider does that needs it.
+pub fn root_check(why: &str) -> Check {
+    if is_root() {
+        check("root", Status::Ok, "running as root", None)
+    } else {
+        check(
+            "root",
+            Status::Fail,
+            format!("running as uid {}: {why}", nix::unistd::geteuid()),
+            Some("run `shoal serve` (and this check) as root, e.g. with sudo".into()),
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 //! `doctor` all tell the same story.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,10 +13,11 @@ use super::aws::AwsProvider;
 use super::azure::AzureProvider;
 use super::local::{LocalProvider, LocalSettings};
 use super::preflight::{self, Check, PreflightOptions};
+use super::qemu::{self, AccelChoice, KvmProbe, QemuProvider, QemuSettings};
 use super::{Provider, ProviderError};
 
 /// Every provider Shoal has, by name.
-pub const NAMES: &[&str] = &["local", "aws", "azure"];
+pub const NAMES: &[&str] = &["local", "qemu", "aws", "azure"];
 
 /// What the providers need from `shoal serve`.
 #[derive(Debug, Clone)]
@@ -33,6 +34,14 @@ pub struct RegistrySettings {
     pub local_prefix: String,
     /// Local VMs start with the images in their Docker (see `LocalSettings::shared_images`).
     pub local_shared_images: bool,
+    /// The qemu provider's base image directory (`cloud-init/build-vm-image`).
+    pub qemu_image: PathBuf,
+    /// The qemu provider's VPC range.
+    pub qemu_vpc: Ipv4Net,
+    /// The qemu provider's accelerator choice.
+    pub qemu_accel: AccelChoice,
+    /// `--metadata-listen`, when given (else the first gateway, as `serve` does).
+    pub metadata_listen: Option<SocketAddr>,
     /// The metadata listener's port.
     pub metadata_port: u16,
     /// `https` or `http` (with `--insecure-http`).
@@ -49,6 +58,7 @@ impl RegistrySettings {
             agent_bin: Some(self.agent_bin.clone()),
             region: None,
             profile: None,
+            qemu_image: Some(self.qemu_image.clone()),
             host_only: true,
         }
     }
@@ -111,6 +121,16 @@ impl Registry {
             }
             Some(why) => {
                 unavailable.insert("local".to_string(), why);
+            }
+        }
+        let local_gateway = providers.first().and_then(|p| p.gateway());
+        match qemu_provider(s, local_gateway) {
+            Ok(p) => {
+                tracing::info!(accel = p.accel().accel.as_str(), why = %p.accel().why, "qemu provider available");
+                providers.push(Arc::new(p));
+            }
+            Err(why) => {
+                unavailable.insert("qemu".to_string(), why);
             }
         }
         providers.push(Arc::new(AwsProvider::new()));
@@ -177,11 +197,52 @@ impl Registry {
     }
 }
 
+/// The qemu provider, or why it cannot run here. Its VMs reach the metadata listener
+/// through their VPC's gateway (this machine), at the listener's own address: the one
+/// `serve` picks (`--metadata-listen`, else the local provider's gateway, else the qemu
+/// VPC's gateway). One on loopback is out of their reach.
+fn qemu_provider(
+    s: &RegistrySettings,
+    local_gateway: Option<IpAddr>,
+) -> Result<QemuProvider, String> {
+    if let Some(why) = preflight::blocker(&QemuProvider::preflight(&s.preflight_options())) {
+        return Err(why);
+    }
+    let accel = qemu::decide_accel(s.qemu_accel, &KvmProbe::read())?;
+    let own_gateway = IpAddr::V4(s.qemu_vpc.hosts().next().unwrap_or(s.qemu_vpc.network()));
+    let listen = s
+        .metadata_listen
+        .unwrap_or_else(|| SocketAddr::new(local_gateway.unwrap_or(own_gateway), s.metadata_port));
+    let host = match listen.ip() {
+        a if a.is_loopback() => {
+            return Err(format!(
+                "the metadata listener is on loopback ({listen}), out of the VMs' reach: give --metadata-listen ADDRESS:PORT"
+            ))
+        }
+        a if a.is_unspecified() => own_gateway,
+        a => a,
+    };
+    QemuProvider::new(QemuSettings {
+        dir: s.state_dir.join("qemu"),
+        prefix: s.local_prefix.clone(),
+        vpc: s.qemu_vpc,
+        image: s.qemu_image.clone(),
+        metadata_url: format!(
+            "{}://{}",
+            s.metadata_scheme,
+            SocketAddr::new(host, listen.port())
+        ),
+        accel,
+    })
+    .map_err(|e| e.to_string())
+}
+
 /// The preflight checks of the provider called `name` (what `shoal doctor` shows), or
 /// `None` for an unknown name.
 pub fn preflight(name: &str, opts: &PreflightOptions) -> Option<Vec<Check>> {
     match name {
         "local" => Some(LocalProvider::preflight(opts)),
+        "qemu" => Some(QemuProvider::preflight(opts)),
         "aws" => Some(super::aws::preflight(opts)),
         "azure" => Some(super::azure::preflight(opts)),
         _ => None,

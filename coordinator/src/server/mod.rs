@@ -18,6 +18,7 @@ use crate::console::{self, ConsoleState};
 use crate::engine::{Engine, EngineSettings};
 use crate::keys;
 use crate::metadata;
+use crate::providers::qemu::AccelChoice;
 use crate::providers::registry::{Registry, RegistrySettings};
 use crate::store::SqliteStore;
 use crate::tls::{self, Ca};
@@ -60,6 +61,12 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// Limits of the metadata listener (rate, connections, timeouts).
     pub metadata_limits: Limits,
+    /// The qemu provider's base image directory (`cloud-init/build-vm-image`).
+    pub qemu_image: PathBuf,
+    /// The qemu provider's VPC range.
+    pub qemu_vpc: Ipv4Net,
+    /// The qemu provider's accelerator choice.
+    pub qemu_accel: AccelChoice,
 }
 
 /// `serve` failures.
@@ -148,6 +155,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         local_vpc: opts.local_vpc,
         local_prefix: opts.local_prefix.clone(),
         local_shared_images: opts.local_shared_images,
+        qemu_image: opts.qemu_image.clone(),
+        qemu_vpc: opts.qemu_vpc,
+        qemu_accel: opts.qemu_accel,
+        metadata_listen: opts.metadata_listen,
         metadata_port: opts
             .metadata_listen
             .map_or(DEFAULT_METADATA_PORT, |a| a.port()),

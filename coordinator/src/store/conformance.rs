@@ -90,6 +90,7 @@ pub fn status(phase: Phase, generation: u64) -> NodeStatus {
         error: None,
         containers: vec![],
         agent_version: "test".into(),
+        boot: None,
     }
 }
 

@@ -941,6 +941,7 @@ impl Store for SqliteStore {
                     error: None,
                     containers: vec![],
                     agent_version: String::new(),
+                    boot: None,
                 },
             };
             st.phase = Phase::Lost;

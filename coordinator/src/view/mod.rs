@@ -162,6 +162,10 @@ pub struct NodeView {
     /// When the provider reported the VM running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_ms: Option<u64>,
+    /// The OS's own boot (kernel, systemd, cloud-init) as the agent read it on a real
+    /// VM; absent on the local provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<shoal_protocol::BootReport>,
     /// Provider facts: the local provider's `netns`, `docker_socket`, log paths.
     #[serde(flatten)]
     pub details: BTreeMap<String, String>,
@@ -267,6 +271,7 @@ impl ClusterView {
                         .unwrap_or_default(),
                     requested_ms: n.requested_ms,
                     running_ms: n.running_ms,
+                    boot: n.status.as_ref().and_then(|s| s.boot.clone()),
                     details: n.details.clone(),
                 })
                 .collect(),

@@ -9,6 +9,14 @@
 //! VM whose clock is off shows its agent's stages shifted by that much (times before
 //! the request are drawn at the request).
 //!
+//! On a real VM (the qemu provider, a cloud VM with the agent baked in), the agent also
+//! reports the OS's own boot ([`shoal_protocol::BootReport`]): the kernel, the initrd,
+//! systemd's start-up and a few units (network online, Docker, the agent's), and
+//! cloud-init's stages. They are drawn on lanes under their node's row ([`OsBoot`]),
+//! on the same axis: `systemd-analyze plot` and `cloud-init analyze` in one picture,
+//! with the agent's phases. The local provider's VMs have no boot of their own, and
+//! show none.
+//!
 //! Three renderings: [`Timeline::render_text`] for a terminal (bars scaled to its
 //! width), [`Timeline::render_svg`] for a person to open (an axis in seconds, a row
 //! per node, a colour per stage, a legend), and the [`Timeline`] itself as JSON.
@@ -193,6 +201,178 @@ pub struct NodeTimeline {
     /// Phases the agent went through after it was first ready (plan changes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub later_phases: usize,
+    /// The OS's own boot, when the agent reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OsBoot>,
+}
+
+/// The lanes of the OS's boot under a node's row, in order.
+pub const OS_LANES: [&str; 3] = ["boot", "units", "cloud-init"];
+
+/// A span of the OS's own boot (the VM's clock), on a lane under its node's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsSegment {
+    /// `boot` (kernel, initrd, systemd's start-up), `units` (systemd units), or
+    /// `cloud-init`; a source this coordinator does not know gets a lane of its name.
+    pub lane: String,
+    /// What it is: `kernel`, `initrd`, `userspace`, `docker.service`, `init-local`, …
+    pub name: String,
+    /// When it began.
+    pub start_ms: u64,
+    /// When it ended (now, for one still running).
+    pub end_ms: u64,
+    /// Whether it is still running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub running: bool,
+}
+
+impl OsSegment {
+    /// Its length.
+    pub fn duration_ms(&self) -> u64 {
+        self.end_ms.saturating_sub(self.start_ms)
+    }
+}
+
+/// A node's OS boot, from its own clocks, relative to the cluster's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsBoot {
+    /// The spans, in order of their start.
+    pub segments: Vec<OsSegment>,
+    /// cloud-init's status: `running`, `done` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<String>,
+    /// cloud-init's errors, verbatim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cloud_init_errors: Vec<String>,
+    /// The systemd unit the agent ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_unit: Option<String>,
+    /// When Docker was ready (`docker.service` active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_ready_ms: Option<u64>,
+    /// From Docker ready to the node's ready: what Shoal adds on top of the OS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_to_ready_ms: Option<u64>,
+}
+
+/// The lane of a reported stage.
+fn os_lane(source: &str, name: &str) -> String {
+    match (source, name) {
+        ("kernel", _) | ("systemd", "initrd" | "userspace") => "boot".into(),
+        ("systemd", _) => "units".into(),
+        (other, _) => other.into(),
+    }
+}
+
+/// How an OS stage is drawn: colour, ANSI 256-colour index, glyph, legend label.
+fn os_style(name: &str) -> (&'static str, u8, char, &'static str) {
+    match name {
+        "kernel" => ("#ff9d9a", 210, 'K', "kernel"),
+        "initrd" => ("#f1ce63", 222, 'i', "initrd"),
+        "userspace" => ("#8cd17d", 150, 's', "systemd start-up"),
+        "systemd-networkd-wait-online.service" => ("#a0cbe8", 153, 'w', "network online"),
+        "docker.service" => ("#499894", 30, 'D', "Docker starting"),
+        "shoal-agent.service" => ("#79706e", 243, 'A', "agent unit started"),
+        "init-local" => ("#d37295", 168, 'l', "cloud-init local"),
+        "init" => ("#fabfd2", 218, 'n', "cloud-init network"),
+        "modules-config" => ("#b6992d", 142, 'c', "cloud-init config"),
+        "modules-final" => ("#e49444", 173, 'f', "cloud-init final"),
+        _ => ("#c7c7c7", 250, '?', "other"),
+    }
+}
+
+/// The OS stages with a legend entry, in boot order.
+const OS_LEGEND: [&str; 10] = [
+    "kernel",
+    "initrd",
+    "userspace",
+    "systemd-networkd-wait-online.service",
+    "docker.service",
+    "shoal-agent.service",
+    "init-local",
+    "init",
+    "modules-config",
+    "modules-final",
+];
+
+fn os_boot(
+    n: &NodeView,
+    rel: &dyn Fn(u64) -> u64,
+    now: u64,
+    ready_ms: Option<u64>,
+) -> Option<OsBoot> {
+    let b = n.boot.as_ref()?;
+    let mut segments: Vec<OsSegment> = b
+        .stages
+        .iter()
+        .map(|st| {
+            let start = rel(st.started_ms);
+            let (end, running) = match st.duration_ms {
+                Some(d) => (rel(st.started_ms.saturating_add(d)), false),
+                None => (now.max(start), true),
+            };
+            OsSegment {
+                lane: os_lane(&st.source, &st.name),
+                name: st.name.clone(),
+                start_ms: start,
+                end_ms: end,
+                running,
+            }
+        })
+        .collect();
+    segments.sort_by_key(|s| s.start_ms);
+    let docker_ready_ms = segments
+        .iter()
+        .find(|s| s.name == "docker.service" && !s.running)
+        .map(|s| s.end_ms);
+    Some(OsBoot {
+        docker_to_ready_ms: match (docker_ready_ms, ready_ms) {
+            (Some(d), Some(r)) => Some(r.saturating_sub(d)),
+            _ => None,
+        },
+        docker_ready_ms,
+        cloud_init: b.cloud_init.as_ref().map(|c| c.status.clone()),
+        cloud_init_errors: b
+            .cloud_init
+            .as_ref()
+            .map(|c| c.errors.clone())
+            .unwrap_or_default(),
+        agent_unit: b.agent_unit.clone(),
+        segments,
+    })
+}
+
+impl OsBoot {
+    /// The lanes that have spans, in order (known lanes first).
+    pub fn lanes(&self) -> Vec<String> {
+        let mut lanes: Vec<String> = OS_LANES
+            .iter()
+            .filter(|l| self.segments.iter().any(|s| s.lane == **l))
+            .map(|l| l.to_string())
+            .collect();
+        for s in &self.segments {
+            if !lanes.contains(&s.lane) {
+                lanes.push(s.lane.clone());
+            }
+        }
+        lanes
+    }
+
+    /// The length of the named stage, when it ended.
+    pub fn stage_ms(&self, name: &str) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| s.name == name && !s.running)
+            .map(OsSegment::duration_ms)
+    }
+
+    /// When the named stage ended, when it did.
+    pub fn end_of(&self, name: &str) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| s.name == name && !s.running)
+            .map(|s| s.end_ms)
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -279,6 +459,9 @@ impl Timeline {
         let mut total = c.time_to_available_ms.unwrap_or(0);
         for n in &nodes {
             for s in &n.segments {
+                total = total.max(s.end_ms);
+            }
+            for s in n.os.iter().flat_map(|o| &o.segments) {
                 total = total.max(s.end_ms);
             }
             total = total
@@ -394,57 +577,57 @@ impl Timeline {
     pub fn render_text(&self, width: usize, colour: bool) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.title());
+        let has_os = self.nodes.iter().any(|n| n.os.is_some());
         let label_w = self
             .nodes
             .iter()
             .map(|n| n.id.len())
             .max()
             .unwrap_or(4)
-            .max(4);
+            .max(4)
+            .max(if has_os { "OS (VM clock)".len() } else { 0 });
         // "<id> |<bar>| 12.3s ready"
         let bar_w = width.saturating_sub(label_w + 3 + 16).max(10);
         let scale = bar_w as f64 / self.total_ms as f64;
         let col = |ms: u64| ((ms as f64 * scale).round() as usize).min(bar_w);
-        for n in &self.nodes {
-            let mut cells: Vec<Option<Stage>> = vec![None; bar_w];
+        // Cells of one row: each span from its start column to its end, at least one
+        // cell, never over the span before it.
+        let cells_of = |spans: &mut dyn Iterator<Item = (u64, u64, char, u8)>| {
+            let mut cells: Vec<Option<(char, u8)>> = vec![None; bar_w];
             let mut prev_end = 0;
-            for s in &n.segments {
-                let c0 = col(s.start_ms).max(prev_end).min(bar_w.saturating_sub(1));
-                let c1 = col(s.end_ms).max(c0 + 1).min(bar_w);
+            for (start, end, glyph, ansi) in spans {
+                let c0 = col(start).max(prev_end).min(bar_w.saturating_sub(1));
+                let c1 = col(end).max(c0 + 1).min(bar_w);
                 for cell in cells.iter_mut().take(c1).skip(c0) {
-                    *cell = Some(s.stage);
+                    *cell = Some((glyph, ansi));
                 }
                 prev_end = c1;
             }
-            let mut bar = String::new();
-            let mut current: Option<Stage> = None;
-            for cell in &cells {
-                match (colour, cell) {
-                    (false, Some(s)) => bar.push(s.glyph()),
-                    (false, None) => bar.push(' '),
-                    (true, c) => {
-                        if *c != current {
-                            match c {
-                                Some(s) => {
-                                    let _ = write!(bar, "\x1b[38;5;{}m", s.ansi());
-                                }
-                                None => bar.push_str("\x1b[0m"),
-                            }
-                            current = *c;
-                        }
-                        bar.push(if c.is_some() { '█' } else { ' ' });
-                    }
-                }
-            }
-            if colour && current.is_some() {
-                bar.push_str("\x1b[0m");
-            }
+            draw_cells(&cells, colour)
+        };
+        for n in &self.nodes {
+            let bar = cells_of(
+                &mut n
+                    .segments
+                    .iter()
+                    .map(|s| (s.start_ms, s.end_ms, s.stage.glyph(), s.stage.ansi())),
+            );
             let end = match (n.ready_ms, n.failed_ms) {
                 (_, Some(f)) => format!("{:>7} failed", secs(f)),
                 (Some(r), None) => format!("{:>7} ready", secs(r)),
                 (None, None) => format!("{:>7} {}", "", n.phase),
             };
             let _ = writeln!(out, "{:<label_w$} |{bar}| {end}", n.id);
+            for (lane, os) in
+                n.os.iter()
+                    .flat_map(|o| o.lanes().into_iter().map(move |l| (l, o)))
+            {
+                let bar = cells_of(&mut os.segments.iter().filter(|s| s.lane == lane).map(|s| {
+                    let (_, ansi, glyph, _) = os_style(&s.name);
+                    (s.start_ms, s.end_ms, glyph, ansi)
+                }));
+                let _ = writeln!(out, "{:<label_w$} |{bar}|", format!("  {lane}"));
+            }
         }
         // The axis: 0 at the left, the total at the right.
         let total = secs(self.total_ms);
@@ -455,16 +638,21 @@ impl Timeline {
             total,
             w = bar_w.saturating_sub(1)
         );
-        let mut legend = String::new();
-        for s in STAGES {
-            let mark = if colour {
-                format!("\x1b[38;5;{}m█\x1b[0m", s.ansi())
-            } else {
-                s.glyph().to_string()
-            };
-            let _ = write!(legend, "{mark} {}  ", s.as_str());
+        let mut items: Vec<(char, u8, &str)> = STAGES
+            .iter()
+            .map(|s| (s.glyph(), s.ansi(), s.as_str()))
+            .collect();
+        out.push_str(&legend(&items, width, colour));
+        if has_os {
+            items = OS_LEGEND
+                .iter()
+                .map(|name| {
+                    let (_, ansi, glyph, label) = os_style(name);
+                    (glyph, ansi, label)
+                })
+                .collect();
+            out.push_str(&legend(&items, width, colour));
         }
-        let _ = writeln!(out, "{}", legend.trim_end());
         out.push('\n');
         // Durations per stage: the numbers behind the bars.
         let _ = write!(out, "{:<label_w$}", "NODE");
@@ -488,11 +676,59 @@ impl Timeline {
             let ready = n.ready_ms.map(secs).unwrap_or_else(|| "-".into());
             let _ = writeln!(out, " {ready:>7}");
         }
+        if has_os {
+            out.push_str(&self.render_os_table(label_w));
+        }
         let history = self.history_lines();
         if !history.is_empty() {
             out.push('\n');
             for l in history {
                 let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
+
+    /// The OS's boot in numbers, from the VMs' own clocks: how long the kernel, the
+    /// initrd and systemd's start-up took, when Docker was ready and cloud-init done,
+    /// and what Shoal added on top (Docker ready → node ready).
+    fn render_os_table(&self, label_w: usize) -> String {
+        const COLS: [&str; 7] = [
+            "kernel",
+            "initrd",
+            "systemd",
+            "docker-ready",
+            "cloud-init",
+            "ci-done",
+            "docker->ready",
+        ];
+        let mut out = String::new();
+        let _ = write!(out, "\n{:<label_w$}", "OS (VM clock)");
+        for c in COLS {
+            let _ = write!(out, " {c:>w$}", w = c.len().max(7));
+        }
+        out.push('\n');
+        let opt = |v: Option<u64>| v.map(secs).unwrap_or_else(|| "-".into());
+        for n in &self.nodes {
+            let Some(os) = &n.os else {
+                continue;
+            };
+            let values = [
+                opt(os.stage_ms("kernel")),
+                opt(os.stage_ms("initrd")),
+                opt(os.stage_ms("userspace")),
+                opt(os.docker_ready_ms),
+                os.cloud_init.clone().unwrap_or_else(|| "-".into()),
+                opt(os.end_of("modules-final")),
+                opt(os.docker_to_ready_ms),
+            ];
+            let _ = write!(out, "{:<label_w$}", n.id);
+            for (c, v) in COLS.iter().zip(values) {
+                let _ = write!(out, " {v:>w$}", w = c.len().max(7));
+            }
+            out.push('\n');
+            for e in &os.cloud_init_errors {
+                let _ = writeln!(out, "{:<label_w$} cloud-init error: {e}", "");
             }
         }
         out
@@ -506,12 +742,24 @@ impl Timeline {
         const TOP: u32 = 70;
         const ROW: u32 = 30;
         const BAR: u32 = 18;
+        // A lane of the OS's boot under its node's row.
+        const LANE: u32 = 16;
+        const LANE_BAR: u32 = 10;
         let plot_w = W - LEFT - RIGHT;
-        let rows = self.nodes.len() as u32;
-        let axis_y = TOP + rows * ROW + 6;
+        // Each node's row, and under it its OS lanes: the y of each.
+        let mut rows: Vec<(u32, Vec<String>)> = Vec::new();
+        let mut y_next = TOP;
+        for n in &self.nodes {
+            let lanes = n.os.as_ref().map(OsBoot::lanes).unwrap_or_default();
+            rows.push((y_next, lanes.clone()));
+            y_next += ROW + lanes.len() as u32 * LANE + if lanes.is_empty() { 0 } else { 6 };
+        }
+        let has_os = self.nodes.iter().any(|n| n.os.is_some());
+        let axis_y = y_next + 6;
         let legend_y = axis_y + 70;
-        // Four swatches a row: the stages, then the ready mark.
-        let legend_rows = (STAGES.len() as u32 + 1).div_ceil(4);
+        // Four swatches a row: the stages, the ready mark, and the OS's when shown.
+        let legend_items = STAGES.len() + 1 + if has_os { OS_LEGEND.len() } else { 0 };
+        let legend_rows = legend_items.div_ceil(4) as u32;
         let history = self.history_lines();
         let h = legend_y + legend_rows * 22 + 12 + history.len() as u32 * 18;
         let scale = plot_w as f64 / self.total_ms as f64;
@@ -531,7 +779,12 @@ impl Timeline {
         );
         let _ = writeln!(
             o,
-            r##"<text x="20" y="50" fill="#666">Boot of each node, from the cluster's request (0 s): coordinator and agent timings</text>"##
+            r##"<text x="20" y="50" fill="#666">Boot of each node, from the cluster's request (0 s): {}</text>"##,
+            if has_os {
+                "coordinator and agent timings; under a node, its OS's own (VM clock)"
+            } else {
+                "coordinator and agent timings"
+            }
         );
 
         // Grid and axis.
@@ -572,14 +825,44 @@ impl Timeline {
         );
 
         // Rows.
-        for (i, n) in self.nodes.iter().enumerate() {
-            let y = TOP + i as u32 * ROW;
+        for (i, (n, (y, lanes))) in self.nodes.iter().zip(&rows).enumerate() {
+            let y = *y;
+            let lanes_h = lanes.len() as u32 * LANE + if lanes.is_empty() { 0 } else { 6 };
             if i % 2 == 1 {
                 let _ = writeln!(
                     o,
-                    r##"<rect x="10" y="{y}" width="{}" height="{ROW}" fill="#f6f6f6" shape-rendering="crispEdges"/>"##,
-                    W - 20
+                    r##"<rect x="10" y="{y}" width="{}" height="{}" fill="#f6f6f6" shape-rendering="crispEdges"/>"##,
+                    W - 20,
+                    ROW + lanes_h
                 );
+            }
+            if let Some(os) = &n.os {
+                for (k, lane) in lanes.iter().enumerate() {
+                    let ly = y + ROW + k as u32 * LANE;
+                    let _ = writeln!(
+                        o,
+                        r##"<text x="32" y="{}" fill="#666" font-size="11">{}</text>"##,
+                        ly + LANE / 2 + 4,
+                        esc(lane)
+                    );
+                    let by = ly + (LANE - LANE_BAR) / 2;
+                    for s in os.segments.iter().filter(|s| &s.lane == lane) {
+                        let (fill, _, _, label) = os_style(&s.name);
+                        let x0 = x(s.start_ms);
+                        let x1 = x(s.end_ms).max(x0 + 2).min(LEFT + plot_w + 2);
+                        let _ = writeln!(
+                            o,
+                            r#"<rect x="{x0}" y="{by}" width="{}" height="{LANE_BAR}" fill="{fill}" shape-rendering="crispEdges"><title>{} {} ({label}): {} → {} ({}){}</title></rect>"#,
+                            x1 - x0,
+                            esc(&n.id),
+                            esc(&s.name),
+                            secs(s.start_ms),
+                            secs(s.end_ms),
+                            secs(s.duration_ms()),
+                            if s.running { ", running" } else { "" }
+                        );
+                    }
+                }
             }
             let label = match &n.private_ip {
                 Some(ip) => format!(
@@ -659,10 +942,15 @@ impl Timeline {
 
         // Legend: rows of four swatches, on a grid.
         const COLUMN: u32 = (W - 40) / 4;
+        let os_items = OS_LEGEND.iter().filter(|_| has_os).map(|name| {
+            let (fill, _, _, label) = os_style(name);
+            (fill, label, false)
+        });
         let items: Vec<(&str, &str, bool)> = STAGES
             .iter()
             .map(|s| (s.colour(), s.label(), false))
             .chain([(READY_COLOUR, "ready", true)])
+            .chain(os_items)
             .collect();
         for (i, (colour, label, diamond)) in items.iter().enumerate() {
             let lx = 20 + (i as u32 % 4) * COLUMN;
@@ -772,11 +1060,67 @@ fn node_timeline(n: &NodeView, origin: u64, now: u64) -> NodeTimeline {
         id: n.id.clone(),
         private_ip: n.private_ip.map(|i| i.to_string()),
         phase: n.phase,
+        os: os_boot(n, &rel, now, ready_ms),
         segments,
         ready_ms,
         failed_ms,
         later_phases: later.len(),
     }
+}
+
+/// Legend lines of `items` (glyph, colour, name), wrapped at `width` columns.
+fn legend(items: &[(char, u8, &str)], width: usize, colour: bool) -> String {
+    let mut out = String::new();
+    let mut line_len = 0;
+    for (glyph, ansi, name) in items {
+        let visible = name.chars().count() + 2;
+        if line_len > 0 && line_len + 2 + visible > width {
+            out.push('\n');
+            line_len = 0;
+        }
+        if line_len > 0 {
+            out.push_str("  ");
+            line_len += 2;
+        }
+        if colour {
+            let _ = write!(out, "\x1b[38;5;{ansi}m█\x1b[0m {name}");
+        } else {
+            let _ = write!(out, "{glyph} {name}");
+        }
+        line_len += visible;
+    }
+    out.push('\n');
+    out
+}
+
+/// A row of cells as text: a glyph per cell, or coloured blocks (ANSI 256 colours)
+/// changing colour only where the stage changes.
+fn draw_cells(cells: &[Option<(char, u8)>], colour: bool) -> String {
+    let mut bar = String::new();
+    let mut current: Option<u8> = None;
+    for cell in cells {
+        match (colour, cell) {
+            (false, Some((g, _))) => bar.push(*g),
+            (false, None) => bar.push(' '),
+            (true, c) => {
+                let ansi = c.map(|(_, a)| a);
+                if ansi != current {
+                    match ansi {
+                        Some(a) => {
+                            let _ = write!(bar, "\x1b[38;5;{a}m");
+                        }
+                        None => bar.push_str("\x1b[0m"),
+                    }
+                    current = ansi;
+                }
+                bar.push(if c.is_some() { '█' } else { ' ' });
+            }
+        }
+    }
+    if colour && current.is_some() {
+        bar.push_str("\x1b[0m");
+    }
+    bar
 }
 
 /// Milliseconds as seconds for a person: `0.42s`, `3.8s`, `95s`.
@@ -878,6 +1222,7 @@ mod tests {
             timings,
             requested_ms: Some(T0),
             running_ms: Some(T0 + 90),
+            boot: None,
             details: BTreeMap::new(),
         }
     }
@@ -1019,6 +1364,126 @@ mod tests {
         // Balanced, well-formed enough for a renderer: every element closed.
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    /// A node of a real VM: the agent's timings and the OS's boot (seconds after T0).
+    fn vm_node(i: u32) -> NodeView {
+        use shoal_protocol::{BootReport, BootStage, CloudInitOutcome};
+        let at = |s: f64| T0 + (s * 1000.0) as u64;
+        let st = |source: &str, name: &str, from: f64, to: Option<f64>| BootStage {
+            source: source.into(),
+            name: name.into(),
+            started_ms: at(from),
+            duration_ms: to.map(|t| ((t - from) * 1000.0) as u64),
+        };
+        let mut n = node(i, 100_000, true);
+        n.running_ms = Some(at(1.0));
+        n.boot = Some(BootReport {
+            kernel_start_ms: at(1.5),
+            stages: vec![
+                st("kernel", "kernel", 1.5, Some(3.2)),
+                st("systemd", "initrd", 3.2, Some(8.0)),
+                st("systemd", "userspace", 8.0, Some(130.0)),
+                st("cloud-init", "init-local", 20.0, Some(51.0)),
+                st("cloud-init", "init", 52.0, Some(70.0)),
+                st(
+                    "systemd",
+                    "systemd-networkd-wait-online.service",
+                    60.0,
+                    Some(70.0),
+                ),
+                st("systemd", "docker.service", 71.0, Some(100.0)),
+                st("systemd", "shoal-agent.service", 100.1, Some(100.1)),
+                st("cloud-init", "modules-config", 101.0, Some(110.0)),
+                st("cloud-init", "modules-final", 111.0, Some(125.0)),
+                st("firmware", "seabios", 1.0, Some(1.2)),
+            ],
+            cloud_init: Some(CloudInitOutcome {
+                status: "done".into(),
+                datasource: None,
+                errors: vec![],
+            }),
+            agent_unit: Some("shoal-agent.service".into()),
+        });
+        n
+    }
+
+    #[test]
+    fn the_os_boot_is_drawn_on_lanes_under_its_node() {
+        let c = cluster(vec![vm_node(0), node(1, 0, true)], Some(104_000));
+        let t = Timeline::from_view(&c, T0 + 200_000);
+        let os = t.nodes[0].os.as_ref().expect("node-0 reported its boot");
+        assert_eq!(os.lanes(), ["boot", "units", "cloud-init", "firmware"]);
+        assert_eq!(os.stage_ms("kernel"), Some(1700));
+        assert_eq!(os.stage_ms("userspace"), Some(122_000));
+        assert_eq!(os.docker_ready_ms, Some(100_000));
+        // The agent was ready at 100 s + 3.74 s: Shoal's part is 3.74 s.
+        assert_eq!(t.nodes[0].ready_ms, Some(103_740));
+        assert_eq!(os.docker_to_ready_ms, Some(3740));
+        assert_eq!(os.end_of("modules-final"), Some(125_000));
+        assert_eq!(os.cloud_init.as_deref(), Some("done"));
+        // The OS's stages widen the picture: cloud-init ended after AVAILABLE.
+        assert_eq!(t.total_ms, 130_000);
+        // The local provider's node has no boot of its own: nothing is made up.
+        assert_eq!(t.nodes[1].os, None);
+
+        let text = t.render_text(120, false);
+        let lines: Vec<&str> = text.lines().collect();
+        let row = lines
+            .iter()
+            .position(|l| l.starts_with("node-0 "))
+            .expect("row");
+        assert!(lines[row + 1].starts_with("  boot "), "{text}");
+        assert!(
+            lines[row + 1].contains('K') && lines[row + 1].contains('s'),
+            "{text}"
+        );
+        assert!(lines[row + 2].starts_with("  units ") && lines[row + 2].contains('D'));
+        assert!(lines[row + 3].starts_with("  cloud-init "));
+        for g in ['l', 'n', 'c', 'f'] {
+            assert!(lines[row + 3].contains(g), "{g} in {}", lines[row + 3]);
+        }
+        assert!(
+            lines[row + 5].starts_with("node-1 "),
+            "no lanes for node-1:\n{text}"
+        );
+        assert!(text.contains("OS (VM clock)"), "{text}");
+        let os_row = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("node-0 "))
+            .expect("OS table row");
+        assert!(
+            os_row.contains("1.70s") && os_row.contains("done") && os_row.contains("3.74s"),
+            "{os_row}"
+        );
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() <= 120 || l.contains("cloud-init error")));
+
+        let svg = t.render_svg();
+        for name in ["kernel", "docker.service", "init-local", "modules-final"] {
+            let (fill, _, _, label) = os_style(name);
+            assert!(svg.contains(&format!("fill=\"{fill}\"")), "{name}");
+            assert!(svg.contains(label), "{label}");
+        }
+        assert!(svg.contains("node-0 docker.service (Docker starting): 71.0s → 100s (29.0s)"));
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    }
+
+    #[test]
+    fn without_a_boot_report_there_are_no_os_lanes() {
+        let c = cluster(vec![node(0, 0, true)], Some(3800));
+        let t = Timeline::from_view(&c, T0 + 4000);
+        let text = t.render_text(100, false);
+        assert!(
+            !text.contains("OS (VM clock)") && !text.contains("  boot "),
+            "{text}"
+        );
+        let svg = t.render_svg();
+        assert!(!svg.contains(os_style("kernel").0));
+        let json = serde_json::to_value(&t).expect("json");
+        assert!(json["nodes"][0].get("os").is_none());
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn err(msg: impl Into<String>) -> ProviderError {
 }
 
 /// Runs a command, turning failure into an error carrying its stderr.
-async fn run(program: &str, args: &[&str]) -> Result<String, ProviderError> {
+pub(crate) async fn run(program: &str, args: &[&str]) -> Result<String, ProviderError> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -99,15 +99,15 @@ async fn run(program: &str, args: &[&str]) -> Result<String, ProviderError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn ip(args: &[&str]) -> Result<String, ProviderError> {
+pub(crate) async fn ip(args: &[&str]) -> Result<String, ProviderError> {
     run("ip", args).await
 }
 
-fn netns_path(name: &str) -> PathBuf {
+pub(crate) fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-fn pid_alive(pidfile: &Path) -> Option<i32> {
+pub(crate) fn pid_alive(pidfile: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
     // Signal 0 checks existence; a zombie still counts as gone for our purposes.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -116,7 +116,7 @@ fn pid_alive(pidfile: &Path) -> Option<i32> {
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL.
-async fn stop_pid(pid: i32, grace: Duration) {
+pub(crate) async fn stop_pid(pid: i32, grace: Duration) {
     let p = Pid::from_raw(pid);
     let _ = kill(p, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
@@ -129,7 +129,7 @@ async fn stop_pid(pid: i32, grace: Duration) {
     let _ = kill(p, Signal::SIGKILL);
 }
 
-fn is_zombie(pid: i32) -> bool {
+pub(crate) fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -191,7 +191,7 @@ fn pids_in_netns(ns: &Path) -> Vec<i32> {
 /// equal to `--once`): a dockerd or agent this provider started, found even when its
 /// pid file was never written (a coordinator killed between spawning it and the pid
 /// file, or a dockerd not yet far enough to write its own).
-fn find_process(needle: &str) -> Option<i32> {
+pub(crate) fn find_process(needle: &str) -> Option<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .ok()?
@@ -235,21 +235,74 @@ fn unmount_all_under(dir: &Path) -> Vec<String> {
     errors
 }
 
+/// Checks a provider's name prefix (1 to 8 of a-z, 0-9, '-': it starts interface
+/// names, at most 15 bytes) and VPC range (a network of /24 or larger).
+pub(crate) fn check_prefix_and_vpc(prefix: &str, vpc: Ipv4Net) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 8 || !shoal_protocol::is_dns_label(prefix) {
+        return Err(format!("prefix {prefix:?} must be 1 to 8 of a-z, 0-9, '-'"));
+    }
+    if vpc.prefix_len() > 24 || vpc != vpc.trunc() {
+        return Err(format!(
+            "VPC range {vpc} must be a network of /24 or larger"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes (idempotently) a VPC: a namespace `ns` holding a bridge `vpc0`, and the host's
+/// leg, a veth `host` whose peer `uplink` is on the bridge, carrying `gateway_cidr`.
+pub(crate) async fn ensure_vpc_namespace(
+    ns: &str,
+    host: &str,
+    gateway_cidr: &str,
+) -> Result<(), ProviderError> {
+    if !netns_path(ns).exists() {
+        ip(&["netns", "add", ns]).await?;
+    }
+    if ip(&["-n", ns, "link", "show", "vpc0"]).await.is_err() {
+        ip(&["-n", ns, "link", "add", "vpc0", "type", "bridge"]).await?;
+    }
+    ip(&["-n", ns, "link", "set", "vpc0", "up"]).await?;
+    ip(&["-n", ns, "link", "set", "lo", "up"]).await?;
+    if ip(&["link", "show", host]).await.is_err() {
+        ip(&[
+            "link", "add", host, "type", "veth", "peer", "name", "uplink", "netns", ns,
+        ])
+        .await?;
+    }
+    ip(&["-n", ns, "link", "set", "uplink", "master", "vpc0", "up"]).await?;
+    let addrs = ip(&["-o", "-4", "addr", "show", "dev", host]).await?;
+    if !addrs.contains(&format!(" {gateway_cidr} ")) {
+        ip(&["addr", "add", gateway_cidr, "dev", host]).await?;
+    }
+    ip(&["link", "set", host, "up"]).await?;
+    Ok(())
+}
+
+/// Removes a VPC made by [`ensure_vpc_namespace`] when `vms` (a provider's directory of
+/// VMs) is empty; returns whether it did.
+pub(crate) async fn teardown_vpc_namespace_if_unused(
+    ns: &str,
+    host: &str,
+    vms: &Path,
+) -> Result<bool, ProviderError> {
+    let in_use = std::fs::read_dir(vms)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if in_use {
+        return Ok(false);
+    }
+    let _ = ip(&["link", "del", host]).await;
+    if netns_path(ns).exists() {
+        ip(&["netns", "del", ns]).await?;
+    }
+    Ok(true)
+}
+
 impl LocalProvider {
     /// A provider with these settings; call [`LocalProvider::ensure_vpc`] before use.
     pub fn new(s: LocalSettings) -> Result<LocalProvider, ProviderError> {
-        if s.prefix.is_empty() || s.prefix.len() > 8 || !shoal_protocol::is_dns_label(&s.prefix) {
-            return Err(err(format!(
-                "prefix {:?} must be 1 to 8 of a-z, 0-9, '-'",
-                s.prefix
-            )));
-        }
-        if s.vpc.prefix_len() > 24 || s.vpc != s.vpc.trunc() {
-            return Err(err(format!(
-                "VPC range {} must be a network of /24 or larger",
-                s.vpc
-            )));
-        }
+        check_prefix_and_vpc(&s.prefix, s.vpc).map_err(err)?;
         let images = s.shared_images.then(|| {
             image_store::ImageStore::new(
                 s.dir.join("image-store"),
@@ -310,46 +363,14 @@ impl LocalProvider {
     pub async fn ensure_vpc(&self) -> Result<(), ProviderError> {
         std::fs::create_dir_all(self.s.dir.join("vms"))
             .map_err(|e| err(format!("creating {}: {e}", self.s.dir.display())))?;
-        let ns = self.vpc_ns();
-        if !netns_path(&ns).exists() {
-            ip(&["netns", "add", &ns]).await?;
-        }
-        if ip(&["-n", &ns, "link", "show", "vpc0"]).await.is_err() {
-            ip(&["-n", &ns, "link", "add", "vpc0", "type", "bridge"]).await?;
-        }
-        ip(&["-n", &ns, "link", "set", "vpc0", "up"]).await?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"]).await?;
-        let host = self.host_link();
-        if ip(&["link", "show", &host]).await.is_err() {
-            ip(&[
-                "link", "add", &host, "type", "veth", "peer", "name", "uplink", "netns", &ns,
-            ])
-            .await?;
-        }
-        ip(&["-n", &ns, "link", "set", "uplink", "master", "vpc0", "up"]).await?;
         let cidr = format!("{}/{}", self.gateway(), self.s.vpc.prefix_len());
-        let addrs = ip(&["-o", "-4", "addr", "show", "dev", &host]).await?;
-        if !addrs.contains(&format!(" {cidr} ")) {
-            ip(&["addr", "add", &cidr, "dev", &host]).await?;
-        }
-        ip(&["link", "set", &host, "up"]).await?;
-        Ok(())
+        ensure_vpc_namespace(&self.vpc_ns(), &self.host_link(), &cidr).await
     }
 
     /// Removes the VPC when no VM is left in it (at coordinator shutdown).
     pub async fn teardown_vpc_if_unused(&self) -> Result<bool, ProviderError> {
-        let vms = self.s.dir.join("vms");
-        let in_use = std::fs::read_dir(&vms)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if in_use {
-            return Ok(false);
-        }
-        let _ = ip(&["link", "del", &self.host_link()]).await;
-        if netns_path(&self.vpc_ns()).exists() {
-            ip(&["netns", "del", &self.vpc_ns()]).await?;
-        }
-        Ok(true)
+        teardown_vpc_namespace_if_unused(&self.vpc_ns(), &self.host_link(), &self.s.dir.join("vms"))
+            .await
     }
 
     fn leases_path(&self) -> PathBuf {
@@ -538,20 +559,13 @@ impl LocalProvider {
         let config = dir.join("daemon.json");
         write_file_atomic(&config, b"{}\n", 0o644)
             .map_err(|e| err(format!("writing {}: {e}", config.display())))?;
-        let log = open_log(&dir.join("dockerd.log"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| err(format!("dockerd log: {e}")))?;
         let sock = dir.join("docker.sock");
         let _ = std::fs::remove_file(&sock);
         if let Some(store) = &self.images {
             // A new VM only: a data root that exists is this VM's own, as it left it.
             store.seed(&dir.join("docker")).await;
         }
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(ns).display()))
-            .arg("--")
-            .arg("dockerd")
+        let child = netns_command(ns, "dockerd", &dir.join("dockerd.log"))?
             .arg(format!("--data-root={}", dir.join("docker").display()))
             .arg(format!("--exec-root={}", exec_root.display()))
             .arg(format!("--pidfile={}", pidfile.display()))
@@ -560,10 +574,6 @@ impl LocalProvider {
             .arg("--iptables=true")
             .arg("--userland-proxy=false")
             .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
             .spawn()
             .map_err(|e| err(format!("starting dockerd in {ns}: {e}")))?;
         reap(child, format!("dockerd in {ns}"));
@@ -583,14 +593,7 @@ impl LocalProvider {
                 .map_err(|e| err(format!("writing {}: {e}", pidfile.display())))?;
             return Ok(());
         }
-        let log = open_log(&dir.join("agent.log"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| err(format!("agent log: {e}")))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(ns).display()))
-            .arg("--")
-            .arg(&self.s.agent_bin)
+        let child = netns_command(ns, &self.s.agent_bin, &dir.join("agent.log"))?
             .arg("run")
             .arg("--config")
             .arg(dir.join("agent.json"))
@@ -606,10 +609,6 @@ impl LocalProvider {
                 "RUST_LOG",
                 std::env::var("SHOAL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
             .spawn()
             .map_err(|e| {
                 err(format!(
@@ -700,7 +699,7 @@ impl LocalProvider {
     }
 }
 
-fn open_log(path: &Path) -> Result<std::fs::File, ProviderError> {
+pub(crate) fn open_log(path: &Path) -> Result<std::fs::File, ProviderError> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -708,9 +707,33 @@ fn open_log(path: &Path) -> Result<std::fs::File, ProviderError> {
         .map_err(|e| err(format!("opening {}: {e}", path.display())))
 }
 
+/// `program` to be run inside network namespace `ns` (`nsenter --net=`: `ip netns exec`
+/// would remount /sys), in a process group of its own (so that it outlives the
+/// coordinator, as a VM's processes do), with stdout and stderr appended to `log`.
+/// The caller adds the arguments and spawns it.
+pub(crate) fn netns_command(
+    ns: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+    log: &Path,
+) -> Result<Command, ProviderError> {
+    let out = open_log(log)?;
+    let err_out = out
+        .try_clone()
+        .map_err(|e| err(format!("{}: {e}", log.display())))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns_path(ns).display()))
+        .arg("--")
+        .arg(program)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err_out)
+        .process_group(0);
+    Ok(cmd)
+}
+
 /// Waits for a child in the background so it never lingers as a zombie while the
 /// coordinator runs (if the coordinator dies first, init adopts it).
-fn reap(mut child: tokio::process::Child, what: String) {
+pub(crate) fn reap(mut child: tokio::process::Child, what: String) {
     tokio::spawn(async move {
         match child.wait().await {
             Ok(status) => tracing::info!(%what, %status, "process exited"),

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use super::{images, LocalProvider};
-use crate::providers::preflight::{check, is_root, output, which, Check, PreflightOptions, Status};
+use crate::providers::preflight::{
+    check, is_root, output, root_check, tool_checks, which, Check, PreflightOptions, Status,
+};
 
 impl LocalProvider {
     /// What the local provider needs of this machine: root, Docker and the tools, the
@@ -26,20 +28,9 @@ impl LocalProvider {
 }
 
 fn host_checks(checks: &mut Vec<Check>) {
-    let root = is_root();
-    checks.push(if root {
-        check("root", Status::Ok, "running as root", None)
-    } else {
-        check(
-            "root",
-            Status::Fail,
-            format!(
-                "running as uid {}: the local provider creates network namespaces and runs a dockerd per VM",
-                nix::unistd::geteuid()
-            ),
-            Some("run `shoal serve` (and this check) as root, e.g. with sudo".into()),
-        )
-    });
+    checks.push(root_check(
+        "the local provider creates network namespaces and runs a dockerd per VM",
+    ));
 
     checks.push(match which("dockerd") {
         None => check(
@@ -71,7 +62,7 @@ fn host_checks(checks: &mut Vec<Check>) {
         },
     });
 
-    for (tool, package, why) in [
+    checks.extend(tool_checks(&[
         ("ip", "iproute2", "namespaces, veths, the VPC bridge"),
         (
             "nsenter",
@@ -83,17 +74,7 @@ fn host_checks(checks: &mut Vec<Check>) {
             "iptables",
             "each VM's dockerd masquerades traffic leaving the overlay",
         ),
-    ] {
-        checks.push(match which(tool) {
-            Some(p) => check(tool, Status::Ok, format!("{} ({why})", p.display()), None),
-            None => check(
-                tool,
-                Status::Fail,
-                format!("{tool} not found on PATH: needed for {why}"),
-                Some(format!("apt-get install {package}")),
-            ),
-        });
-    }
+    ]));
 }
 
 fn agent_and_image_checks(opts: &PreflightOptions, checks: &mut Vec<Check>) {
