@@ -1247,9 +1247,10 @@ def strace_fsyncs(path):
     return n
 
 
-def status_run(binary, label, nodes, rounds, prefix, octet):
+def status_run(binary, label, nodes, rounds, prefix, octet, same=False):
     """Seeds a CREATING cluster of `nodes` nodes, serves it with `binary`, and has every
-    node report `rounds` times at once; then again under strace to count fsyncs."""
+    node report `rounds` times at once (each report different, or with `same` the same
+    one again, as liveness reports are); then again under strace to count fsyncs."""
     work = OUT / "status" / label
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -1271,6 +1272,8 @@ def status_run(binary, label, nodes, rounds, prefix, octet):
             time.sleep(0.05)
         load = [str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{port}",
                 "--ca", str(state / "ca.pem"), "--agents", str(work / "agents")]
+        if same:
+            load.append("--same")
         out = json.loads(run(load + ["--rounds", str(rounds)]).stdout)
         if out["errors"]:
             raise BenchError(f"{label}: {out['errors']} reports refused")
@@ -1301,7 +1304,7 @@ def bench_status(rep, args, prefix, octet):
     runs = 1 if args.quick else args.runs
     if shutil.which("strace") is None:
         raise BenchError("strace is missing (bench/run installs it)")
-    variants = [("after", RELEASE / "shoal")]
+    variants = [("after", RELEASE / "shoal"), ("liveness", RELEASE / "shoal")]
     base = None if args.quick else baseline_shoal()
     if base:
         variants.insert(0, ("before", base))
@@ -1309,10 +1312,12 @@ def bench_status(rep, args, prefix, octet):
     for r in range(runs):
         for label, binary in variants:
             log(f"status: {nodes} agents x {rounds} reports ({label}), run {r + 1}/{runs}")
-            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet))
+            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet,
+                                         same=label == "liveness"))
     rep.raw["status"] = res
     names = {"before": f"before (`{BASELINE_COMMIT}`: one transaction and fsync per report, on the async workers)",
-             "after": "after (a database thread, group commit)"}
+             "after": "after (a database thread, group commit)",
+             "liveness": "after, liveness reports (each agent's same report again: only its last-seen time is written)"}
     rows = []
     for label, _ in variants:
         x = res[label]

@@ -11,13 +11,14 @@
 
 pub mod change;
 mod error;
+mod liveness;
 pub mod planner;
 pub mod request;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use shoal_protocol::{
@@ -114,6 +115,9 @@ pub struct Engine {
     settings: EngineSettings,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
     signals: Mutex<HashMap<String, Arc<Signals>>>,
+    /// When this engine started: nobody is marked lost before it has had time to hear
+    /// from every agent.
+    started: Instant,
 }
 
 fn node_keys(nodes: &[NodeRow]) -> Vec<NodeKey> {
@@ -153,6 +157,7 @@ impl Engine {
             settings,
             tasks: Mutex::new(HashMap::new()),
             signals: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }))
     }
 

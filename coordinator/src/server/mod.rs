@@ -231,6 +231,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     tracing::info!(operator_api = %info.url, metadata_api = %info.metadata_url, "coordinator listening");
 
     engine.reconcile().await?;
+    engine.spawn_liveness();
 
     let api_app = listener::defend(
         api::router(ApiState {
