@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Shoal's benchmarks (run through bench/run; see docs/benchmarks.md).
 
-Five measurements, each against the approach Shoal replaces or against its target:
+Seven measurements, each against the approach Shoal replaces or against its target:
 
 1. cluster     time to AVAILABLE of local demo clusters (3 and 10 nodes), by phase
 2. agent       shoal-agent against bench/shell-agent.sh (curl + jq + ip + bridge + the
@@ -13,7 +13,10 @@ Five measurements, each against the approach Shoal replaces or against its targe
 6. status      1,000 agents reporting at once to a real `shoal serve`: reports/s, latency
                and fsyncs per report, against the coordinator before its store took
                reports off the async workers with group commit (commit dd7d294)
-7. scale       +1 and +5 nodes on a running local cluster to AVAILABLE, each existing
+7. console     what watching a cluster costs the coordinator: the web console's event
+               streams (five tabs) against polling the API every second, idle and
+               while 1,000 agents report
+8. scale       +1 and +5 nodes on a running local cluster to AVAILABLE, each existing
                node's reconvergence and whether any container restarted, against
                creating a cluster of the new size from nothing
 
@@ -1247,55 +1250,91 @@ def strace_fsyncs(path):
     return n
 
 
+class SeededServe:
+    """`binary` serving a CREATING cluster of `nodes` nodes (`bench`, its plan published),
+    seeded by `metadata_bench --seed-only` in `work`; the agents' configurations are in
+    `work/agents`. A context manager: the server stops on exit."""
+
+    def __init__(self, binary, work, nodes, prefix, octet, label):
+        self.binary, self.work, self.nodes, self.prefix, self.octet, self.label = (
+            binary, work, nodes, prefix, octet, label)
+        self.state = work / "state"
+        self.port = None
+        self.p = None
+        self.logf = None
+
+    def __enter__(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(self.work), "--nodes", str(self.nodes),
+             "--first-ip", "10.217.0.10", "--seed-only"])
+        self.port = free_port()
+        self.logf = open(self.work / "serve.log", "w")
+        self.p = subprocess.Popen(
+            [str(self.binary), "--state-dir", str(self.state), "serve", "--api-listen", "127.0.0.1:0",
+             "--metadata-listen", f"127.0.0.1:{self.port}", "--rate-limit", "0",
+             "--max-conns-per-source", "10000", "--local-vpc", f"10.216.{self.octet}.0/24",
+             "--local-prefix", self.prefix],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env={**os.environ, "RUST_LOG": "warn"})
+        deadline = time.monotonic() + 30
+        while not (self.state / "api.json").exists():
+            if self.p.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise BenchError(f"{self.label}: shoal serve did not start: "
+                                 f"{(self.work / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        if self.p:
+            self.p.terminate()
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self.logf:
+            self.logf.close()
+
+    def load(self, rounds, same=False):
+        """Every agent reports `rounds` times, all at once (status_load; each report
+        different, or with `same` the same one again, as liveness reports are); its JSON line."""
+        out = json.loads(run([str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{self.port}",
+                              "--ca", str(self.state / "ca.pem"), "--agents", str(self.work / "agents"),
+                              "--rounds", str(rounds)] + (["--same"] if same else [])).stdout)
+        if out["errors"]:
+            raise BenchError(f"{self.label}: {out['errors']} reports refused")
+        return out
+
+    def api(self):
+        """The operator API's (host, port) and token."""
+        url = json.loads((self.state / "api.json").read_text())["url"]
+        host, port = url.removeprefix("http://").split(":")
+        return host, int(port), (self.state / "token").read_text().strip()
+
+    def cpu_seconds(self):
+        """The server's CPU time so far (user + system)."""
+        f = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status_run(binary, label, nodes, rounds, prefix, octet, same=False):
     """Seeds a CREATING cluster of `nodes` nodes, serves it with `binary`, and has every
-    node report `rounds` times at once (each report different, or with `same` the same
-    one again, as liveness reports are); then again under strace to count fsyncs."""
-    work = OUT / "status" / label
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(work), "--nodes", str(nodes),
-         "--first-ip", "10.217.0.10", "--seed-only"])
-    state = work / "state"
-    port = free_port()
-    logf = open(work / "serve.log", "w")
-    p = subprocess.Popen(
-        [str(binary), "--state-dir", str(state), "serve", "--api-listen", "127.0.0.1:0",
-         "--metadata-listen", f"127.0.0.1:{port}", "--rate-limit", "0",
-         "--max-conns-per-source", "10000", "--local-vpc", f"10.216.{octet}.0/24", "--local-prefix", prefix],
-        stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env={**os.environ, "RUST_LOG": "warn"})
-    try:
-        deadline = time.monotonic() + 30
-        while not (state / "api.json").exists():
-            if p.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"{label}: shoal serve did not start: {(work / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        load = [str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{port}",
-                "--ca", str(state / "ca.pem"), "--agents", str(work / "agents")]
-        if same:
-            load.append("--same")
-        out = json.loads(run(load + ["--rounds", str(rounds)]).stdout)
-        if out["errors"]:
-            raise BenchError(f"{label}: {out['errors']} reports refused")
-        trace = work / "strace.txt"
+    node report `rounds` times at once (the same report again with `same`, as liveness
+    reports are); then again under strace to count fsyncs."""
+    with SeededServe(binary, OUT / "status" / label, nodes, prefix, octet, label) as srv:
+        out = srv.load(rounds, same)
+        trace = srv.work / "strace.txt"
         st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace),
-                               "-p", str(p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "-p", str(srv.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-        traced = json.loads(run(load + ["--rounds", "2"]).stdout)
+        traced = srv.load(2, same)
         st.send_signal(signal.SIGINT)
         st.wait(30)
         out["fsyncs"] = strace_fsyncs(trace)
         out["traced_reports"] = traced["reports"]
         out["fsyncs_per_report"] = out["fsyncs"] / max(traced["reports"], 1)
         return out
-    finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        logf.close()
 
 
 def bench_status(rep, args, prefix, octet):
@@ -1451,7 +1490,148 @@ def bench_scale(rep, args, prefix, octet):
                     "alternative: new cluster of that size", "scale back down"], rows)
     lines += ["", "Targets: +1 node < 2000 ms; an existing node's reconvergence < 100 ms with no "
               "container restarted."]
-    rep.section("7. Scaling a running cluster (local provider, demo blueprint)", lines)
+    rep.section("8. Scaling a running cluster (local provider, demo blueprint)", lines)
+
+
+# ---------------------------------------------------------------------------------
+# 7. Watching a cluster: the console's event streams against polling the API
+
+
+class Watcher(threading.Thread):
+    """One browser tab's worth of watching: a console event stream (`sse` path, with the
+    session cookie), or `GET path` with the bearer token every `every` seconds (what a
+    dashboard or `watch shoal cluster show` does). Counts updates and bytes received."""
+
+    def __init__(self, host, port, path, cookie=None, token=None, every=None):
+        super().__init__(daemon=True)
+        self.host, self.port, self.path, self.cookie, self.token, self.every = host, port, path, cookie, token, every
+        self.stop = threading.Event()
+        self.updates = 0
+        self.bytes = 0
+        self.error = None
+        self.conn = None
+
+    def run(self):
+        try:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            if self.every is None:
+                self.conn.request("GET", self.path, headers={"Cookie": self.cookie, "Accept": "text/event-stream"})
+                r = self.conn.getresponse()
+                if r.status != 200:
+                    raise BenchError(f"{self.path}: {r.status}")
+                while not self.stop.is_set():
+                    line = r.fp.readline()
+                    if not line:
+                        break
+                    self.bytes += len(line)
+                    if line.startswith(b"event: update"):
+                        self.updates += 1
+            else:
+                while not self.stop.is_set():
+                    self.conn.request("GET", self.path, headers={"Authorization": f"Bearer {self.token}"})
+                    r = self.conn.getresponse()
+                    body = r.read()
+                    if r.status != 200:
+                        raise BenchError(f"{self.path}: {r.status}")
+                    self.bytes += len(body)
+                    self.updates += 1
+                    self.stop.wait(self.every)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            if not self.stop.is_set():
+                self.error = e
+        except BenchError as e:
+            self.error = e
+
+    def finish(self):
+        self.stop.set()
+        try:
+            if self.conn and self.conn.sock:
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        if self.error:
+            raise BenchError(f"watcher {self.path}: {self.error}")
+
+
+def console_login(host, port, token):
+    """A console session's cookie, as a browser gets it."""
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    c.request("POST", "/console/login", body=f"token={token}",
+              headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{host}:{port}"})
+    r = c.getresponse()
+    r.read()
+    if r.status != 303:
+        raise BenchError(f"console login: {r.status}")
+    return r.getheader("Set-Cookie").split(";")[0]
+
+
+def bench_console(rep, args, prefix, octet):
+    nodes = 200 if args.quick else 1000
+    tabs = 5
+    window = 3 if args.quick else 8
+    # Eight windows a run: three runs are enough to see the spread.
+    runs = 1 if args.quick else min(args.runs, 3)
+    variants = [
+        ("none", "no watcher", None),
+        ("sse-list", f"{tabs} console tabs on the list (event streams)", "/console/events"),
+        ("sse-cluster", f"{tabs} console tabs on the cluster's page (event streams)", "/console/clusters/bench/events"),
+        ("poll", f"{tabs} pollers of `GET /v1/clusters/bench` every 1 s (the API)", "/v1/clusters/bench"),
+    ]
+    res = {(v, busy): [] for v, _, _ in variants for busy in (False, True)}
+    with SeededServe(RELEASE / "shoal", OUT / "console", nodes, prefix, octet, "console") as srv:
+        host, port, token = srv.api()
+        cookie = console_login(host, port, token)
+        for r in range(runs):
+            for busy in (False, True):
+                for key, _, path in variants:
+                    log(f"console: {key}, {'agents reporting' if busy else 'idle'}, run {r + 1}/{runs}")
+                    ws = []
+                    if path:
+                        ws = [Watcher(host, port, path, cookie=cookie) if path.startswith("/console")
+                              else Watcher(host, port, path, token=token, every=1.0) for _ in range(tabs)]
+                    for w in ws:
+                        w.start()
+                    time.sleep(1.0)  # connected, first render sent
+                    before = sum(w.updates for w in ws), sum(w.bytes for w in ws)
+                    cpu0, t0 = srv.cpu_seconds(), time.monotonic()
+                    reports = 0
+                    while time.monotonic() - t0 < window:
+                        if busy:
+                            reports += srv.load(1)["reports"]
+                        else:
+                            time.sleep(0.2)
+                    cpu, wall = srv.cpu_seconds() - cpu0, time.monotonic() - t0
+                    updates = sum(w.updates for w in ws) - before[0]
+                    got = sum(w.bytes for w in ws) - before[1]
+                    for w in ws:
+                        w.finish()
+                    res[(key, busy)].append({"cpu_ms_per_s": cpu * 1000 / wall, "reports_per_s": reports / wall,
+                                             "updates_per_tab_s": updates / max(len(ws), 1) / wall,
+                                             "kb_per_tab_s": got / 1024 / max(len(ws), 1) / wall})
+    rep.raw["console"] = {f"{k}-{'busy' if b else 'idle'}": v for (k, b), v in res.items()}
+    rows = []
+    for key, name, _ in variants:
+        for busy in (False, True):
+            x = res[(key, busy)]
+            base = res[("none", busy)]
+            extra = [a["cpu_ms_per_s"] - b["cpu_ms_per_s"] for a, b in zip(x, base)]
+            rows.append([name, f"agents reporting ({summary([v['reports_per_s'] for v in x], '/s')})" if busy else "idle",
+                         summary([v["cpu_ms_per_s"] for v in x], "ms/s", 1),
+                         "-" if key == "none" else summary(extra, "ms/s", 1),
+                         "-" if key == "none" else summary([v["updates_per_tab_s"] for v in x], "/s", 2),
+                         "-" if key == "none" else summary([v["kb_per_tab_s"] for v in x], "KiB/s", 1)])
+    lines = [
+        f"A real `shoal serve` (release) holding a CREATING cluster of {nodes} nodes (seeded by "
+        f"`metadata_bench --seed-only`), watched for {window} s by {tabs} clients at once in each way, idle and "
+        f"while every agent reports once after the other without pause (`status_load --rounds 1` in a loop). "
+        "CPU is the coordinator's (user + system, from /proc), per second of wall time; \"extra\" is over "
+        "the same load with no watcher. Updates: events received (streams) or answers (pollers) per client. "
+        f"{runs} run(s).",
+        "",
+    ]
+    lines += table(["watching", "load", "coordinator CPU", "extra CPU", "updates per client", "received per client"], rows)
+    rep.section("7. Watching a cluster: console streams against polling", lines)
 
 
 # ---------------------------------------------------------------------------------
@@ -1461,7 +1641,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "scale"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -1470,7 +1650,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "scale"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -1497,6 +1677,8 @@ def main():
             bench_footprint(rep, args)
         if "status" in only:
             bench_status(rep, args, tag + "s", (octet + 100) % 250 + 1)
+        if "console" in only:
+            bench_console(rep, args, tag + "w", (octet + 150) % 250 + 1)
         if "scale" in only:
             bench_scale(rep, args, tag + "k", (octet + 50) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:

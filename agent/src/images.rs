@@ -87,7 +87,7 @@ pub enum ImageError {
         held: String,
     },
     /// Neither present nor baked, and the pull failed.
-    #[error("image {image} is not present, not baked in ({} does not exist), and pulling it failed: {message}", tarball.display())]
+    #[error("image {image} is not present, not baked in ({} does not exist), and pulling it from {} failed: {message}", tarball.display(), shoal_protocol::registry_of(image))]
     Pull {
         /// The image.
         image: String,

@@ -73,15 +73,8 @@ impl std::fmt::Debug for RegistrySpec {
     }
 }
 
-/// The registry host of an image reference (`docker.io` when it names none).
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
+/// The registry host of an image reference (the one rule, shared with the agent).
+pub use shoal_protocol::registry_of;
 
 fn default_domain() -> String {
     DEFAULT_DOMAIN.to_string()

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod blueprint;
 pub mod cli;
+pub mod console;
 pub mod engine;
 pub mod fault;
 pub mod keys;

@@ -99,6 +99,7 @@ async fn fixture(limits: Limits, metadata_tls: bool) -> Fixture {
         api::router(ApiState {
             engine,
             token: Arc::new(operator_token.clone()),
+            browser: None,
         }),
         &Limits {
             rate_per_sec: 0.0,

@@ -134,6 +134,27 @@ fn a_non_loopback_operator_api_is_served_over_tls_with_the_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&elsewhere);
+
+    // The web console on the same listener, over the same TLS: its session cookie is
+    // `Secure`, with the `__Host-` prefix.
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["-H", &format!("Origin: {url}")])
+        .args(["--data-urlencode", &format!("token={}", token.trim())])
+        .arg(format!("{url}/console/login"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 303"), "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(cookie.contains("__host-shoal-session="), "{cookie}");
+    for part in ["; secure", "; httponly", "; samesite=strict", "; path=/"] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
 }
 
 #[test]

@@ -558,6 +558,17 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
+/// The registry host of an image reference: its first component when that names a host
+/// (holds a `.` or a `:`, or is `localhost`), else Docker Hub, `docker.io`.
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
 /// The file name under which an image's `docker save` tarball is baked into a VM image's
 /// image directory: every character outside `[A-Za-z0-9._-]` of the reference becomes
 /// `_`, then `.tar` (`shoal/demo:1` → `shoal_demo_1.tar`). The baker, the local provider

@@ -10,13 +10,17 @@
 //!   [`crate::metrics`]).
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a fitting status.
+//!
+//! The two documents a person reads in a browser, `GET /v1/openapi.json` and
+//! `GET /metrics`, also take a web console session ([`BrowserSession`]), so the
+//! console can link to them; every other route, and every write, takes only the token.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -50,6 +54,23 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code (`not-found`, `exists`, …).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// What went wrong, for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -93,6 +114,18 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// A browser's session that may stand in for the token on [`SESSION_READABLE`] routes:
+/// the web console's sessions, when `serve` mounts the console.
+pub trait BrowserSession: Send + Sync + std::fmt::Debug {
+    /// Whether the request's cookies hold a valid session.
+    fn valid(&self, headers: &HeaderMap) -> bool;
+}
+
+/// The routes a [`BrowserSession`] may read (`GET` only): the documents the console
+/// links to. Nothing a session reads here changes state, and no write takes a cookie,
+/// so no cross-site request can act through one.
+pub const SESSION_READABLE: &[&str] = &["/v1/openapi.json", "/metrics"];
+
 /// Shared state of the operator API.
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -100,6 +133,8 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     /// The operator token.
     pub token: Arc<String>,
+    /// Browser sessions accepted on [`SESSION_READABLE`] routes (none: token only).
+    pub browser: Option<Arc<dyn BrowserSession>>,
 }
 
 /// The operator router.
@@ -126,6 +161,13 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+    let ok = ok
+        || ((req.method() == Method::GET || req.method() == Method::HEAD)
+            && SESSION_READABLE.contains(&req.uri().path())
+            && state
+                .browser
+                .as_ref()
+                .is_some_and(|b| b.valid(req.headers())));
     if !ok {
         return ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -495,6 +537,7 @@ mod tests {
         let app = router(ApiState {
             engine,
             token: Arc::new(token.clone()),
+            browser: None,
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -25,42 +25,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use shoal_protocol::{Phase, MAX_NODES};
 use tokio::time::Instant;
 
-use super::{node_keys, request, Engine, EngineError};
+use super::request::{self, RepairRequest, ScaleRequest};
+use super::{node_keys, Engine, EngineError};
 use crate::keys;
 use crate::providers::NodeRequest;
 use crate::store::{
     now_ms, ChangeKind, ChangeRow, ChangeSpec, ClusterRow, ClusterState, NewChange, NodeRow,
 };
 use crate::userdata;
-
-/// What `POST /v1/clusters/{name}/scale` takes: a group's new size, or nodes to remove.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScaleRequest {
-    /// The host group to resize (default: the blueprint's "rest" group, or its only
-    /// group that can change size).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// The group's new number of nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<u32>,
-    /// Nodes to take out, by id (instead of `nodes`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-/// What `POST /v1/clusters/{name}/repair` takes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepairRequest {
-    /// Nodes to give new VMs (default: every node lost or failed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<String>,
-}
 
 /// States a scale may start from: a degraded cluster may be scaled (to take out a
 /// broken node, or finish a scale that failed).

@@ -24,7 +24,8 @@ impl Engine {
             return;
         }
         let engine = self.clone();
-        let every = (self.settings.lost_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let every = (self.settings.lost_after / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -10,6 +10,7 @@
 //! through the narrow [`MetadataState`] it hands the metadata router.
 
 pub mod change;
+pub mod changes;
 mod error;
 mod liveness;
 pub mod planner;
@@ -27,10 +28,12 @@ use shoal_protocol::{
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-pub use self::change::{RepairRequest, ScaleRequest};
+use self::changes::Watched;
 pub use self::error::EngineError;
 use self::planner::PlannedNode;
-pub use self::request::{dry_run_plan, validate_request, CreateRequest, ValidRequest};
+pub use self::request::{
+    dry_run_plan, validate_request, CreateRequest, RepairRequest, ScaleRequest, ValidRequest,
+};
 use crate::keys;
 use crate::metadata::{MetadataState, NodeKey, PlanHub, StatusSink};
 use crate::metrics::{Metrics, Snapshot};
@@ -109,6 +112,8 @@ struct Signals {
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<dyn Store>,
+    /// The same store as `store`, typed so its change counter can be subscribed to.
+    watched: Arc<Watched>,
     hub: Arc<PlanHub>,
     metrics: Arc<Metrics>,
     providers: Registry,
@@ -149,8 +154,10 @@ impl Engine {
                 hub.publish(&c.key, plan.generation(), plan.json.clone());
             }
         }
+        let watched = Arc::new(Watched::new(store));
         Ok(Arc::new(Engine {
-            store,
+            store: watched.clone(),
+            watched,
             hub,
             metrics: Arc::default(),
             providers,
@@ -190,6 +197,13 @@ impl Engine {
             sink: self.clone(),
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// A counter that moves whenever the state of some cluster or node changed: wait on
+    /// it (`changed().await`), then read what you show. Many writes between two waits
+    /// are seen as one change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.watched.subscribe()
     }
 
     /// The coordinator's counters.
@@ -848,6 +862,7 @@ mod tests {
             prefix: "tx".into(),
             vpc: "10.250.0.0/24".parse().expect("vpc"),
             agent_bin: "/nonexistent/shoal-agent".into(),
+            init_bin: "/nonexistent/shoal".into(),
             image_dir: dir.join("images"),
             metadata_port: 8787,
             metadata_scheme: "https".into(),

@@ -161,6 +161,31 @@ pub fn dry_run(
     )?)
 }
 
+/// What `POST /v1/clusters/{name}/scale` takes: a group's new size, or nodes to remove.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The host group to resize (default: the blueprint's "rest" group, or its only
+    /// group that can change size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The group's new number of nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Nodes to take out, by id (instead of `nodes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// What `POST /v1/clusters/{name}/repair` takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    /// Nodes to give new VMs (default: every node lost or failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,7 +182,10 @@ async fn put_status(
         return error(StatusCode::BAD_REQUEST, &format!("invalid status: {e}"));
     }
     // Only the coordinator knows a VM is pending or running, or a node lost.
-    if matches!(status.phase, Phase::Pending | Phase::VmRunning | Phase::Lost) {
+    if matches!(
+        status.phase,
+        Phase::Pending | Phase::VmRunning | Phase::Lost
+    ) {
         return error(
             StatusCode::BAD_REQUEST,
             &format!(

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 
 use self::listener::Limits;
 use crate::api::{self, ApiInfo, ApiState};
+use crate::console::session::{SessionSettings, Sessions};
+use crate::console::{self, ConsoleState};
 use crate::engine::{Engine, EngineSettings};
 use crate::keys;
 use crate::metadata;
@@ -233,11 +235,23 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     engine.reconcile().await?;
     engine.spawn_liveness();
 
+    // The web console shares the operator listener (and so its TLS) with the API; its
+    // sessions also open the two documents it links to (`api::SESSION_READABLE`).
+    let sessions = Arc::new(Sessions::new(
+        &token,
+        api_tls.is_some(),
+        SessionSettings::default(),
+    ));
     let api_app = listener::defend(
         api::router(ApiState {
             engine: engine.clone(),
             token: Arc::new(token),
-        }),
+            browser: Some(sessions.clone()),
+        })
+        .merge(console::router(ConsoleState {
+            engine: engine.clone(),
+            sessions,
+        })),
         &Limits {
             // The operator API is behind its token; no per-source rate limit.
             rate_per_sec: 0.0,

@@ -436,6 +436,9 @@ pub struct ReportOutcome {
     pub nodes: u32,
     /// The state the report moved the cluster to (AVAILABLE ⇄ DEGRADED), if it did.
     pub moved: Option<ClusterState>,
+    /// False when the report was the one already stored (a liveness report): only the
+    /// node's last-seen time was written, nothing a view shows.
+    pub changed: bool,
 }
 
 impl ReportOutcome {

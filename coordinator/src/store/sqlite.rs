@@ -19,9 +19,10 @@ use shoal_protocol::{NodeStatus, Phase, Plan};
 use tokio::sync::oneshot;
 
 use super::{
-    degraded_reason, now_ms, status_fingerprint, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent, ClusterRow,
-    ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome, SilentNode, Store,
-    StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS, MAX_EVENTS,
+    degraded_reason, now_ms, status_fingerprint, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent,
+    ClusterRow, ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome,
+    SilentNode, Store, StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS,
+    MAX_EVENTS,
 };
 
 /// Most calls one transaction takes: bounds how long the first caller of a burst waits.
@@ -826,6 +827,7 @@ impl Store for SqliteStore {
                     ready: ready.max(0) as u32,
                     nodes: nodes.max(0) as u32,
                     moved: None,
+                    changed: false,
                 });
             }
             let generation = status.generation as i64;
@@ -886,6 +888,7 @@ impl Store for SqliteStore {
                 ready: ready.max(0) as u32,
                 nodes: nodes.max(0) as u32,
                 moved,
+                changed: true,
             })
         })
     }
@@ -991,6 +994,7 @@ impl Store for SqliteStore {
                 ready: ready.max(0) as u32,
                 nodes: nodes.max(0) as u32,
                 moved,
+                changed: true,
             }))
         })
     }

@@ -358,7 +358,9 @@ impl Timeline {
         out
     }
 
-    fn title(&self) -> String {
+    /// The picture's title: the cluster, its nodes and provider, and time to
+    /// AVAILABLE (or its state and how long it has been).
+    pub fn title(&self) -> String {
         let n = self.nodes.len();
         let nodes = format!("{n} node{}", if n == 1 { "" } else { "s" });
         match self.time_to_available_ms {
@@ -768,7 +770,8 @@ fn node_timeline(n: &NodeView, origin: u64, now: u64) -> NodeTimeline {
 }
 
 /// Milliseconds as seconds for a person: `0.42s`, `3.8s`, `95s`.
-fn secs(ms: u64) -> String {
+/// A duration for people: `1.23s`, `12.3s`, `123s`.
+pub fn secs(ms: u64) -> String {
     let s = ms as f64 / 1000.0;
     if s < 10.0 {
         format!("{s:.2}s")
@@ -802,12 +805,13 @@ fn axis_label(ms: u64, step: u64) -> String {
     }
 }
 
-/// Escapes text for SVG (XML).
-fn esc(s: &str) -> String {
+/// Escapes text for XML and HTML (element content and quoted attributes).
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 #[cfg(test)]

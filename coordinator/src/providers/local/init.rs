@@ -179,7 +179,12 @@ pub fn run(dir: &Path) -> i32 {
         }
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    if let Err(e) = unsafe { nix::sys::signal::signal(Signal::SIGTERM, nix::sys::signal::SigHandler::Handler(on_term)) } {
+    if let Err(e) = unsafe {
+        nix::sys::signal::signal(
+            Signal::SIGTERM,
+            nix::sys::signal::SigHandler::Handler(on_term),
+        )
+    } {
         eprintln!("shoal local-vm-init: cannot handle SIGTERM: {e}");
         return 2;
     }
@@ -227,7 +232,10 @@ pub fn run(dir: &Path) -> i32 {
     ];
     for s in &mut services {
         if let Some(pid) = live_pid(&s.pidfile) {
-            eprintln!("shoal local-vm-init: {} runs already (pid {pid}): watching it", s.name);
+            eprintln!(
+                "shoal local-vm-init: {} runs already (pid {pid}): watching it",
+                s.name
+            );
             s.pid = Some((pid, false));
             s.next_start = None;
             record.services.entry(s.name.to_string()).or_default().pid = Some(pid);
@@ -408,7 +416,10 @@ fn alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
     state.is_some_and(|s| s != "Z" && s != "X") && kill(Pid::from_raw(pid), None).is_ok()
 }
 
@@ -424,7 +435,9 @@ fn docker_answers(socket: &Path) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 64];

@@ -13,7 +13,7 @@
 //!   holds are the tarballs of the image directory, which the agent loads.
 //! - VMs outlive the coordinator (their processes are in their own process groups), as
 //!   cloud VMs would. A reboot kills every process of the VM, clears its links and
-//!   boots it again (the init, dockerd, then the agent). Deletion kills the init first
+//!   mounts and boots it again (the init, dockerd, then the agent). Deletion kills the init first
 //!   (nothing restarts), stops everything else (the containers of a dockerd that died
 //!   included: they are found by their cgroups), unmounts what is left and removes the
 //!   namespace, so nothing remains.
@@ -471,7 +471,8 @@ impl LocalProvider {
             .and_then(|_| write_file_atomic(&dir.join("agent.json"), &cfg_json, 0o600))
             .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
 
-        self.ensure_vm_network(cluster, req.index, &ns, addr).await?;
+        self.ensure_vm_network(cluster, req.index, &ns, addr)
+            .await?;
         crate::fault::point("vm-network");
         self.boot(cluster, req.index, &ns, &dir)?;
         Ok(NodeInfo {
@@ -539,7 +540,13 @@ impl LocalProvider {
     /// Boots the VM: writes how (`boot.json`: dockerd, then the agent) and starts its
     /// init, unless one runs already (a creation resumed after a crash, or one started
     /// by a coordinator that died before the init wrote its pid file).
-    fn boot(&self, cluster: &ClusterRef, index: u32, ns: &str, dir: &Path) -> Result<(), ProviderError> {
+    fn boot(
+        &self,
+        cluster: &ClusterRef,
+        index: u32,
+        ns: &str,
+        dir: &Path,
+    ) -> Result<(), ProviderError> {
         let exec_root = self.exec_root(cluster, index);
         let config = dir.join("daemon.json");
         write_file_atomic(&config, b"{}\n", 0o644)
@@ -583,8 +590,12 @@ impl LocalProvider {
             agent_log: dir.join("agent.log"),
         };
         let json = serde_json::to_vec_pretty(&boot).map_err(|e| err(e.to_string()))?;
-        write_file_atomic(&dir.join(init::BOOT_FILE), &json, 0o644)
-            .map_err(|e| err(format!("writing {}: {e}", dir.join(init::BOOT_FILE).display())))?;
+        write_file_atomic(&dir.join(init::BOOT_FILE), &json, 0o644).map_err(|e| {
+            err(format!(
+                "writing {}: {e}",
+                dir.join(init::BOOT_FILE).display()
+            ))
+        })?;
         if pid_alive(&dir.join(init::INIT_PID)).is_some() {
             return Ok(());
         }
@@ -594,9 +605,7 @@ impl LocalProvider {
             return Ok(());
         }
         let log = open_log(&dir.join("init.log"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| err(format!("init log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| err(format!("init log: {e}")))?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .arg("--")
@@ -625,10 +634,13 @@ impl LocalProvider {
     async fn kill_vm(&self, cluster: &ClusterRef, node: &str) {
         let dir = self.vm_dir(cluster, node);
         let ns = self.vm_ns(cluster, node);
-        if let Some(pid) = pid_alive(&dir.join(init::INIT_PID)) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if let Some(pid) = find_process(&format!("--vm-dir={}", dir.display())) {
+        for pid in [
+            pid_alive(&dir.join(init::INIT_PID)),
+            find_process(&format!("--vm-dir={}", dir.display())),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         let mut pids: Vec<i32> = ["agent.pid", "dockerd.pid"]
@@ -641,6 +653,46 @@ impl LocalProvider {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         wait_gone(&pids, Duration::from_secs(5)).await;
+    }
+
+    /// Reboots a VM as its kernel would: every process killed, every mount under its
+    /// directory and exec root gone, every link but `lo` and its NIC (`eth0`) deleted
+    /// (the bridge and VXLAN device the agent made), then booted again by its init
+    /// from the same user-data (dockerd, then the agent, which converges at boot).
+    async fn reboot_vm(&self, cluster: &ClusterRef, node: &str) -> Result<(), ProviderError> {
+        let dir = self.vm_dir(cluster, node);
+        let ns = self.vm_ns(cluster, node);
+        let index: u32 = node
+            .strip_prefix("node-")
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| err(format!("{node} is not a node of this provider")))?;
+        if !dir.join(init::BOOT_FILE).exists() {
+            return Err(err(format!(
+                "{node} has no VM here ({} is missing)",
+                dir.display()
+            )));
+        }
+        self.kill_vm(cluster, node).await;
+        let mut errors = unmount_all_under(&dir);
+        errors.extend(unmount_all_under(&self.exec_root(cluster, index)));
+        let links = ip(&["-n", &ns, "-o", "link", "show"]).await?;
+        for name in links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .filter(|n| !n.is_empty() && n != "lo" && n != "eth0")
+        {
+            if let Err(e) = ip(&["-n", &ns, "link", "del", &name]).await {
+                errors.push(e.to_string());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(err(format!("rebooting {node}: {}", errors.join("; "))));
+        }
+        for f in ["agent.pid", "dockerd.pid", init::INIT_PID] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        self.boot(cluster, index, &ns, &dir)
     }
 
     /// Stops one VM and removes everything it had; errors are collected, not fatal.
@@ -869,6 +921,25 @@ impl Provider for LocalProvider {
                 .collect())
         }
         .boxed()
+    }
+
+    fn reboot_node<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        _params: &'a ProviderParams,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.reboot_vm(cluster, node).boxed()
+    }
+
+    fn live_details(&self, cluster: &ClusterRef, node: &str) -> BTreeMap<String, String> {
+        let Some(sup) = init::Supervision::read(&self.vm_dir(cluster, node)) else {
+            return BTreeMap::new();
+        };
+        BTreeMap::from([
+            ("restarts".to_string(), sup.summary()),
+            ("booted_ms".to_string(), sup.booted_ms.to_string()),
+        ])
     }
 
     fn delete_nodes<'a>(
