@@ -12,7 +12,8 @@
 // The steps run in order and share one browser: a wrong token, login, a cluster
 // created from the form and watched to AVAILABLE without a reload (in its page and in
 // the list, in two tabs), its timeline, screenshots checked pixel by pixel, forged
-// writes (no session, a wrong CSRF token, a cross-site form, framing), the 375 px
+// writes (no session, a wrong CSRF token, a cross-site form, framing), a scale and a
+// repair from their forms, the 375 px
 // layout, accessibility rules (axe-core), and a keyboard-only flow that deletes it.
 
 import { test, before, after } from 'node:test';
@@ -380,6 +381,61 @@ test('writes without the session, with a wrong CSRF token, or from another site 
   await stranger.close();
   // Nothing happened to the cluster.
   assert.equal(await state(page), 'AVAILABLE');
+});
+
+test('scale from the form: one node more, AVAILABLE again without a reload, the others where they were', { timeout: BOOT_MS + 30_000 }, async () => {
+  await page.goto(`${URL_}/console/clusters/${NAME}`);
+  await page.waitForSelector('[data-live-status].on');
+  const addresses = async () => Object.fromEntries(await page.$$eval('[data-live="nodes"] tbody tr',
+    (rows) => rows.map((r) => [r.dataset.node, r.querySelector('td[data-label="Address"]').textContent])));
+  const before = await addresses();
+  await Promise.all([page.waitForURL(`${URL_}/console/clusters/${NAME}/scale`), page.click('#action-scale')]);
+  await axe(page, 'the scale form');
+  // The group that grows is the last one (the demo's workers: "rest"), one node more.
+  const options = await page.$$eval('#scale-group option', (os) => os.map((o) => [o.value, o.textContent]));
+  const [group, label] = options.at(-1);
+  const size = Number(/\((\d+) now\)/.exec(label)[1]);
+  // Both at once is refused with the reason, and changes nothing.
+  await page.selectOption('#scale-group', group);
+  await page.fill('#scale-nodes', String(size + 1));
+  await page.check('#remove-node-0');
+  await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm')]);
+  await page.waitForLoadState();
+  assert.match(await page.textContent('main'), /not both/);
+  assert.equal(await state(page), 'AVAILABLE');
+  await page.goto(`${URL_}/console/clusters/${NAME}/scale`);
+  await page.selectOption('#scale-group', group);
+  await page.fill('#scale-nodes', String(size + 1));
+  await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm')]);
+  await page.waitForLoadState();
+  assert.equal(page.url(), `${URL_}/console/clusters/${NAME}`, `the scale was refused: ${await page.textContent('main')}`);
+  await page.waitForSelector('[data-live-status].on');
+  await page.evaluate(() => { window.notReloaded = true; });
+  await page.waitForSelector(`[data-live="nodes"] tbody tr[data-node="node-${NODES}"][data-phase="ready"]`, { timeout: BOOT_MS });
+  await page.waitForSelector('[data-live="summary"] [data-state="AVAILABLE"]', { timeout: 30_000 });
+  assert.equal(await page.evaluate(() => window.notReloaded), true, 'the page was not reloaded');
+  assert.equal(await page.locator('[data-live="nodes"] tbody tr').count(), NODES + 1);
+  // The nodes already there kept their VMs' addresses.
+  const after = await addresses();
+  assert.equal(Object.keys(before).length, NODES);
+  for (const [node, addr] of Object.entries(before)) assert.equal(after[node], addr, `${node} moved`);
+});
+
+test('repair from the form: node-0 gets a new VM under the same id, AVAILABLE again', { timeout: BOOT_MS + 30_000 }, async () => {
+  await page.goto(`${URL_}/console/clusters/${NAME}`);
+  await Promise.all([page.waitForURL(`${URL_}/console/clusters/${NAME}/repair`), page.click('#action-repair')]);
+  await page.check('#node-node-0');
+  await Promise.all([page.waitForEvent('framenavigated'), page.click('#confirm')]);
+  await page.waitForLoadState();
+  assert.equal(page.url(), `${URL_}/console/clusters/${NAME}`, `the repair was refused: ${await page.textContent('main')}`);
+  await page.waitForSelector('[data-live-status].on');
+  // The CLI sees the repair as a change of the cluster (a new incarnation of node-0).
+  await page.waitForSelector('[data-live="summary"] [data-state="AVAILABLE"]', { timeout: BOOT_MS });
+  const show = JSON.parse(execFileSync(SHOAL, ['--state-dir', STATE_DIR, 'cluster', 'show', NAME, '--json'], { encoding: 'utf8' }));
+  const n0 = show.nodes.find((n) => n.id === 'node-0');
+  assert.ok(n0.incarnation >= 1, `node-0 was not given a new VM: ${JSON.stringify(n0)}`);
+  assert.equal(n0.phase, 'ready');
+  assert.equal(show.nodes.length, NODES + 1);
 });
 
 test('at 375 px wide: nothing sideways but the timeline, which scrolls by keyboard', async () => {

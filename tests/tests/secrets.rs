@@ -143,7 +143,7 @@ fn no_secret_appears_in_any_log_of_a_full_run() {
         "coordinator log has no debug lines"
     );
     assert!(
-        texts[1].1.contains("DEBUG") && texts[1].1.contains("node ready"),
+        texts[1].1.contains("DEBUG") && texts[1].1.contains("node converged"),
         "agent log has no debug lines: {}",
         texts[1].1
     );

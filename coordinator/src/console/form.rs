@@ -74,6 +74,18 @@ impl Fields {
             .map(str::trim)
     }
 
+    /// Every non-empty value of a text field that may repeat (ticked checkboxes), in
+    /// the order sent.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|f| f.name == name && f.filename.is_none())
+            .filter_map(|f| std::str::from_utf8(&f.value).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
     /// A text field's value, `None` when absent or empty.
     pub fn non_empty(&self, name: &str) -> Option<&str> {
         self.text(name).filter(|v| !v.is_empty())

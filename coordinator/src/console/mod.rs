@@ -41,7 +41,7 @@ use self::live::Rendered;
 use self::pages::{Action, Chrome, CreateValues, Nav};
 use self::session::{Session, Sessions};
 use crate::api::{ApiError, BrowserSession, MAX_BODY};
-use crate::engine::{CreateRequest, Engine};
+use crate::engine::{CreateRequest, Engine, RepairRequest, ScaleRequest};
 use crate::providers::ProviderParams;
 use crate::store::now_ms;
 use crate::view::timeline::Timeline;
@@ -349,7 +349,10 @@ async fn list_events(State(s): State<ConsoleState>, Authed(session): StreamSessi
 
 async fn cluster_view(engine: &Engine, name: &str) -> Result<ClusterView, ApiError> {
     let (c, nodes) = engine.cluster(name).await?;
-    let mut v = ClusterView::new(&c, &nodes);
+    // With its changes and state events, as `cluster show` has it: the timeline below
+    // the waterfall lists them, and must be the CLI's picture.
+    let history = engine.history(name).await?;
+    let mut v = ClusterView::with_history(&c, &nodes, &history);
     v.resources = engine.footprint(&c);
     Ok(v)
 }
@@ -604,6 +607,35 @@ async fn confirm(
     }
 }
 
+/// The scale form as the engine's request: a group's new size, or the nodes ticked.
+fn scale_request(fields: &Fields) -> Result<ScaleRequest, String> {
+    let remove: Vec<String> = fields.all("remove").into_iter().map(String::from).collect();
+    let nodes = match fields.non_empty("nodes") {
+        None => None,
+        Some(v) => Some(v.parse::<u32>().map_err(|_| {
+            format!("The number of nodes must be a whole number from 0, not {v:?}.")
+        })?),
+    };
+    match (nodes, remove.is_empty()) {
+        (None, true) => {
+            Err("Give the group's new number of nodes, or tick nodes to take out.".into())
+        }
+        (Some(_), false) => {
+            Err("Give a number of nodes or tick nodes to take out, not both.".into())
+        }
+        (nodes, _) => Ok(ScaleRequest {
+            // Taking nodes out names them; the group is theirs.
+            group: if remove.is_empty() {
+                fields.non_empty("group").map(String::from)
+            } else {
+                None
+            },
+            nodes,
+            remove,
+        }),
+    }
+}
+
 async fn act(
     State(s): State<ConsoleState>,
     Path((name, action)): Path<(String, String)>,
@@ -619,6 +651,21 @@ async fn act(
         );
     };
     let result = match action {
+        Action::Scale => match scale_request(&w.fields) {
+            Ok(req) => s.engine.scale(&name, req).await,
+            Err(message) => {
+                return error_page(
+                    Some(&session),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Not a scale",
+                    &message,
+                )
+            }
+        },
+        Action::Repair => {
+            let nodes = w.fields.all("node").into_iter().map(String::from).collect();
+            s.engine.repair(&name, RepairRequest { nodes }).await
+        }
         Action::Delete => s.engine.delete(&name).await,
     };
     match result {

@@ -502,24 +502,28 @@ pub fn timeline_fragment(t: &Timeline) -> String {
 }
 
 /// What can be done to a cluster from its page. Each action has a confirmation page
-/// (`GET /console/clusters/{name}/{action}`) whose form posts to the same path.
-///
-/// Scale and repair (being added to the engine on another branch) go here: a variant,
-/// its label and states, the fields of its form in [`Action::form_fields`], and its
-/// engine call in the console's `act` handler.
+/// (`GET /console/clusters/{name}/{action}`) whose form posts to the same path; the
+/// console's `act` handler turns the form into the engine's request, and the engine
+/// checks it as it checks the API's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// `Engine::scale`: a host group's new size, or nodes taken out.
+    Scale,
+    /// `Engine::repair`: new VMs for lost or failed nodes (or the nodes chosen).
+    Repair,
     /// `Engine::delete`.
     Delete,
 }
 
 impl Action {
     /// Every action, in the order shown.
-    pub const ALL: [Action; 1] = [Action::Delete];
+    pub const ALL: [Action; 3] = [Action::Scale, Action::Repair, Action::Delete];
 
     /// The path segment.
     pub fn as_str(self) -> &'static str {
         match self {
+            Action::Scale => "scale",
+            Action::Repair => "repair",
             Action::Delete => "delete",
         }
     }
@@ -532,13 +536,21 @@ impl Action {
     /// The button's text.
     pub fn label(self) -> &'static str {
         match self {
+            Action::Scale => "Scale",
+            Action::Repair => "Repair",
             Action::Delete => "Delete",
         }
     }
 
-    /// Whether the action can be asked for in `state`.
+    /// Whether the action can be asked for in `state` (the engine has the last word:
+    /// a change in flight, or a repair before any plan, is refused there).
     pub fn applies(self, state: ClusterState) -> bool {
         match self {
+            Action::Scale => matches!(state, ClusterState::Available | ClusterState::Degraded),
+            Action::Repair => matches!(
+                state,
+                ClusterState::Available | ClusterState::Degraded | ClusterState::Failed
+            ),
             Action::Delete => state != ClusterState::Deleted,
         }
     }
@@ -546,6 +558,14 @@ impl Action {
     /// What the confirmation page says it will do.
     fn explain(self, name: &str) -> String {
         match self {
+            Action::Scale => format!(
+                "Scaling {} gives a host group a new number of nodes, or takes out the nodes you tick. New nodes get VMs and join the overlay; the nodes already there keep their containers running. Nodes taken out are drained first (the group's drain hook), then their VMs are deleted. The cluster is UPDATING meanwhile.",
+                esc(name)
+            ),
+            Action::Repair => format!(
+                "Repairing {} gives nodes new VMs under the same ids and addresses; the other nodes are not touched. Tick nothing to repair every node that is lost or failed.",
+                esc(name)
+            ),
             Action::Delete => format!(
                 "Deleting {} removes every VM, network and resource it has at its provider. It stays in the list as DELETED. This cannot be undone.",
                 esc(name)
@@ -553,11 +573,54 @@ impl Action {
         }
     }
 
-    /// The fields of the action's form, besides the CSRF token (none for delete; a
-    /// node count for scale).
-    fn form_fields(self) -> &'static str {
+    /// The fields of the action's form, besides the CSRF token: none for delete; a
+    /// group and a node count, or nodes to take out, for scale; nodes for repair.
+    fn form_fields(self, c: &ClusterView) -> String {
+        let node_boxes = |field: &str, legend: &str| {
+            let mut o = format!(r#"<fieldset class="choices"><legend>{legend}</legend>"#);
+            for n in c.nodes.iter().filter(|n| !n.leaving) {
+                let id = esc(&n.id);
+                let _ = write!(
+                    o,
+                    r#"<label><input type="checkbox" name="{field}" value="{id}" id="{field}-{id}"> {id} <span class="muted">({}, {})</span></label>"#,
+                    esc(&n.group),
+                    n.phase
+                );
+            }
+            o.push_str("</fieldset>\n");
+            o
+        };
         match self {
-            Action::Delete => "",
+            Action::Scale => {
+                let mut groups: Vec<(&str, usize)> = Vec::new();
+                for n in c.nodes.iter().filter(|n| !n.leaving) {
+                    match groups.iter_mut().find(|(g, _)| *g == n.group) {
+                        Some((_, count)) => *count += 1,
+                        None => groups.push((&n.group, 1)),
+                    }
+                }
+                let options: String = groups
+                    .iter()
+                    .map(|(g, count)| {
+                        format!(
+                            r#"<option value="{g}">{g} ({count} now)</option>"#,
+                            g = esc(g)
+                        )
+                    })
+                    .collect();
+                format!(
+                    r#"<div class="field"><label for="scale-group">Host group</label>
+<select id="scale-group" name="group">{options}</select></div>
+<div class="field"><label for="scale-nodes">Its new number of nodes</label>
+<input id="scale-nodes" name="nodes" type="number" min="0" max="{max}" inputmode="numeric"></div>
+{boxes}"#,
+                    max = shoal_protocol::MAX_NODES,
+                    boxes =
+                        node_boxes("remove", "Or take out these nodes (leave the number empty)")
+                )
+            }
+            Action::Repair => node_boxes("node", "Nodes to give new VMs"),
+            Action::Delete => String::new(),
         }
     }
 
@@ -656,7 +719,7 @@ pub fn confirm_page(csrf: &str, c: &ClusterView, action: Action) -> String {
         explain = action.explain(&c.name),
         path = action.as_str(),
         csrf = esc(csrf),
-        fields = action.form_fields(),
+        fields = action.form_fields(c),
         danger = if action.danger() {
             r#" class="danger""#
         } else {

@@ -571,3 +571,31 @@ async fn an_uploaded_blueprint_is_parsed_and_used() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("page").contains("choose"));
 }
+
+#[test]
+fn the_scale_form_becomes_the_engines_request_or_says_what_is_wrong() {
+    let form = |body: &str| {
+        Fields::parse(Some("application/x-www-form-urlencoded"), body.as_bytes()).expect("form")
+    };
+    let r = scale_request(&form("group=workers&nodes=4")).expect("a size");
+    assert_eq!(
+        (r.group.as_deref(), r.nodes, r.remove.len()),
+        (Some("workers"), Some(4), 0)
+    );
+    // Ticked nodes name their group: the selected one is not sent.
+    let r =
+        scale_request(&form("group=workers&nodes=&remove=node-2&remove=node-3")).expect("removals");
+    assert_eq!(
+        (r.group, r.nodes, r.remove),
+        (None, None, vec!["node-2".to_string(), "node-3".into()])
+    );
+    for (body, says) in [
+        ("group=workers&nodes=", "Give the group's new number"),
+        ("group=workers&nodes=-1", "whole number"),
+        ("group=workers&nodes=two", "whole number"),
+        ("group=workers&nodes=3&remove=node-1", "not both"),
+    ] {
+        let e = scale_request(&form(body)).expect_err(body);
+        assert!(e.contains(says), "{body}: {e}");
+    }
+}

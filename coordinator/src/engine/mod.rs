@@ -695,9 +695,18 @@ impl Engine {
     fn spawn_delete(self: &Arc<Self>, name: &str) {
         let engine = self.clone();
         let n = name.to_string();
-        // Replacing the task aborts a creation still in flight: deletion finds what it
-        // made by tags and names, so nothing it started is left behind.
+        // A creation still in flight is aborted, and deletion starts once it has
+        // stopped: an abort takes effect at the task's next await, and until then it
+        // may still be starting a VM's process that a deletion running beside it would
+        // miss. Deletion then finds what it made by tags and names.
+        let previous = self.tasks.lock().ok().and_then(|mut t| t.remove(name));
+        if let Some(p) = &previous {
+            p.abort();
+        }
         let task = tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
             if let Err(e) = engine.drive_delete(&n).await {
                 tracing::warn!(cluster = %n, error = %e, "deletion failed; `shoal cluster delete` retries it");
                 let _ = engine
