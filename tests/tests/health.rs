@@ -259,3 +259,151 @@ fn container_processes(ids: &[String]) -> Vec<i32> {
         })
         .collect()
 }
+
+/// The live pid `file` names, once it is not `old`.
+fn new_pid(node: &Value, file: &str, old: i32, limit: Duration) -> (i32, Duration) {
+    let t = Instant::now();
+    let pid = wait_until(&format!("{file} restarted"), limit, || {
+        let pid: i32 = std::fs::read_to_string(vm_dir(node).join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        (pid != old && !stat.contains(") Z ")).then_some(pid)
+    });
+    (pid, t.elapsed())
+}
+
+/// Whether the cluster entered `state` after `since_ms` (its record of states).
+fn entered_since(v: &Value, state: &str, since_ms: u64) -> bool {
+    v["events"].as_array().is_some_and(|es| {
+        es.iter()
+            .any(|e| e["state"] == state && e["at_ms"].as_u64().is_some_and(|t| t >= since_ms))
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Each container of a node as `name hostname address state`, sorted.
+fn container_lines(n: &Value) -> Vec<String> {
+    let mut out: Vec<String> = n["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {} {} {}",
+                k["name"], k["hostname"], k["address"], k["state"]
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn a_vm_restarts_its_agent_and_dockerd_and_comes_back_from_a_reboot() {
+    require_privileges(TOOLS);
+    let c = TestCoordinator::start_with(SERVE);
+    c.shoal_ok(&["cluster", "create", "sv", "--nodes", "2", "--wait"]);
+    let v = c.wait_state("sv", "AVAILABLE", BOOT);
+    let n1 = node(&v, "node-1").clone();
+    let before = container_lines(&n1);
+    assert!(!before.is_empty(), "{n1:#}");
+
+    // The agent killed: its init starts it again, it converges and reports.
+    let since = now_ms();
+    let agent = pid_of(&n1, "agent.pid");
+    signal(agent, "KILL");
+    let (_, took) = new_pid(&n1, "agent.pid", agent, Duration::from_secs(5));
+    eprintln!("agent back {:.2}s after SIGKILL", took.as_secs_f64());
+    let (v, _) = wait_show(
+        &c,
+        "sv",
+        "sv AVAILABLE after the agent's restart",
+        Duration::from_secs(60),
+        |v| v["state"] == "AVAILABLE" && entered_since(v, "DEGRADED", since),
+    );
+    let restarts = node(&v, "node-1")["restarts"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(restarts.contains("agent 1"), "restarts: {restarts:?}");
+    let text = c.shoal_ok(&["cluster", "show", "sv"]);
+    assert!(text.contains("agent 1"), "{text}");
+
+    // dockerd killed: started again, and the node's containers are back.
+    let dockerd = pid_of(&n1, "dockerd.pid");
+    signal(dockerd, "KILL");
+    let (_, took) = new_pid(&n1, "dockerd.pid", dockerd, Duration::from_secs(5));
+    eprintln!("dockerd back {:.2}s after SIGKILL", took.as_secs_f64());
+    let (v, _) = wait_show(
+        &c,
+        "sv",
+        "node-1's containers running again",
+        Duration::from_secs(60),
+        |v| {
+            v["state"] == "AVAILABLE"
+                && node(v, "node-1")["restarts"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("dockerd 1"))
+                && c.docker(node(v, "node-1"), &["ps", "-q"])
+                    .stdout
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+                    == before.len()
+        },
+    );
+    assert_eq!(container_lines(node(&v, "node-1")), before);
+
+    // A reboot: every process gone, the overlay's links cleared, booted again.
+    let agent = pid_of(&n1, "agent.pid");
+    let since = now_ms();
+    let asked = Instant::now();
+    c.shoal_ok(&["cluster", "reboot", "sv", "--node", "node-1"]);
+    new_pid(&n1, "agent.pid", agent, Duration::from_secs(30));
+    eprintln!(
+        "agent started {:.2}s after the reboot was asked",
+        asked.elapsed().as_secs_f64()
+    );
+    let (v, _) = wait_show(
+        &c,
+        "sv",
+        "sv AVAILABLE after the reboot",
+        Duration::from_secs(120),
+        |v| v["state"] == "AVAILABLE" && entered_since(v, "DEGRADED", since),
+    );
+    eprintln!(
+        "AVAILABLE {:.2}s after the reboot was asked",
+        asked.elapsed().as_secs_f64()
+    );
+    let after = node(&v, "node-1");
+    assert_eq!(after["incarnation"], n1["incarnation"], "the same VM");
+    assert_eq!(
+        container_lines(after),
+        before,
+        "same containers, same addresses"
+    );
+    // The other node reaches the rebooted one's containers over the rebuilt overlay.
+    let host = node(&v, "node-1")["containers"][0]["hostname"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let n0 = node(&v, "node-0");
+    let ok = c
+        .docker(n0, &["exec", "agent-node-0", "ping", "-c1", "-W2", &host])
+        .status
+        .success();
+    assert!(ok, "node-0 cannot reach {host} after node-1's reboot");
+    c.shoal_ok(&["cluster", "delete", "sv", "--wait"]);
+    assert_eq!(c.leftovers(true), Vec::<String>::new());
+}

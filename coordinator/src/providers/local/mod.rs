@@ -682,8 +682,12 @@ impl LocalProvider {
             .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
             .filter(|n| !n.is_empty() && n != "lo" && n != "eth0")
         {
+            // A veth goes with its peer (a container's, gone with its process): only a
+            // link that is still there after a failed delete is an error.
             if let Err(e) = ip(&["-n", &ns, "link", "del", &name]).await {
-                errors.push(e.to_string());
+                if ip(&["-n", &ns, "link", "show", &name]).await.is_ok() {
+                    errors.push(e.to_string());
+                }
             }
         }
         if !errors.is_empty() {
