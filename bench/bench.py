@@ -1432,11 +1432,12 @@ class SeededServe:
         if self.logf:
             self.logf.close()
 
-    def load(self, rounds):
-        """Every agent reports `rounds` times, all at once (status_load); its JSON line."""
+    def load(self, rounds, same=False):
+        """Every agent reports `rounds` times, all at once (status_load; each report
+        different, or with `same` the same one again, as liveness reports are); its JSON line."""
         out = json.loads(run([str(RELEASE / "examples" / "status_load"), "--url", f"https://127.0.0.1:{self.port}",
                               "--ca", str(self.state / "ca.pem"), "--agents", str(self.work / "agents"),
-                              "--rounds", str(rounds)]).stdout)
+                              "--rounds", str(rounds)] + (["--same"] if same else [])).stdout)
         if out["errors"]:
             raise BenchError(f"{self.label}: {out['errors']} reports refused")
         return out
@@ -1453,16 +1454,17 @@ class SeededServe:
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def status_run(binary, label, nodes, rounds, prefix, octet):
+def status_run(binary, label, nodes, rounds, prefix, octet, same=False):
     """Seeds a CREATING cluster of `nodes` nodes, serves it with `binary`, and has every
-    node report `rounds` times at once; then again under strace to count fsyncs."""
+    node report `rounds` times at once (the same report again with `same`, as liveness
+    reports are); then again under strace to count fsyncs."""
     with SeededServe(binary, OUT / "status" / label, nodes, prefix, octet, label) as srv:
-        out = srv.load(rounds)
+        out = srv.load(rounds, same)
         trace = srv.work / "strace.txt"
         st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace),
                                "-p", str(srv.p.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-        traced = srv.load(2)
+        traced = srv.load(2, same)
         st.send_signal(signal.SIGINT)
         st.wait(30)
         out["fsyncs"] = strace_fsyncs(trace)
@@ -1477,7 +1479,7 @@ def bench_status(rep, args, prefix, octet):
     runs = 1 if args.quick else args.runs
     if shutil.which("strace") is None:
         raise BenchError("strace is missing (bench/run installs it)")
-    variants = [("after", RELEASE / "shoal")]
+    variants = [("after", RELEASE / "shoal"), ("liveness", RELEASE / "shoal")]
     base = None if args.quick else baseline_shoal()
     if base:
         variants.insert(0, ("before", base))
@@ -1485,10 +1487,12 @@ def bench_status(rep, args, prefix, octet):
     for r in range(runs):
         for label, binary in variants:
             log(f"status: {nodes} agents x {rounds} reports ({label}), run {r + 1}/{runs}")
-            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet))
+            res[label].append(status_run(binary, label, nodes, rounds, f"{prefix}{label[0]}", octet,
+                                         same=label == "liveness"))
     rep.raw["status"] = res
     names = {"before": f"before (`{BASELINE_COMMIT}`: one transaction and fsync per report, on the async workers)",
-             "after": "after (a database thread, group commit)"}
+             "after": "after (a database thread, group commit)",
+             "liveness": "after, liveness reports (each agent's same report again: only its last-seen time is written)"}
     rows = []
     for label, _ in variants:
         x = res[label]

@@ -114,6 +114,9 @@ struct Agent {
     redeliveries: u32,
     /// The OS's own boot, as last read ([`boot_milestones`]); sent with every report.
     boot: tokio::sync::watch::Receiver<Option<shoal_protocol::BootReport>>,
+    /// When the coordinator last received a report: the plan's liveness contract
+    /// (`liveness.report_secs`) counts from there.
+    delivered_at: tokio::time::Instant,
     /// The configured deadline (`deadline_secs`) while the node has no valid plan: no
     /// request carries the agent further than that past the coordinator's last answer.
     /// `None` once a plan is held: a resident agent keeps trying.
@@ -192,6 +195,7 @@ impl Agent {
             Ok(()) => {
                 self.undelivered = None;
                 self.redeliveries = 0;
+                self.delivered_at = tokio::time::Instant::now();
             }
             Err(e @ FetchError::Unreachable { .. }) => {
                 tracing::warn!(%phase, error = %e, "status report not delivered; it will be sent again");
@@ -215,6 +219,38 @@ impl Agent {
             .map(|_| retry::delay(&retry::COORDINATOR, self.redeliveries + 1))
     }
 
+    /// When the liveness report is due under `plan`'s contract: `report_secs` after the
+    /// last report delivered, if there is a report to repeat and none waiting to be
+    /// delivered (its redelivery shows liveness as well).
+    fn liveness_at(&self, plan: Option<&Plan>) -> Option<tokio::time::Instant> {
+        let every = plan?.liveness.as_ref()?.report_secs;
+        if self.undelivered.is_some() || self.latest.is_none() || every == 0 {
+            return None;
+        }
+        Some(self.delivered_at + Duration::from_secs(u64::from(every)))
+    }
+
+    /// Sends the latest report again (the liveness report): the coordinator records
+    /// only when it saw it. One try: the next is due an interval later anyway.
+    async fn send_liveness(&mut self) {
+        let Some(status) = self.latest.clone() else {
+            return;
+        };
+        match self.client.report_with(&status, 1, self.deadline).await {
+            Ok(()) => self.delivered_at = tokio::time::Instant::now(),
+            Err(e @ FetchError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, "liveness report not delivered; it will be sent again");
+                self.undelivered = Some(status);
+                self.redeliveries = 0;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "liveness report refused");
+                // Not again at once: a refusal would be repeated every loop.
+                self.delivered_at = tokio::time::Instant::now();
+            }
+        }
+    }
+
     /// One more try at the undelivered report.
     async fn redeliver(&mut self) {
         let Some(status) = self.undelivered.clone() else {
@@ -226,6 +262,7 @@ impl Agent {
                 tracing::info!(phase = %status.phase, attempts = self.redeliveries, "status report delivered after all");
                 self.undelivered = None;
                 self.redeliveries = 0;
+                self.delivered_at = tokio::time::Instant::now();
             }
             Err(FetchError::Unreachable { .. }) => {}
             Err(e) => {
@@ -541,6 +578,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         undelivered: None,
         redeliveries: 0,
         boot: boot_milestones::watch(boot_milestones::Sources::default()),
+        delivered_at: tokio::time::Instant::now(),
         deadline: Some(deadline),
     };
     let mut boot_open = true;
@@ -565,6 +603,15 @@ pub async fn run(opts: RunOptions) -> i32 {
         let redeliver_sleep = async {
             match redeliver_in {
                 Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The long-poll is dropped and asked again when the liveness report is due (at
+        // most once per interval): it holds no state, `after` says where it was.
+        let liveness_at = agent.liveness_at(current.as_ref());
+        let liveness_sleep = async {
+            match liveness_at {
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
@@ -627,6 +674,9 @@ pub async fn run(opts: RunOptions) -> i32 {
                 // The boot is complete (or there is none to read): nothing more comes.
                 Err(_) => boot_open = false,
             },
+            () = liveness_sleep => {
+                agent.send_liveness().await;
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping (containers keep running)");
                 return exit::OK;

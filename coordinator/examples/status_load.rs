@@ -39,6 +39,10 @@ struct Args {
     /// The phase reported (one that does not finish the cluster).
     #[arg(long, default_value = "containers")]
     phase: String,
+    /// Send the same report every round, as a resident agent's liveness reports do
+    /// (otherwise each round's report differs: a timing of its own).
+    #[arg(long)]
+    same: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -93,7 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "{base}{}",
             contract::status_path(&cfg.cluster_key, &cfg.node_id)
         );
-        let status = NodeStatus {
+        let mut status = NodeStatus {
             phase,
             generation: 1,
             timings: vec![],
@@ -102,13 +106,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agent_version: "status_load".into(),
             boot: None,
         };
+        let same = args.same;
         let token = cfg.node_token.clone();
         let start = start.clone();
         let rounds = args.rounds;
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let mut out = Vec::with_capacity(rounds as usize);
-            for _ in 0..rounds {
+            for round in 0..rounds {
+                if !same {
+                    status.timings = vec![shoal_protocol::PhaseTiming {
+                        phase,
+                        started_ms: u64::from(round),
+                        duration_ms: None,
+                    }];
+                }
                 let t = Instant::now();
                 let ok = match http
                     .put(&url)

@@ -7,6 +7,12 @@ use shoal::cli::{exit, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A local VM's init reaps every orphan of its VM (waitpid(-1)) and so must own its
+    // process alone: no runtime, no threads.
+    if let shoal::cli::Command::LocalVmInit { vm_dir } = &cli.command {
+        let code = shoal::providers::local::init::run(vm_dir);
+        return ExitCode::from(u8::try_from(code).unwrap_or(exit::LOCAL));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -28,7 +28,9 @@ use shoal_protocol::backoff::Backoff;
 
 const TOOLS: &[&str] = &["python3", "cloud-init", "ip", "nsenter"];
 const ADVERTISE: &str = "https://203.0.113.10:8787";
-const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE];
+/// The test stands in for the agents and reports once, not every interval: no
+/// liveness, or the sweep would mark its nodes lost while a test runs.
+const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE, "--report-interval", "0"];
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An instance as moto describes it.

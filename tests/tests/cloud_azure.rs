@@ -30,7 +30,9 @@ const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q op@example";
 const OPERATOR_CIDR: &str = "198.51.100.7/32";
 const ADVERTISE: &str = "https://203.0.113.10:8787";
-const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE];
+/// The test stands in for the agents and reports once, not every interval: no
+/// liveness, or the sweep would mark its nodes lost while a test runs.
+const SERVE_ARGS: &[&str] = &["--advertise-url", ADVERTISE, "--report-interval", "0"];
 const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The fake (role granted to the app; no certificate uploaded yet) and a coordinator

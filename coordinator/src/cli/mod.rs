@@ -80,6 +80,14 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// A local VM's init (started by the local provider inside the VM's namespace; it
+    /// supervises the VM's dockerd and agent as systemd does on a cloud VM).
+    #[command(hide = true)]
+    LocalVmInit {
+        /// The VM's directory (its boot.json).
+        #[arg(long)]
+        vm_dir: PathBuf,
+    },
 }
 
 /// `shoal doctor` options.
@@ -389,6 +397,10 @@ pub async fn run(cli: Cli) -> u8 {
             Ok(exit::OK)
         }
         Command::Man { out_dir } => run_man(out_dir.as_deref()),
+        // main() runs it before any runtime starts; here only if called as a library.
+        Command::LocalVmInit { vm_dir } => {
+            return u8::try_from(crate::providers::local::init::run(vm_dir)).unwrap_or(exit::LOCAL)
+        }
         Command::Cluster(cmd) => match Client::discover(&state_dir, cli.coordinator.as_deref()) {
             Ok(client) => cluster::run(&client, cmd).await,
             Err(e) => Err(e),

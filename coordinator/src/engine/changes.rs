@@ -97,13 +97,15 @@ impl Store for Watched {
         node: &'a str,
         status: &'a NodeStatus,
     ) -> StoreFuture<'a, ReportOutcome> {
-        Box::pin(self.counted(self.inner.record_report(cluster, node, status)))
-    }
-
-    // A heartbeat changes nothing a view shows (the report it repeats is recorded), so
-    // counting it would re-render every open page once per agent per interval.
-    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool> {
-        self.inner.touch_node(cluster, node)
+        // A liveness report (the stored report again) changes nothing a view shows, so
+        // counting it would re-render every open page once per agent per interval.
+        Box::pin(async move {
+            let out = self.inner.record_report(cluster, node, status).await?;
+            if out.changed {
+                self.bump();
+            }
+            Ok(out)
+        })
     }
 
     fn silent_nodes(&self, before_ms: u64, limit: usize) -> StoreFuture<'_, Vec<SilentNode>> {
@@ -204,6 +206,13 @@ mod tests {
         // Two writes since the receiver last looked: one change to see.
         assert!(rx.has_changed().expect("open"));
         assert_eq!(*rx.borrow_and_update(), 2);
+        // The same report again (a liveness report) shows nothing new.
+        let again = w
+            .record_report("demo", "node-0", &conformance::status(Phase::Network, 1))
+            .await
+            .expect("report");
+        assert!(!again.changed);
+        assert!(!rx.has_changed().expect("open"));
         // Reads change nothing.
         assert_eq!(w.clusters().await.expect("list").len(), 1);
         assert_eq!(w.nodes("demo").await.expect("nodes").len(), 1);

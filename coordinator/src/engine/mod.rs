@@ -12,13 +12,14 @@
 pub mod change;
 pub mod changes;
 mod error;
+mod liveness;
 pub mod planner;
 pub mod request;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use shoal_protocol::{
@@ -119,6 +120,9 @@ pub struct Engine {
     settings: EngineSettings,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
     signals: Mutex<HashMap<String, Arc<Signals>>>,
+    /// When this engine started: nobody is marked lost before it has had time to hear
+    /// from every agent.
+    started: Instant,
 }
 
 fn node_keys(nodes: &[NodeRow]) -> Vec<NodeKey> {
@@ -160,6 +164,7 @@ impl Engine {
             settings,
             tasks: Mutex::new(HashMap::new()),
             signals: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }))
     }
 
@@ -866,6 +871,7 @@ mod tests {
             prefix: "tx".into(),
             vpc: "10.250.0.0/24".parse().expect("vpc"),
             agent_bin: "/nonexistent/shoal-agent".into(),
+            init_bin: "/nonexistent/shoal".into(),
             image_dir: dir.join("images"),
             metadata_port: 8787,
             metadata_scheme: "https".into(),

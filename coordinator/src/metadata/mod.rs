@@ -23,7 +23,7 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_STATUS_BYTES};
-use shoal_protocol::NodeStatus;
+use shoal_protocol::{NodeStatus, Phase};
 
 pub use self::hub::{NodeKey, PlanDoc, PlanHub};
 use crate::keys::{constant_time_eq, is_secret_shaped};
@@ -180,6 +180,19 @@ async fn put_status(
     };
     if let Err(e) = status.validate() {
         return error(StatusCode::BAD_REQUEST, &format!("invalid status: {e}"));
+    }
+    // Only the coordinator knows a VM is pending or running, or a node lost.
+    if matches!(
+        status.phase,
+        Phase::Pending | Phase::VmRunning | Phase::Lost
+    ) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "invalid status: phase {} is the coordinator's to set, not an agent's",
+                status.phase
+            ),
+        );
     }
     match state.sink.report(&entry.cluster, &node, &status).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

@@ -108,6 +108,12 @@ impl Registry {
                     prefix: s.local_prefix.clone(),
                     vpc: s.local_vpc,
                     agent_bin: s.agent_bin.clone(),
+                    // Each VM's init is `shoal local-vm-init`: this very binary.
+                    init_bin: std::env::current_exe().map_err(|e| {
+                        ProviderError::Local(format!(
+                            "cannot tell where this shoal binary is (each local VM's init): {e}"
+                        ))
+                    })?,
                     image_dir: s.image_dir.clone(),
                     metadata_port: s.metadata_port,
                     metadata_scheme: s.metadata_scheme.clone(),

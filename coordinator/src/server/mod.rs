@@ -247,6 +247,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     tracing::info!(operator_api = %info.url, metadata_api = %info.metadata_url, "coordinator listening");
 
     engine.reconcile().await?;
+    engine.spawn_liveness();
 
     // The web console shares the operator listener (and so its TLS) with the API; its
     // sessions also open the two documents it links to (`api::SESSION_READABLE`).

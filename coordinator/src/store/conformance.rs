@@ -454,7 +454,15 @@ async fn liveness_is_compare_and_set(s: &dyn Store) {
             .expect("report");
     }
     force_state(s, "live", ClusterState::Available).await;
-    assert!(s.touch_node("live", "node-0").await.expect("touch"));
+    // The same report again (a liveness report) moves the node's last-seen time.
+    let seen = s.nodes("live").await.expect("nodes")[0].last_seen_ms;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let again = s
+        .record_report("live", "node-0", &status(Phase::Ready, gen))
+        .await
+        .expect("report");
+    assert_eq!((again.ready, again.moved), (2, None));
+    assert!(s.nodes("live").await.expect("nodes")[0].last_seen_ms > seen);
     let later = super::now_ms() + 60_000;
     let silent = s.silent_nodes(later, 10).await.expect("silent");
     assert_eq!(silent.len(), 2, "{silent:?}");
@@ -482,20 +490,19 @@ async fn liveness_is_compare_and_set(s: &dyn Store) {
         .expect("error");
     assert_eq!(e.reason, "agent-silent");
     assert_eq!(e.message, "no report for 60 s");
-    // Marked once; a lost node is not silent again, and a touch does not revive it.
+    // Marked once; a lost node is not silent again.
     assert!(s
         .mark_lost("live", "node-1", later, "again")
         .await
         .expect("mark")
         .is_none());
     assert_eq!(s.silent_nodes(later, 10).await.expect("silent").len(), 1);
-    assert!(!s.touch_node("live", "node-1").await.expect("touch"));
     // Auto-repair after 0 s: due at once, while DEGRADED with no change in flight.
     assert_eq!(
         s.due_repairs(later).await.expect("due"),
         [("live".to_string(), "node-1".to_string())]
     );
-    // A full report brings it back.
+    // Its report, even the same one it last sent, brings it back.
     let back = s
         .record_report("live", "node-1", &status(Phase::Ready, gen))
         .await

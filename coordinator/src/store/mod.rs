@@ -436,6 +436,9 @@ pub struct ReportOutcome {
     pub nodes: u32,
     /// The state the report moved the cluster to (AVAILABLE ⇄ DEGRADED), if it did.
     pub moved: Option<ClusterState>,
+    /// False when the report was the one already stored (a liveness report): only the
+    /// node's last-seen time was written, nothing a view shows.
+    pub changed: bool,
 }
 
 impl ReportOutcome {
@@ -454,6 +457,18 @@ pub struct SilentNode {
     pub node: String,
     /// When it last reported.
     pub last_seen_ms: u64,
+}
+
+/// A report's fingerprint (FNV-1a, 64 bits, over its JSON; as an `i64` for SQL): the
+/// same report sent again, as resident agents do to show they are alive, has the same
+/// one, so a store can record just the time it was seen.
+pub fn status_fingerprint(json: &[u8]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// Why a cluster in AVAILABLE or DEGRADED is DEGRADED, from the report that made it so.
@@ -571,17 +586,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records an agent's report, its liveness and, when it is `ready` on a generation
     /// for the first time, when it converged; a cluster AVAILABLE or DEGRADED becomes
     /// AVAILABLE when every node is ready on the current plan, DEGRADED (with
-    /// [`degraded_reason`]) otherwise. Returns the cluster's state and counts.
+    /// [`degraded_reason`]) otherwise. Returns the cluster's state and counts. A report
+    /// identical to the one stored (an agent's liveness report: [`status_fingerprint`]
+    /// says) writes only the time it was seen.
     fn record_report<'a>(
         &'a self,
         cluster: &'a str,
         node: &'a str,
         status: &'a NodeStatus,
     ) -> StoreFuture<'a, ReportOutcome>;
-
-    /// Records that a node's agent is alive (it sent again the report last recorded);
-    /// false, changing nothing, if the node is marked lost (a full report is needed).
-    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool>;
 
     /// Nodes of clusters AVAILABLE, DEGRADED or UPDATING whose agent has reported, but
     /// not since `before_ms`, and that are not lost or leaving: at most `limit`.

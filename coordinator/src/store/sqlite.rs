@@ -19,9 +19,10 @@ use shoal_protocol::{NodeStatus, Phase, Plan};
 use tokio::sync::oneshot;
 
 use super::{
-    degraded_reason, now_ms, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent, ClusterRow,
-    ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome, SilentNode, Store,
-    StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS, MAX_EVENTS,
+    degraded_reason, now_ms, status_fingerprint, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent,
+    ClusterRow, ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome,
+    SilentNode, Store, StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS,
+    MAX_EVENTS,
 };
 
 /// Most calls one transaction takes: bounds how long the first caller of a burst waits.
@@ -119,6 +120,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("nodes", "converged_ms", "INTEGER"),
     ("nodes", "last_seen_ms", "INTEGER"),
     ("nodes", "lost_ms", "INTEGER"),
+    ("nodes", "status_hash", "INTEGER"),
 ];
 
 /// The schema version this code writes (`PRAGMA user_version`).
@@ -452,6 +454,7 @@ struct Counted {
     generation: i64,
     last_seen: Option<i64>,
     status: Option<String>,
+    status_hash: Option<i64>,
     state: String,
     cluster_generation: i64,
     ready: i64,
@@ -461,7 +464,7 @@ struct Counted {
 fn counted(conn: &Connection, cluster: &str, node: &str) -> Result<Option<Counted>, StoreError> {
     conn.prepare_cached(
         "SELECT n.phase, n.generation, n.last_seen_ms, n.status, c.state, c.generation,
-            c.ready_nodes, c.node_count
+            c.ready_nodes, c.node_count, n.status_hash
          FROM nodes n JOIN clusters c ON c.name = n.cluster
          WHERE n.cluster = ?1 AND n.id = ?2",
     )
@@ -476,6 +479,7 @@ fn counted(conn: &Connection, cluster: &str, node: &str) -> Result<Option<Counte
                 cluster_generation: r.get(5)?,
                 ready: r.get(6)?,
                 nodes: r.get(7)?,
+                status_hash: r.get(8)?,
             })
         })
         .optional()
@@ -802,19 +806,37 @@ impl Store for SqliteStore {
                 cluster_generation: cgen,
                 mut ready,
                 nodes,
+                status_hash,
                 ..
             }) = counted(conn, &cluster, &node)?
             else {
                 return Err(StoreError::NotFound(format!("{cluster}/{node}")));
             };
+            let now = now_ms() as i64;
+            let fingerprint = status_fingerprint(json.as_bytes());
+            if status_hash == Some(fingerprint) && old_phase != Phase::Lost.as_str() {
+                // The same report again (the agent's liveness report): nothing moves.
+                conn.prepare_cached(
+                    "UPDATE nodes SET last_seen_ms = ?3 WHERE cluster = ?1 AND id = ?2",
+                )
+                .and_then(|mut st| st.execute(params![cluster, node, now]))
+                .map_err(db("record liveness"))?;
+                return Ok(ReportOutcome {
+                    state: parse_state(&state)?,
+                    generation: cgen.max(0) as u64,
+                    ready: ready.max(0) as u32,
+                    nodes: nodes.max(0) as u32,
+                    moved: None,
+                    changed: false,
+                });
+            }
             let generation = status.generation as i64;
             let is_ready = status.phase == Phase::Ready;
             let was_ready_here = old_phase == Phase::Ready.as_str() && old_gen == generation;
             let first_ready = is_ready && !was_ready_here;
-            let now = now_ms() as i64;
             conn.prepare_cached(
                 "UPDATE nodes SET phase = ?3, status = ?4, generation = ?5, updated_ms = ?6,
-                    last_seen_ms = ?6, lost_ms = NULL,
+                    last_seen_ms = ?6, lost_ms = NULL, status_hash = ?9,
                     converged_ms = CASE WHEN ?7 THEN ?6 WHEN ?8 THEN converged_ms ELSE NULL END
                  WHERE cluster = ?1 AND id = ?2",
             )
@@ -827,7 +849,8 @@ impl Store for SqliteStore {
                     generation,
                     now,
                     first_ready,
-                    is_ready
+                    is_ready,
+                    fingerprint
                 ])
             })
             .map_err(db("record node status"))?;
@@ -865,21 +888,8 @@ impl Store for SqliteStore {
                 ready: ready.max(0) as u32,
                 nodes: nodes.max(0) as u32,
                 moved,
+                changed: true,
             })
-        })
-    }
-
-    fn touch_node<'a>(&'a self, cluster: &'a str, node: &'a str) -> StoreFuture<'a, bool> {
-        let (cluster, node) = (cluster.to_string(), node.to_string());
-        self.call(true, move |conn| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE nodes SET last_seen_ms = ?3
-                     WHERE cluster = ?1 AND id = ?2 AND phase != 'lost'",
-                )
-                .and_then(|mut st| st.execute(params![cluster, node, now_ms() as i64]))
-                .map_err(db("record liveness"))?;
-            Ok(changed == 1)
         })
     }
 
@@ -923,6 +933,7 @@ impl Store for SqliteStore {
                 cluster_generation: cgen,
                 mut ready,
                 nodes,
+                ..
             }) = counted(conn, &cluster, &node)?
             else {
                 return Ok(None);
@@ -952,7 +963,7 @@ impl Store for SqliteStore {
             let now = now_ms() as i64;
             conn.execute(
                 "UPDATE nodes SET phase = 'lost', status = ?3, lost_ms = ?4, updated_ms = ?4,
-                    converged_ms = NULL
+                    converged_ms = NULL, status_hash = NULL
                  WHERE cluster = ?1 AND id = ?2",
                 params![cluster, node, to_json("the node status", &st)?, now],
             )
@@ -984,6 +995,7 @@ impl Store for SqliteStore {
                 ready: ready.max(0) as u32,
                 nodes: nodes.max(0) as u32,
                 moved,
+                changed: true,
             }))
         })
     }
@@ -1070,7 +1082,7 @@ impl Store for SqliteStore {
                 let changed = conn
                     .execute(
                         "UPDATE nodes SET token = ?3, incarnation = incarnation + 1,
-                            phase = 'pending', status = NULL, generation = 0,
+                            phase = 'pending', status = NULL, status_hash = NULL, generation = 0,
                             converged_ms = NULL, last_seen_ms = NULL, lost_ms = NULL,
                             instance_id = NULL, private_ip = NULL, details = '{}',
                             requested_ms = ?4, running_ms = NULL, updated_ms = ?4

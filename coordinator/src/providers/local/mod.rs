@@ -5,18 +5,23 @@
 //!   coordinator's metadata listener sits. (The bridge lives in a namespace of its own
 //!   because on the host Docker's FORWARD policy would drop bridged VM-to-VM frames.)
 //! - A VM is a namespace `<prefix>-<cluster>-<uid>-<node>` whose `eth0` is a veth on
-//!   `vpc0`, with its own dockerd (own data root, exec root, pidfile, socket, config)
-//!   started with `nsenter --net=…` (`ip netns exec` remounts /sys and breaks dockerd),
-//!   and the agent, started inside the namespace with the configuration read from the
-//!   very user-data document a cloud VM would get. The images a baked VM image holds are
-//!   the tarballs of the image directory: loaded once into a template data root
-//!   (`image_store`), which each VM's dockerd starts with, or (without the store)
-//!   loaded by each VM's agent.
+//!   `vpc0`, with its own init ([`init`], `shoal local-vm-init`, started with
+//!   `nsenter --net=…`: `ip netns exec` remounts /sys and breaks dockerd), which starts
+//!   and supervises, as systemd does on a VM, the VM's dockerd (own data root, exec
+//!   root, pidfile, socket, config) and then the agent, with the configuration read
+//!   from the very user-data document a cloud VM would get. The images a baked VM image
+//!   holds are the tarballs of the image directory: loaded once into a template data
+//!   root (`image_store`) that each new VM's dockerd starts with, or (without the
+//!   store) loaded by each VM's agent.
 //! - VMs outlive the coordinator (their processes are in their own process groups), as
-//!   cloud VMs would; deletion stops everything, unmounts what is left and removes the
-//!   namespaces, so nothing remains.
+//!   cloud VMs would. A reboot kills every process of the VM, clears its links and
+//!   mounts and boots it again (the init, dockerd, then the agent). Deletion kills the init first
+//!   (nothing restarts), stops everything else (the containers of a dockerd that died
+//!   included: they are found by their cgroups), unmounts what is left and removes the
+//!   namespace, so nothing remains.
 
 pub mod images;
+pub mod init;
 mod preflight;
 
 use std::collections::BTreeMap;
@@ -67,6 +72,8 @@ pub struct LocalSettings {
     /// shared by hard links), as a baked cloud VM does; else each VM's agent loads the
     /// tarballs.
     pub shared_images: bool,
+    /// The `shoal` binary whose `local-vm-init` is each VM's init (this one).
+    pub init_bin: PathBuf,
 }
 
 /// The local provider.
@@ -207,6 +214,45 @@ pub(crate) fn find_process(needle: &str) -> Option<i32> {
                 .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
                 && !args.iter().any(|a| *a == b"--once")
         })
+}
+
+/// Every process in a container of the dockerd whose data root is `data_root`: the
+/// container ids are the directories of `containers/`, and each of their processes is
+/// in a cgroup named after its id (whichever cgroup driver), so they are found even
+/// when their dockerd and containerd are gone.
+fn container_pids(data_root: &Path) -> Vec<i32> {
+    let ids: Vec<String> = std::fs::read_dir(data_root.join("containers"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return vec![];
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let me = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cg| ids.iter().any(|id| cg.contains(id.as_str())))
+        })
+        .collect()
+}
+
+/// Waits until every one of `pids` has exited (or is a zombie), at most `limit`.
+async fn wait_gone(pids: &[i32], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while pids.iter().any(|p| !is_zombie(*p)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Mount points at or below `dir`, deepest first.
@@ -472,10 +518,14 @@ impl LocalProvider {
             .and_then(|_| write_file_atomic(&dir.join("agent.json"), &cfg_json, 0o600))
             .map_err(|e| err(format!("writing {}: {e}", dir.display())))?;
 
-        self.ensure_vm_network(cluster, req, &ns, addr).await?;
+        self.ensure_vm_network(cluster, req.index, &ns, addr)
+            .await?;
         crate::fault::point("vm-network");
-        self.ensure_dockerd(cluster, req, &ns, &dir).await?;
-        self.ensure_agent(&ns, &dir).await?;
+        if let Some(store) = &self.images {
+            // A new VM only: a data root that exists is this VM's own, as it left it.
+            store.seed(&dir.join("docker")).await;
+        }
+        self.boot(cluster, req.index, &ns, &dir)?;
         Ok(NodeInfo {
             node_id: node.clone(),
             instance_id: ns.clone(),
@@ -488,12 +538,12 @@ impl LocalProvider {
     async fn ensure_vm_network(
         &self,
         cluster: &ClusterRef,
-        req: &NodeRequest,
+        index: u32,
         ns: &str,
         addr: Ipv4Addr,
     ) -> Result<(), ProviderError> {
         let cidr = format!("{addr}/{}", self.s.vpc.prefix_len());
-        let uplink = format!("v{}{}", &cluster.uid[..cluster.uid.len().min(8)], req.index);
+        let uplink = format!("v{}{}", &cluster.uid[..cluster.uid.len().min(8)], index);
         let vpc = self.vpc_ns();
         let gw = self.gateway().to_string();
         // Every step is idempotent and all are run every time: a call interrupted
@@ -538,90 +588,166 @@ impl LocalProvider {
         Ok(())
     }
 
-    async fn ensure_dockerd(
+    /// Boots the VM: writes how (`boot.json`: dockerd, then the agent) and starts its
+    /// init, unless one runs already (a creation resumed after a crash, or one started
+    /// by a coordinator that died before the init wrote its pid file).
+    fn boot(
         &self,
         cluster: &ClusterRef,
-        req: &NodeRequest,
+        index: u32,
         ns: &str,
         dir: &Path,
     ) -> Result<(), ProviderError> {
-        let pidfile = dir.join("dockerd.pid");
-        if pid_alive(&pidfile).is_some() {
-            return Ok(());
-        }
-        // Started by a coordinator that died before dockerd wrote its pid file: a
-        // second one would fight it over the data root.
-        if let Some(pid) = find_process(&format!("--pidfile={}", pidfile.display())) {
-            tracing::info!(%ns, pid, "dockerd already running");
-            return Ok(());
-        }
-        let exec_root = self.exec_root(cluster, req.index);
+        let exec_root = self.exec_root(cluster, index);
         let config = dir.join("daemon.json");
         write_file_atomic(&config, b"{}\n", 0o644)
             .map_err(|e| err(format!("writing {}: {e}", config.display())))?;
         let sock = dir.join("docker.sock");
-        let _ = std::fs::remove_file(&sock);
-        if let Some(store) = &self.images {
-            // A new VM only: a data root that exists is this VM's own, as it left it.
-            store.seed(&dir.join("docker")).await;
-        }
-        let child = netns_command(ns, "dockerd", &dir.join("dockerd.log"))?
-            .arg(format!("--data-root={}", dir.join("docker").display()))
-            .arg(format!("--exec-root={}", exec_root.display()))
-            .arg(format!("--pidfile={}", pidfile.display()))
-            .arg(format!("--config-file={}", config.display()))
-            .arg(format!("--host=unix://{}", sock.display()))
-            .arg("--iptables=true")
-            .arg("--userland-proxy=false")
-            .arg("--log-level=warn")
-            .spawn()
-            .map_err(|e| err(format!("starting dockerd in {ns}: {e}")))?;
-        reap(child, format!("dockerd in {ns}"));
-        Ok(())
-    }
-
-    async fn ensure_agent(&self, ns: &str, dir: &Path) -> Result<(), ProviderError> {
-        let pidfile = dir.join("agent.pid");
-        if pid_alive(&pidfile).is_some() {
-            return Ok(());
-        }
-        let config = dir.join("agent.json");
-        if let Some(pid) = find_process(&config.display().to_string()) {
-            // Started by a coordinator that died before writing the pid file.
-            tracing::info!(%ns, pid, "agent already running");
-            write_file_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644)
-                .map_err(|e| err(format!("writing {}: {e}", pidfile.display())))?;
-            return Ok(());
-        }
-        let child = netns_command(ns, &self.s.agent_bin, &dir.join("agent.log"))?
-            .arg("run")
-            .arg("--config")
-            .arg(dir.join("agent.json"))
-            .arg("--docker-host")
-            .arg(format!("unix://{}", dir.join("docker.sock").display()))
-            .arg("--image-dir")
-            .arg(&self.s.image_dir)
-            .arg("--state-dir")
-            .arg(dir.join("agent-state"))
+        let s = |p: &Path| p.display().to_string();
+        let boot = init::Boot {
+            dockerd: vec![
+                "dockerd".into(),
+                format!("--data-root={}", s(&dir.join("docker"))),
+                format!("--exec-root={}", s(&exec_root)),
+                format!("--pidfile={}", s(&dir.join("dockerd.pid"))),
+                format!("--config-file={}", s(&config)),
+                format!("--host=unix://{}", s(&sock)),
+                "--iptables=true".into(),
+                "--userland-proxy=false".into(),
+                "--log-level=warn".into(),
+            ],
+            dockerd_pidfile: dir.join("dockerd.pid"),
+            docker_socket: sock.clone(),
+            dockerd_log: dir.join("dockerd.log"),
+            agent: vec![
+                s(&self.s.agent_bin),
+                "run".into(),
+                "--config".into(),
+                s(&dir.join("agent.json")),
+                "--docker-host".into(),
+                format!("unix://{}", s(&sock)),
+                "--image-dir".into(),
+                s(&self.s.image_dir),
+                "--state-dir".into(),
+                s(&dir.join("agent-state")),
+            ],
             // The agents' log level: SHOAL_AGENT_LOG of the coordinator (a tracing
             // filter), info by default.
-            .env(
-                "RUST_LOG",
+            agent_env: BTreeMap::from([(
+                "RUST_LOG".to_string(),
                 std::env::var("SHOAL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            )]),
+            agent_pidfile: dir.join("agent.pid"),
+            agent_log: dir.join("agent.log"),
+        };
+        let json = serde_json::to_vec_pretty(&boot).map_err(|e| err(e.to_string()))?;
+        write_file_atomic(&dir.join(init::BOOT_FILE), &json, 0o644).map_err(|e| {
+            err(format!(
+                "writing {}: {e}",
+                dir.join(init::BOOT_FILE).display()
+            ))
+        })?;
+        if pid_alive(&dir.join(init::INIT_PID)).is_some() {
+            return Ok(());
+        }
+        let flag = format!("--vm-dir={}", dir.display());
+        if let Some(pid) = find_process(&flag) {
+            tracing::info!(%ns, pid, "the VM's init runs already");
+            return Ok(());
+        }
+        let log = open_log(&dir.join("init.log"))?;
+        let log2 = log.try_clone().map_err(|e| err(format!("init log: {e}")))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(ns).display()))
+            .arg("--")
+            .arg(&self.s.init_bin)
+            .arg("local-vm-init")
+            .arg(&flag)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 err(format!(
-                    "starting the agent {} in {ns}: {e}",
-                    self.s.agent_bin.display()
+                    "starting the init of {ns} ({} local-vm-init): {e}",
+                    self.s.init_bin.display()
                 ))
             })?;
-        if let Some(pid) = child.id() {
-            write_file_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644)
-                .map_err(|e| err(format!("writing {}: {e}", pidfile.display())))?;
-        }
-        reap(child, format!("agent in {ns}"));
+        reap(child, format!("init of {ns}"));
         Ok(())
+    }
+
+    /// Kills every process of a VM at once (its init first, so nothing restarts), as a
+    /// power cut does: the agent, dockerd, whatever runs in its namespace (containerd,
+    /// shims), and its containers, found by their cgroups even when their dockerd is
+    /// gone. Waits (bounded) until they have exited.
+    async fn kill_vm(&self, cluster: &ClusterRef, node: &str) {
+        let dir = self.vm_dir(cluster, node);
+        let ns = self.vm_ns(cluster, node);
+        for pid in [
+            pid_alive(&dir.join(init::INIT_PID)),
+            find_process(&format!("--vm-dir={}", dir.display())),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut pids: Vec<i32> = ["agent.pid", "dockerd.pid"]
+            .iter()
+            .filter_map(|f| pid_alive(&dir.join(f)))
+            .collect();
+        pids.extend(pids_in_netns(&netns_path(&ns)));
+        pids.extend(container_pids(&dir.join("docker")));
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        wait_gone(&pids, Duration::from_secs(5)).await;
+    }
+
+    /// Reboots a VM as its kernel would: every process killed, every mount under its
+    /// directory and exec root gone, every link but `lo` and its NIC (`eth0`) deleted
+    /// (the bridge and VXLAN device the agent made), then booted again by its init
+    /// from the same user-data (dockerd, then the agent, which converges at boot).
+    async fn reboot_vm(&self, cluster: &ClusterRef, node: &str) -> Result<(), ProviderError> {
+        let dir = self.vm_dir(cluster, node);
+        let ns = self.vm_ns(cluster, node);
+        let index: u32 = node
+            .strip_prefix("node-")
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| err(format!("{node} is not a node of this provider")))?;
+        if !dir.join(init::BOOT_FILE).exists() {
+            return Err(err(format!(
+                "{node} has no VM here ({} is missing)",
+                dir.display()
+            )));
+        }
+        self.kill_vm(cluster, node).await;
+        let mut errors = unmount_all_under(&dir);
+        errors.extend(unmount_all_under(&self.exec_root(cluster, index)));
+        let links = ip(&["-n", &ns, "-o", "link", "show"]).await?;
+        for name in links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .filter(|n| !n.is_empty() && n != "lo" && n != "eth0")
+        {
+            // A veth goes with its peer (a container's, gone with its process): only a
+            // link that is still there after a failed delete is an error.
+            if let Err(e) = ip(&["-n", &ns, "link", "del", &name]).await {
+                if ip(&["-n", &ns, "link", "show", &name]).await.is_ok() {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(err(format!("rebooting {node}: {}", errors.join("; "))));
+        }
+        for f in ["agent.pid", "dockerd.pid", init::INIT_PID] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        self.boot(cluster, index, &ns, &dir)
     }
 
     /// Stops one VM and removes everything it had; errors are collected, not fatal.
@@ -629,6 +755,16 @@ impl LocalProvider {
         let mut errors = Vec::new();
         let ns = self.vm_ns(cluster, node);
         let dir = self.vm_dir(cluster, node);
+        // The init first: it would start again what is stopped below.
+        for pid in [
+            pid_alive(&dir.join(init::INIT_PID)),
+            find_process(&format!("--vm-dir={}", dir.display())),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         if let Some(pid) = pid_alive(&dir.join("agent.pid")) {
             stop_pid(pid, Duration::from_secs(2)).await;
         }
@@ -640,18 +776,18 @@ impl LocalProvider {
             stop_pid(pid, Duration::from_secs(15)).await;
         }
         crate::fault::point("vm-deleted");
-        // Whatever still runs in the namespace (a containerd shim, a stray process).
+        // Whatever still runs: in the namespace (a containerd shim, a stray process), or
+        // in a container whose dockerd died before it could stop it (its processes are
+        // in the container's own namespaces, reparented, found by their cgroups).
         let nspath = netns_path(&ns);
-        let strays = pids_in_netns(&nspath);
+        let mut strays = pids_in_netns(&nspath);
+        strays.extend(container_pids(&dir.join("docker")));
         for pid in &strays {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         // Killed is not gone: wait (bounded) until they have exited, so that "deleted"
         // means no process of the VM is left.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while strays.iter().any(|p| !is_zombie(*p)) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_gone(&strays, Duration::from_secs(5)).await;
         let mut roots = vec![dir.clone()];
         if let Some(i) = index {
             roots.push(self.exec_root(cluster, i));
@@ -864,6 +1000,25 @@ impl Provider for LocalProvider {
                 .collect())
         }
         .boxed()
+    }
+
+    fn reboot_node<'a>(
+        &'a self,
+        cluster: &'a ClusterRef,
+        _params: &'a ProviderParams,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.reboot_vm(cluster, node).boxed()
+    }
+
+    fn live_details(&self, cluster: &ClusterRef, node: &str) -> BTreeMap<String, String> {
+        let Some(sup) = init::Supervision::read(&self.vm_dir(cluster, node)) else {
+            return BTreeMap::new();
+        };
+        BTreeMap::from([
+            ("restarts".to_string(), sup.summary()),
+            ("booted_ms".to_string(), sup.booted_ms.to_string()),
+        ])
     }
 
     fn delete_nodes<'a>(
