@@ -56,9 +56,10 @@ struct Args {
     /// Built-in blueprint.
     #[arg(long, default_value = "demo")]
     blueprint: String,
-    /// Overlay range.
-    #[arg(long, default_value = planner::DEFAULT_OVERLAY)]
-    overlay: String,
+    /// Overlay range (default: the coordinator's, or a range within 10.0.0.0/8 with a
+    /// /24 for each node when `--nodes` needs more than it has).
+    #[arg(long)]
+    overlay: Option<String>,
     /// Do not publish the plan until `publish` is read on stdin.
     #[arg(long)]
     hold: bool,
@@ -161,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         params: ProviderParams::default(),
         metadata_url: metadata_url.clone(),
         node_count: args.nodes,
-        overlay: args.overlay.parse()?,
+        overlay: overlay_for(args.overlay.as_deref(), args.nodes)?,
         vni: 4242,
         domain: blueprint.domain.clone(),
         created_ms: now,
@@ -283,4 +284,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// The overlay to plan `nodes` in: the one given, else the coordinator's default when
+/// it has room (one /24 per node, the first left unused), else the smallest range that
+/// has, aligned within 10.0.0.0/8.
+fn overlay_for(given: Option<&str>, nodes: u32) -> anyhow::Result<ipnet::Ipv4Net> {
+    if let Some(o) = given {
+        return Ok(o.parse()?);
+    }
+    let default: ipnet::Ipv4Net = planner::DEFAULT_OVERLAY.parse()?;
+    let slices = u64::from(nodes) + 1;
+    let bits = 64 - (slices - 1).leading_zeros() as u8; // ceil(log2(slices))
+    let prefix = 24u8.saturating_sub(bits).max(8);
+    if prefix >= default.prefix_len() {
+        return Ok(default);
+    }
+    Ok(ipnet::Ipv4Net::new(default.addr(), prefix)?.trunc())
 }
