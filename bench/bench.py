@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Shoal's benchmarks (run through bench/run; see docs/benchmarks.md).
 
-Nine measurements, each against the approach Shoal replaces or against its target:
+Ten measurements, each against the approach Shoal replaces or against its target:
 
 1. cluster     time to AVAILABLE of local demo clusters (3 and 10 nodes), by phase:
                readiness probes against the old 1 s settle check
