@@ -274,11 +274,17 @@ async fn create(
 }
 
 async fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
-    let (c, nodes) = s.engine.cluster(name).await?;
-    let history = s.engine.history(name).await?;
+    cluster_view(&s.engine, name).await
+}
+
+/// A cluster as `GET /v1/clusters/{name}` shows it (and the console's cluster page):
+/// with its changes and state events, its footprint and its VMs' live details.
+pub async fn cluster_view(engine: &Engine, name: &str) -> Result<ClusterView, ApiError> {
+    let (c, nodes) = engine.cluster(name).await?;
+    let history = engine.history(name).await?;
     let mut v = ClusterView::with_history(&c, &nodes, &history);
-    v.resources = s.engine.footprint(&c);
-    s.engine.add_live_details(&c, &mut v);
+    v.resources = engine.footprint(&c);
+    engine.add_live_details(&c, &mut v);
     Ok(v)
 }
 

@@ -40,7 +40,7 @@ use self::form::Fields;
 use self::live::Rendered;
 use self::pages::{Action, Chrome, CreateValues, Nav};
 use self::session::{Session, Sessions};
-use crate::api::{ApiError, BrowserSession, MAX_BODY};
+use crate::api::{cluster_view, ApiError, BrowserSession, MAX_BODY};
 use crate::engine::{CreateRequest, Engine, RepairRequest, ScaleRequest};
 use crate::providers::ProviderParams;
 use crate::store::now_ms;
@@ -345,16 +345,6 @@ async fn list_events(State(s): State<ConsoleState>, Authed(session): StreamSessi
         })
     });
     live::stream(s.engine.changes(), s.sessions.clone(), session, render).into_response()
-}
-
-async fn cluster_view(engine: &Engine, name: &str) -> Result<ClusterView, ApiError> {
-    let (c, nodes) = engine.cluster(name).await?;
-    // With its changes and state events, as `cluster show` has it: the timeline below
-    // the waterfall lists them, and must be the CLI's picture.
-    let history = engine.history(name).await?;
-    let mut v = ClusterView::with_history(&c, &nodes, &history);
-    v.resources = engine.footprint(&c);
-    Ok(v)
 }
 
 #[derive(Debug, Deserialize)]
