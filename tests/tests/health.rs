@@ -7,6 +7,7 @@
 //! alone; delete after a crashed dockerd leaves nothing behind. Privileged: run
 //! through `scripts/test` as root.
 
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -584,5 +585,110 @@ fn a_removed_vxlan_device_or_fdb_entry_is_put_back_at_once() {
     );
     assert!(reaches(&c, &n1, &n0), "node-1 reaches node-0 again");
     c.shoal_ok(&["cluster", "delete", "nw", "--wait"]);
+    assert_eq!(c.leftovers(true), Vec::<String>::new());
+}
+
+/// Deletes `shoal-vx` and at once holds its UDP port (4789) for `argv[1]` seconds, so
+/// the agent can create the device again but not set it up (EADDRINUSE): the fault it
+/// cannot put right until the port is free. Prints `held` once the port is taken.
+const HOLD_VXLAN_PORT: &str = r#"
+import socket, subprocess, sys, time
+subprocess.run(["ip", "link", "del", "shoal-vx"], check=True)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+deadline = time.time() + 2
+while True:
+    try:
+        s.bind(("0.0.0.0", 4789))
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit(3)
+        time.sleep(0.001)
+print("held", flush=True)
+time.sleep(float(sys.argv[1]))
+"#;
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2, python3"]
+fn an_overlay_that_cannot_be_put_back_is_retried_with_backoff_not_in_a_loop() {
+    let (c, v) = available_cluster("bo", "2");
+    let n1 = node(&v, "node-1").clone();
+    let log_path = std::path::PathBuf::from(n1["agent_log"].as_str().expect("agent_log"));
+    let failed_before = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .matches("putting the node right failed")
+        .count();
+    let since = now_ms();
+    let hold = Duration::from_secs(8);
+    // The agent may win the race for the port (it puts the device back in ~0.1 s):
+    // then try again.
+    let mut holder = None;
+    for _ in 0..5 {
+        let mut out = shoal_e2e::vm::in_ns(&n1, "python3")
+            .args(["-c", HOLD_VXLAN_PORT, &hold.as_secs().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(out.stdout.take().expect("stdout"));
+        let _ = reader.read_line(&mut line);
+        if line.trim() == "held" {
+            holder = Some(out);
+            break;
+        }
+        let _ = out.wait();
+        wait_show(
+            &c,
+            "bo",
+            "AVAILABLE before trying again",
+            Duration::from_secs(10),
+            |v| v["state"] == "AVAILABLE",
+        );
+    }
+    let mut holder = holder.expect("the port was never held before the agent took it");
+    let t = Instant::now();
+    let (v, _) = wait_show(
+        &c,
+        "bo",
+        "node-1 unhealthy, the rebuild failing",
+        Duration::from_secs(5),
+        |v| {
+            node(v, "node-1")["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("putting it right failed"))
+        },
+    );
+    let n = node(&v, "node-1");
+    assert_eq!(n["phase"], "unhealthy", "{n:#}");
+    assert_eq!(n["error"]["reason"], "network-device-missing", "{n:#}");
+    assert_eq!(v["state"], "DEGRADED");
+    let _ = holder.wait();
+    let held = t.elapsed();
+    // Free again: the next try (at most the backoff's step later) puts it back.
+    let (v, took) = wait_show(
+        &c,
+        "bo",
+        "AVAILABLE once the port is free",
+        Duration::from_secs(20),
+        |v| v["state"] == "AVAILABLE" && fault_then_available(v, since, &["shoal-vx"]).is_some(),
+    );
+    assert_eq!(node(&v, "node-1")["phase"], "ready");
+    let tries = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .matches("putting the node right failed")
+        .count()
+        - failed_before;
+    eprintln!(
+        "{tries} failed rebuilds in {:.1}s while the port was held, AVAILABLE {:.1}s after it was freed",
+        held.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    // 1 s doubling: 1 + 2 + 4 s covers 8 s in four tries; a loop would make hundreds.
+    assert!(
+        (2..=6).contains(&tries),
+        "{tries} failed rebuilds in {held:?}"
+    );
+    assert!(reaches(&c, &n1, node(&v, "node-0")), "overlay rebuilt");
+    c.shoal_ok(&["cluster", "delete", "bo", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
 }
