@@ -585,8 +585,7 @@ enum DockerSignal {
     /// The engine went away: its event stream ended and it does not answer a ping
     /// (the message says how each failed).
     Down(String),
-    /// The engine answers again after [`DockerSignal::Down`] (or after a stream that
-    /// broke while it still answered).
+    /// The engine answers again after [`DockerSignal::Down`].
     Back,
 }
 
@@ -605,7 +604,7 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<DockerSig
                 Ok(d) => d,
                 Err(_) => {
                     // A unix socket that refuses costs next to nothing to try: retry
-                    // fast (100 ms doubling to 1 s), so a restarted engine is seen at
+                    // fast (200 ms doubling to 1 s), so a restarted engine is seen at
                     // once.
                     tries = tries.saturating_add(1);
                     let ms = 100u64.saturating_mul(1 << tries.min(4)).min(1000);
