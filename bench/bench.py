@@ -27,6 +27,10 @@ Ten measurements, each against the approach Shoal replaces or against its target
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
                Not in the default set (minutes per run): `--only qemu`.
+11. health     a node made silent (SIGSTOP) → lost, and back; its agent and dockerd
+               SIGKILLed → restarted by the VM's init, DEGRADED → AVAILABLE; its VXLAN
+               device and an FDB entry deleted → healed; a reboot; a repair, against
+               what an operator had without them (nothing healed) and a new cluster
 
 Figures are medians of several runs with min and max. Nothing here fails on a number;
 it fails only when a benchmark itself breaks (a cluster fails, states differ, a tool
@@ -1914,11 +1918,219 @@ def bench_qemu(rep, args, prefix):
     rep.section(f"10. Real VMs (qemu provider, {accel.upper()}): the OS's boot and Shoal's part", lines)
 
 
+# ---------------------------------------------------------------------------------
+# 11. Health: a silent node marked lost, faults healed, repair
+
+
+def vm_pid(node, name):
+    """The live pid in a node's VM directory's `name` pid file, or None."""
+    try:
+        pid = int((Path(node["agent_log"]).parent / name).read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return None if ") Z " in stat else pid
+
+
+def poll(what, limit, f, every=0.02):
+    """Polls `f` until it returns something truthy; (it, ms taken)."""
+    t0 = time.monotonic()
+    while True:
+        v = f()
+        if v:
+            return v, (time.monotonic() - t0) * 1000
+        if time.monotonic() - t0 > limit:
+            raise BenchError(f"health: {what}: not within {limit}s")
+        time.sleep(every)
+
+
+def degraded_then_available(view, since_ms, needle):
+    """(DEGRADED at, the AVAILABLE after it) in the cluster's record of states, for the
+    first DEGRADED since `since_ms` whose reason contains `needle`; None until both are
+    there."""
+    events = view.get("events") or []
+    for i, e in enumerate(events):
+        if e["state"] == "DEGRADED" and e["at_ms"] >= since_ms and needle in (e.get("reason") or ""):
+            after = next((a for a in events[i + 1:] if a["state"] == "AVAILABLE"), None)
+            return (e["at_ms"], after["at_ms"]) if after else None
+    return None
+
+
+def fdb_peers(ns):
+    p = run(netns(ns, ["bridge", "-j", "fdb", "show", "dev", "shoal-vx"]), check=False)
+    try:
+        entries = json.loads(p.stdout or "[]")
+    except ValueError:
+        return []
+    return sorted(e["dst"] for e in entries if e.get("mac") == "00:00:00:00:00:00" and "dst" in e)
+
+
+def bench_health(rep, args, prefix, octet):
+    runs = 1 if args.quick else args.runs
+    report_s, lost_s = 1, 4
+    coord = Coordinator(prefix, octet, extra=["--report-interval", str(report_s), "--lost-after", str(lost_s)])
+    keys = ("lost", "back", "agent", "agent_avail", "dockerd", "dockerd_degraded", "dockerd_avail",
+            "vx_healed", "vx_degraded", "vx_avail", "fdb_healed", "fdb_avail", "reboot_agent",
+            "reboot_avail", "repair", "fresh")
+    res = {k: [] for k in keys}
+    name = "hl"
+
+    def show():
+        return coord.api("GET", f"/v1/clusters/{name}")
+
+    def node(v, nid):
+        return next(n for n in v["nodes"] if n["id"] == nid)
+
+    def fault_record(since, needle, limit=60):
+        v, _ = poll(f"DEGRADED ({needle}) then AVAILABLE", limit,
+                    lambda: degraded_then_available(show(), since, needle), 0.05)
+        return v
+
+    try:
+        log("health: a 3-node demo cluster")
+        cluster_run(coord, name, 3, timeout=120)
+        for r in range(runs):
+            log(f"health: run {r + 1}/{runs}")
+            n2 = node(show(), "node-2")
+            ns = n2["netns"]
+            peers = sorted(n["private_ip"] for n in show()["nodes"] if n["id"] != "node-2")
+
+            # Silent: frozen until marked lost, then resumed until AVAILABLE.
+            agent = vm_pid(n2, "agent.pid")
+            os.kill(agent, signal.SIGSTOP)
+            _, ms = poll("lost", 30, lambda: node(show(), "node-2")["phase"] == "lost", 0.05)
+            res["lost"].append(ms)
+            os.kill(agent, signal.SIGCONT)
+            _, ms = poll("back", 30, lambda: show()["state"] == "AVAILABLE", 0.02)
+            res["back"].append(ms)
+
+            # The agent killed: restarted by the VM's init. Its new process reports from
+            # the start (DEGRADED), then ready: the AVAILABLE after that DEGRADED, not
+            # the state the poll may still see from before.
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            os.kill(agent, signal.SIGKILL)
+            poll("agent restarted", 10, lambda: (vm_pid(n2, "agent.pid") or agent) != agent, 0.005)
+            res["agent"].append((time.monotonic() - t0) * 1000)
+            _, up = fault_record(since, "node-2")
+            res["agent_avail"].append(up - since)
+
+            # dockerd killed: restarted by the init; the node dockerd-down meanwhile.
+            dockerd = vm_pid(n2, "dockerd.pid")
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            os.kill(dockerd, signal.SIGKILL)
+            poll("dockerd restarted", 10, lambda: (vm_pid(n2, "dockerd.pid") or dockerd) != dockerd, 0.005)
+            res["dockerd"].append((time.monotonic() - t0) * 1000)
+            down, up = fault_record(since, "dockerd-down")
+            res["dockerd_degraded"].append(down - since)
+            res["dockerd_avail"].append(up - since)
+
+            # The VXLAN device deleted; then one FDB entry.
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            run(["ip", "-n", ns, "link", "del", "shoal-vx"])
+            poll("shoal-vx back", 10, lambda: fdb_peers(ns) == peers, 0.005)
+            res["vx_healed"].append((time.monotonic() - t0) * 1000)
+            down, up = fault_record(since, "shoal-vx")
+            res["vx_degraded"].append(down - since)
+            res["vx_avail"].append(up - since)
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            run(netns(ns, ["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "shoal-vx", "dst", peers[0]]))
+            poll("FDB entry back", 10, lambda: fdb_peers(ns) == peers, 0.005)
+            res["fdb_healed"].append((time.monotonic() - t0) * 1000)
+            _, up = fault_record(since, "FDB")
+            res["fdb_avail"].append(up - since)
+
+            # A reboot: every process of the VM killed, booted again from its user-data.
+            agent = vm_pid(n2, "agent.pid")
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            coord.api("POST", f"/v1/clusters/{name}/nodes/node-2/reboot")
+            poll("agent after the reboot", 60, lambda: (vm_pid(n2, "agent.pid") or agent) != agent, 0.01)
+            res["reboot_agent"].append((time.monotonic() - t0) * 1000)
+            _, up = fault_record(since, "node-2")
+            res["reboot_avail"].append(up - since)
+
+            # Repair: lost first, then a new VM for the same node.
+            before = node(show(), "node-2").get("incarnation", 0)
+            agent = vm_pid(n2, "agent.pid")
+            os.kill(agent, signal.SIGSTOP)
+            poll("lost again", 30, lambda: node(show(), "node-2")["phase"] == "lost", 0.05)
+            t0 = time.monotonic()
+            coord.api("POST", f"/v1/clusters/{name}/repair", {"nodes": ["node-2"]})
+            poll("repaired", 120, lambda: (lambda v: v["state"] == "AVAILABLE"
+                                             and node(v, "node-2").get("incarnation", 0) > before)(show()), 0.05)
+            res["repair"].append((time.monotonic() - t0) * 1000)
+        for r in range(runs):
+            other = f"hf{r}"
+            log(f"health: the alternative, a 3-node cluster from nothing, run {r + 1}/{runs}")
+            res["fresh"].append(cluster_run(coord, other, 3, timeout=120)["total"])
+            cluster_delete(coord, other)
+        cluster_delete(coord, name)
+    except BaseException:
+        # Leave no VM behind (the cluster, and a fresh one if one was being made).
+        for leftover in [name] + [f"hf{r}" for r in range(runs)]:
+            try:
+                cluster_delete(coord, leftover)
+            except BenchError:
+                pass
+        raise
+    finally:
+        coord.stop()
+    rep.raw["health"] = res
+
+    def mx(k):
+        return f"{max(res[k]):.0f} ms"
+
+    never = "without #15: never"
+    rows = [
+        [f"agent frozen (SIGSTOP) → marked lost (timeout {lost_s} s, reports every {report_s} s)",
+         summary(res["lost"]), mx("lost"), f"{lost_s} s + one sweep (1 s) + its time", never + " (shown ready)"],
+        ["agent resumed (SIGCONT) → AVAILABLE", summary(res["back"]), mx("back"), "", ""],
+        ["agent SIGKILLed → running again (the VM's init)", summary(res["agent"]), mx("agent"), "< 5 s", never],
+        ["agent SIGKILLed → AVAILABLE (reconverged, reported ready)", summary(res["agent_avail"]),
+         mx("agent_avail"), "", ""],
+        ["dockerd SIGKILLed → running again (the VM's init)", summary(res["dockerd"]), mx("dockerd"), "< 5 s", never],
+        ["dockerd SIGKILLed → DEGRADED (`dockerd-down`)", summary(res["dockerd_degraded"]),
+         mx("dockerd_degraded"), "", never + " (shown AVAILABLE)"],
+        ["dockerd SIGKILLed → AVAILABLE (dockerd answering, containers back, probes)",
+         summary(res["dockerd_avail"]), mx("dockerd_avail"), "< 10 s", ""],
+        ["`shoal-vx` deleted → back with its FDB entries (kernel, polled every 5 ms)",
+         summary(res["vx_healed"]), mx("vx_healed"), "< 2 s", never + " (until the next plan generation)"],
+        ["`shoal-vx` deleted → DEGRADED (`network-device-missing`)", summary(res["vx_degraded"]),
+         mx("vx_degraded"), "", never + " (shown AVAILABLE)"],
+        ["`shoal-vx` deleted → AVAILABLE", summary(res["vx_avail"]), mx("vx_avail"), "< 2 s", ""],
+        ["an FDB entry deleted → back", summary(res["fdb_healed"]), mx("fdb_healed"), "< 2 s",
+         never + " (until the next plan generation)"],
+        ["an FDB entry deleted → AVAILABLE", summary(res["fdb_avail"]), mx("fdb_avail"), "< 2 s", ""],
+        ["`cluster reboot` of the node → its agent started", summary(res["reboot_agent"]), mx("reboot_agent"),
+         "< 15 s", "before the fix of the stale /run: 17–19 s"],
+        ["`cluster reboot` of the node → AVAILABLE", summary(res["reboot_avail"]), mx("reboot_avail"), "", ""],
+        ["lost node repaired → AVAILABLE (old VM deleted, new one ready)", summary(res["repair"]),
+         mx("repair"), "", f"a new 3-node cluster: {summary(res['fresh'])}, max {mx('fresh')}"],
+    ]
+    lines = [
+        f"A 3-node demo cluster (local provider, release build), `shoal serve --report-interval {report_s} "
+        f"--lost-after {lost_s}`; node-2 is the one hit, {runs} run(s), each fault in turn. Times from the "
+        "fault (the signal sent, the command run) to what an operator would check: the operator API "
+        "(polled every 20–50 ms), the cluster's record of states (`events`: the DEGRADED with the fault's "
+        "reason and the AVAILABLE after it, stamped by the coordinator), the kernel (`ip`, `bridge`), or the "
+        "VM's pid file naming a new live process. The alternative: what an operator had without issue #15 "
+        "(no liveness, no healing: the fault stays, the cluster shown AVAILABLE), and for a repair a new "
+        "cluster of the same size.",
+        "",
+    ]
+    lines += table(["fault → outcome", "median (min–max)", "max", "bound", "alternative"], rows)
+    rep.section("11. Health: liveness, healing, restarts, reboot, repair (local provider, demo blueprint)", lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -1927,7 +2139,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -1962,6 +2174,8 @@ def main():
             bench_hadoop(rep, args, tag + "c", octet)
         if "qemu" in only:
             bench_qemu(rep, args, tag + "q")
+        if "health" in only:
+            bench_health(rep, args, tag + "h", (octet + 200) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:
         failed = e
     rep.sections.sort(key=lambda s: int(s[0].split(".", 1)[0]))

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod images;
 pub mod netlink;
 pub mod netns;
+pub mod netwatch;
 pub mod overlay;
 pub mod probes;
 pub mod retry;

@@ -16,7 +16,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::Handle;
 
 /// The connection half of a netlink pair: a future the caller must spawn on tokio
@@ -129,6 +131,36 @@ fn open_in(path: &Path) -> Result<(NetlinkConnection, Handle), NetnsError> {
     // socket itself would be fine, but this thread must not pretend all went well).
     guard.restore()?;
     opened
+}
+
+/// Opens an rtnetlink connection in the calling thread's current namespace that is
+/// also a member of the multicast `groups` (`RTMGRP_*` bits, e.g. links and
+/// neighbours): the kernel then sends it every matching change, made by anyone, on the
+/// returned receiver. Must be called inside a tokio runtime; spawn the connection.
+pub fn subscribe(
+    groups: u32,
+) -> Result<
+    (
+        NetlinkConnection,
+        impl futures_util::Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Unpin,
+    ),
+    NetnsError,
+> {
+    let namespace = "the current namespace".to_string();
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(NetnsError::NoRuntime { namespace });
+    }
+    let (mut connection, _handle, notifications) =
+        rtnetlink::new_connection().map_err(|source| NetnsError::Socket {
+            namespace: namespace.clone(),
+            source,
+        })?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .map_err(|source| NetnsError::Socket { namespace, source })?;
+    Ok((connection, notifications))
 }
 
 fn new_connection(namespace: String) -> Result<(NetlinkConnection, Handle), NetnsError> {

@@ -544,6 +544,26 @@ pub async fn ensure_network(
     Ok(true)
 }
 
+/// This node's entry in the plan and the underlay interface holding its private address.
+async fn node_and_underlay<'p>(
+    handle: &Handle,
+    plan: &'p Plan,
+    node_id: &str,
+) -> Result<(&'p shoal_protocol::NodePlan, Link), OverlayError> {
+    let node = plan
+        .node(node_id)
+        .ok_or_else(|| OverlayError::NodeNotInPlan {
+            node: node_id.to_string(),
+        })?;
+    let underlay = netlink::link_by_address(handle, node.private_ip)
+        .await
+        .map_err(|source| OverlayError::Underlay {
+            address: node.private_ip,
+            source,
+        })?;
+    Ok((node, underlay))
+}
+
 /// Converges this node's overlay to the plan: the Docker network `shoal` (its bridge
 /// `shoal0`), the VXLAN device `shoal-vx` on the underlay interface that holds the
 /// node's private address, and one FDB entry per peer. `handle` must act on the node's
@@ -557,17 +577,7 @@ pub async fn converge(
     plan: &Plan,
     node_id: &str,
 ) -> Result<OverlayReport, OverlayError> {
-    let node = plan
-        .node(node_id)
-        .ok_or_else(|| OverlayError::NodeNotInPlan {
-            node: node_id.to_string(),
-        })?;
-    let underlay = netlink::link_by_address(handle, node.private_ip)
-        .await
-        .map_err(|source| OverlayError::Underlay {
-            address: node.private_ip,
-            source,
-        })?;
+    let (node, underlay) = node_and_underlay(handle, plan, node_id).await?;
     let mtu = overlay_mtu(plan.network.mtu, &underlay)?;
     let network = NetworkSpec {
         cluster: plan.cluster.clone(),
@@ -622,6 +632,70 @@ pub async fn converge(
             Err(error.with_rollback(rollback))
         }
     }
+}
+
+/// Whether this node's overlay is still as [`converge`] left it, read from the kernel
+/// only (no Docker call, so it is cheap enough to run on every netlink notification):
+/// `None` when it is, else what is missing or changed, naming the device (and the peer
+/// of a missing FDB entry). The resident agent reports that as
+/// `network-device-missing` and converges again.
+pub async fn check(
+    handle: &Handle,
+    plan: &Plan,
+    node_id: &str,
+) -> Result<Option<String>, OverlayError> {
+    let (node, underlay) = node_and_underlay(handle, plan, node_id).await?;
+    let Some(bridge) = netlink::link_by_name(handle, BRIDGE_NAME).await? else {
+        return Ok(Some(format!("the bridge {BRIDGE_NAME} was removed")));
+    };
+    if !bridge.up {
+        return Ok(Some(format!("the bridge {BRIDGE_NAME} was set down")));
+    }
+    let Some(vxlan) = netlink::link_by_name(handle, VXLAN_NAME).await? else {
+        return Ok(Some(format!("the VXLAN device {VXLAN_NAME} was removed")));
+    };
+    let params = VxlanParams {
+        name: VXLAN_NAME.to_string(),
+        vni: plan.network.vni,
+        port: plan.network.port,
+        local: node.private_ip,
+        dev: underlay.index,
+    };
+    if !params.matches(&vxlan) {
+        return Ok(Some(format!(
+            "the VXLAN device {VXLAN_NAME} was replaced by one with other settings"
+        )));
+    }
+    if vxlan.controller != Some(bridge.index) {
+        return Ok(Some(format!(
+            "the VXLAN device {VXLAN_NAME} was taken off the bridge {BRIDGE_NAME}"
+        )));
+    }
+    if !vxlan.up {
+        return Ok(Some(format!("the VXLAN device {VXLAN_NAME} was set down")));
+    }
+    let present: BTreeSet<Ipv4Addr> = netlink::fdb_zero_entries(handle, &vxlan)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<String> = plan
+        .peers_of(node_id)
+        .into_iter()
+        .filter(|p| !present.contains(p))
+        .map(|p| p.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let entries = if missing.len() == 1 {
+            "entry"
+        } else {
+            "entries"
+        };
+        return Ok(Some(format!(
+            "the FDB {entries} of {VXLAN_NAME} for {} removed",
+            missing.join(", ") + if missing.len() == 1 { " was" } else { " were" }
+        )));
+    }
+    Ok(None)
 }
 
 /// Removes the overlay from this node: `shoal-vx`, then the Docker network (which fails

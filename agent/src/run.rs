@@ -25,7 +25,9 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
-use crate::{boot_milestones, config, containers, docker, images, netns, overlay, probes, retry};
+use crate::{
+    boot_milestones, config, containers, docker, images, netns, netwatch, overlay, probes, retry,
+};
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
 pub mod exit {
@@ -76,8 +78,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Why a convergence failed: the stable reason and the message.
-#[derive(Debug)]
+/// Why a convergence failed, or what broke on a converged node: the stable reason and
+/// the message.
+#[derive(Debug, Clone)]
 struct Failure {
     reason: &'static str,
     message: String,
@@ -121,7 +124,23 @@ struct Agent {
     /// request carries the agent further than that past the coordinator's last answer.
     /// `None` once a plan is held: a resident agent keeps trying.
     deadline: Option<Duration>,
+    /// What broke on the converged node (reported `unhealthy`) and is being put right:
+    /// cleared by the next successful convergence.
+    fault: Option<Failure>,
+    /// The Docker engine stopped answering after the node converged; nothing is
+    /// converged until it is back.
+    docker_down: bool,
+    /// When the overlay was last rebuilt after a fault, and how many faults in a row
+    /// came back within [`REFAULT_WINDOW`] of their rebuild: a device that will not
+    /// stay is then rebuilt with backoff, not in a loop.
+    net_repaired: Option<tokio::time::Instant>,
+    net_refaults: u32,
 }
+
+/// A network fault this soon after the previous rebuild counts as the same fault again.
+const REFAULT_WINDOW: Duration = Duration::from_secs(2);
+/// Network faults in a row rebuilt at once before backoff sets in.
+const REFAULTS_AT_ONCE: u32 = 2;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -269,6 +288,50 @@ impl Agent {
                 tracing::warn!(phase = %status.phase, error = %e, "status report refused");
                 self.undelivered = None;
             }
+        }
+    }
+
+    /// Reports the converged node `unhealthy` with what broke; it stays so until a
+    /// convergence succeeds. The containers' last known states are kept in the report.
+    async fn report_fault(&mut self, fault: Failure, generation: u64) {
+        tracing::warn!(reason = fault.reason, message = %fault.message, "the node is unhealthy; converging again");
+        let error = NodeFailure {
+            reason: fault.reason.to_string(),
+            message: fault.message.clone(),
+        };
+        let containers = self
+            .latest
+            .as_ref()
+            .map(|l| l.containers.clone())
+            .unwrap_or_default();
+        self.fault = Some(fault);
+        self.report(Phase::Unhealthy, generation, Some(error), containers)
+            .await;
+    }
+
+    /// Reads the overlay back after a netlink notification: the fault, if part of it is
+    /// missing.
+    async fn check_overlay(&self, plan: &Plan) -> Option<Failure> {
+        if !plan.node_uses_overlay(&self.cfg.node_id) {
+            return None;
+        }
+        let (conn, handle) = match netns::connect() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open netlink to check the overlay");
+                return None;
+            }
+        };
+        let task = tokio::spawn(conn);
+        let checked = overlay::check(&handle, plan, &self.cfg.node_id).await;
+        task.abort();
+        match checked {
+            Ok(None) => None,
+            Ok(Some(what)) => Some(Failure::new(reason::NETWORK_DEVICE_MISSING, what)),
+            Err(e) => Some(Failure::new(
+                reason::NETWORK_DEVICE_MISSING,
+                format!("the overlay cannot be read back: {e}"),
+            )),
         }
     }
 
@@ -453,6 +516,12 @@ impl Agent {
         match result {
             Ok((c, drained)) => {
                 self.converged_once = true;
+                if let Some(fault) = self.fault.take() {
+                    tracing::info!(reason = fault.reason, "the node is whole again");
+                    if fault.reason == reason::NETWORK_DEVICE_MISSING {
+                        self.net_repaired = Some(tokio::time::Instant::now());
+                    }
+                }
                 let phase = if drained {
                     Phase::Drained
                 } else {
@@ -470,6 +539,22 @@ impl Agent {
                     tracing::info!(generation = plan.generation, %phase, "node converged");
                 }
                 Ok(())
+            }
+            Err(f) if self.fault.is_some() => {
+                // A converged node that broke and cannot be put right yet: still the
+                // fault's reason (the cause), with why the repair failed.
+                let fault = self.fault.clone().unwrap_or_else(|| f.clone());
+                tracing::error!(reason = fault.reason, error = %f.message, "putting the node right failed; it is tried again with backoff");
+                let error = NodeFailure {
+                    reason: fault.reason.to_string(),
+                    message: format!(
+                        "{}; putting it right failed ({}: {}), tried again with backoff",
+                        fault.message, f.reason, f.message
+                    ),
+                };
+                self.report(Phase::Unhealthy, plan.generation, Some(error), vec![])
+                    .await;
+                Err(f)
             }
             Err(f) => {
                 tracing::error!(reason = f.reason, message = %f.message, "convergence failed");
@@ -492,23 +577,47 @@ struct Converged {
     changed: bool,
 }
 
-/// Watches Docker for events that mean part of the cluster was lost, and signals a
-/// reconvergence; a broken stream (daemon restart) signals one too once it is back.
-/// A daemon not up yet when the watch begins (at boot) is no restart.
-fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
+/// What the Docker watch tells the resident loop.
+#[derive(Debug)]
+enum DockerSignal {
+    /// Something of the cluster was lost (a container died, the network went).
+    Changed,
+    /// The engine went away: its event stream ended and it does not answer a ping
+    /// (the message says how each failed).
+    Down(String),
+    /// The engine answers again after [`DockerSignal::Down`].
+    Back,
+}
+
+/// Watches Docker for events that mean part of the cluster was lost, and for the engine
+/// itself going away and coming back (a daemon crash, and its restart by the VM's init
+/// or systemd). A daemon not up yet when the watch begins (at boot) signals nothing.
+fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<DockerSignal>) {
     tokio::spawn(async move {
-        // Set once a stream that was up broke (a daemon restart, most likely): the
-        // reconnection then signals a reconvergence. A first connection that fails
-        // (dockerd still starting at boot, while the first convergence waits for it
-        // anyway) signals nothing.
+        // Set once a stream that was up broke: the reconnection then signals `Back`. A
+        // first connection that fails (dockerd still starting at boot, while the first
+        // convergence waits for it anyway) signals nothing.
         let mut lost = false;
+        let mut tries = 0u32;
         loop {
-            let Ok(d) = docker::connect(&docker_host).await else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            let d = match docker::connect(&docker_host).await {
+                Ok(d) => d,
+                Err(_) => {
+                    // A unix socket that refuses costs next to nothing to try: retry
+                    // fast (200 ms doubling to 1 s), so a restarted engine is seen at
+                    // once.
+                    tries = tries.saturating_add(1);
+                    let ms = 100u64.saturating_mul(1 << tries.min(4)).min(1000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    continue;
+                }
             };
+            tries = 0;
             if lost {
-                let _ = tx.try_send(());
+                tracing::info!("the Docker engine answers again");
+                if tx.send(DockerSignal::Back).await.is_err() {
+                    return;
+                }
             }
             let filters = std::collections::HashMap::from([
                 ("type", vec!["container", "network"]),
@@ -518,23 +627,39 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<()>) {
                 .filters(&filters)
                 .build();
             let mut events = d.events(Some(opts));
-            while let Some(ev) = events.next().await {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::info!(error = %docker::message(&e), "the Docker event stream broke; reconnecting");
-                        break;
+            let ended = loop {
+                match events.next().await {
+                    Some(Ok(ev)) => {
+                        let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
+                            || attrs.get("name").map(String::as_str) == Some("shoal");
+                        if ours {
+                            let _ = tx.try_send(DockerSignal::Changed);
+                        }
                     }
-                };
-                let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
-                let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
-                    || attrs.get("name").map(String::as_str) == Some("shoal");
-                if ours {
-                    let _ = tx.try_send(());
+                    Some(Err(e)) => break docker::message(&e),
+                    None => break "the engine closed it".to_string(),
+                }
+            };
+            match d.ping().await {
+                Ok(_) => {
+                    // The engine is up: the stream alone broke. Converge in case an
+                    // event was missed meanwhile.
+                    tracing::info!(error = %ended, "the Docker event stream broke; reconnecting");
+                    let _ = tx.try_send(DockerSignal::Changed);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "the Docker engine at {docker_host} went away: its event stream ended ({ended}) and it does not answer a ping ({})",
+                        docker::message(&e)
+                    );
+                    tracing::warn!("{why}");
+                    lost = true;
+                    if tx.send(DockerSignal::Down(why)).await.is_err() {
+                        return;
+                    }
                 }
             }
-            lost = true;
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
 }
@@ -580,11 +705,16 @@ pub async fn run(opts: RunOptions) -> i32 {
         boot: boot_milestones::watch(boot_milestones::Sources::default()),
         delivered_at: tokio::time::Instant::now(),
         deadline: Some(deadline),
+        fault: None,
+        docker_down: false,
+        net_repaired: None,
+        net_refaults: 0,
     };
     let mut boot_open = true;
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
 
-    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(4);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<DockerSignal>(4);
+    let (net_tx, mut net_rx) = mpsc::channel::<netwatch::Touched>(4);
     let mut watching = false;
     let mut current: Option<Plan> = None;
     let mut after = 0u64;
@@ -649,6 +779,9 @@ pub async fn run(opts: RunOptions) -> i32 {
                     }
                     if !watching && !agent.opts.once {
                         watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());
+                        if let Err(e) = netwatch::spawn(net_tx.clone()) {
+                            tracing::warn!(error = %e, "cannot watch netlink: overlay faults are found only at the next convergence");
+                        }
                         watching = true;
                     }
                     current = Some(plan);
@@ -656,12 +789,60 @@ pub async fn run(opts: RunOptions) -> i32 {
                     reconverge = true;
                 }
             },
-            Some(()) = ev_rx.recv(), if current.is_some() => {
-                // Let a burst of events (a daemon restart) settle first.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                while ev_rx.try_recv().is_ok() {}
-                tracing::info!("Docker reported a change to the cluster's containers; converging again");
-                reconverge = true;
+            Some(signal) = ev_rx.recv(), if current.is_some() => {
+                let mut signals = vec![signal];
+                if !matches!(signals[0], DockerSignal::Down(_)) {
+                    // Let a burst of events (a daemon's restart, its containers
+                    // restarting) settle first. A Down is reported at once.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                while let Ok(more) = ev_rx.try_recv() {
+                    signals.push(more);
+                }
+                for signal in signals {
+                    match signal {
+                        DockerSignal::Down(why) => {
+                            agent.docker_down = true;
+                            if agent.converged.is_some() {
+                                let g = current.as_ref().map_or(0, |p| p.generation);
+                                agent.report_fault(Failure::new(reason::DOCKERD_DOWN, why), g).await;
+                            }
+                        }
+                        DockerSignal::Back => {
+                            tracing::info!("the Docker engine is back; converging again");
+                            agent.docker_down = false;
+                            reconverge = true;
+                        }
+                        DockerSignal::Changed => {
+                            tracing::info!("Docker reported a change to the cluster's containers; converging again");
+                            reconverge = true;
+                        }
+                    }
+                }
+            }
+            Some(touched) = net_rx.recv(), if agent.converged.is_some() && retry_at.is_none() && !agent.docker_down => {
+                // A removal notifies in a burst (a device's FDB entries, then the
+                // device): read the overlay back once it is over.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while net_rx.try_recv().is_ok() {}
+                if let Some(plan) = current.as_ref() {
+                    if let Some(fault) = agent.check_overlay(plan).await {
+                        tracing::info!(?touched, "netlink: the overlay changed");
+                        let g = plan.generation;
+                        let again = agent.net_repaired.is_some_and(|t| t.elapsed() < REFAULT_WINDOW);
+                        agent.net_refaults = if again { agent.net_refaults + 1 } else { 0 };
+                        agent.report_fault(fault, g).await;
+                        if agent.net_refaults < REFAULTS_AT_ONCE {
+                            reconverge = true;
+                        } else {
+                            // Put back and gone again, repeatedly: something on the VM
+                            // removes it. Rebuild with backoff, not in a loop.
+                            let d = retry::delay(&retry::RECONVERGE, agent.net_refaults - REFAULTS_AT_ONCE + 1);
+                            tracing::warn!(delay_ms = d.as_millis() as u64, refaults = agent.net_refaults, "the overlay keeps breaking; rebuilding it after a delay");
+                            retry_at = Some(tokio::time::Instant::now() + d);
+                        }
+                    }
+                }
             }
             () = retry_sleep => {
                 reconverge = true;
@@ -685,10 +866,15 @@ pub async fn run(opts: RunOptions) -> i32 {
         if !reconverge {
             continue;
         }
+        retry_at = None;
+        if agent.docker_down {
+            // With the engine down there is nothing to converge against: its return
+            // (`DockerSignal::Back`) converges.
+            continue;
+        }
         let Some(plan) = current.clone() else {
             continue;
         };
-        retry_at = None;
         match agent.converge_and_report(&plan).await {
             Ok(()) => {
                 failures = 0;

@@ -546,6 +546,15 @@ impl Timeline {
                 .map(|m| format!("{} {}", m.state, secs(m.at_ms)))
                 .collect();
             out.push(format!("states: {}", marks.join(", ")));
+            // Why the cluster was degraded (or failed): the node and its fault's reason,
+            // the one thing the one-line list cannot carry.
+            for m in &self.states {
+                if let (ClusterState::Degraded | ClusterState::Failed, Some(reason)) =
+                    (m.state, m.reason.as_deref())
+                {
+                    out.push(format!("  {} at {}: {reason}", m.state, secs(m.at_ms)));
+                }
+            }
         }
         out
     }
@@ -1518,6 +1527,19 @@ mod tests {
             state: ClusterState::Updating,
             reason: None,
         });
+        c.events.push(crate::store::ClusterEvent {
+            at_ms: T0 + 65_000,
+            state: ClusterState::Degraded,
+            reason: Some(
+                "node-1 unhealthy: network-device-missing: the VXLAN device shoal-vx was removed"
+                    .into(),
+            ),
+        });
+        c.events.push(crate::store::ClusterEvent {
+            at_ms: T0 + 65_040,
+            state: ClusterState::Available,
+            reason: None,
+        });
         let t = Timeline::from_view(&c, T0 + 70_000);
         // The boot's scale is not stretched by a change a minute later.
         assert_eq!(t.total_ms, 3800);
@@ -1530,7 +1552,13 @@ mod tests {
         );
         assert!(text.contains("node-0 0.05s"), "{text}");
         assert!(
-            text.contains("states: REQUESTED 0.00s, UPDATING 60.0s"),
+            text.contains(
+                "states: REQUESTED 0.00s, UPDATING 60.0s, DEGRADED 65.0s, AVAILABLE 65.0s"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  DEGRADED at 65.0s: node-1 unhealthy: network-device-missing: the VXLAN device shoal-vx was removed"),
             "{text}"
         );
         let svg = t.render_svg();

@@ -724,8 +724,20 @@ impl LocalProvider {
             )));
         }
         self.kill_vm(cluster, node).await;
+        let exec_root = self.exec_root(cluster, index);
         let mut errors = unmount_all_under(&dir);
-        errors.extend(unmount_all_under(&self.exec_root(cluster, index)));
+        errors.extend(unmount_all_under(&exec_root));
+        // The exec root is the VM's /run, which a reboot empties (a tmpfs). Left in
+        // place, it names the killed containerd in containerd.pid; the new dockerd
+        // takes a pid that still exists (the killed containerd, a zombie until the
+        // host's init reaps it: the VM's own init was killed first) for a containerd
+        // still running, waits for its socket and gives up after 15 s ("timeout
+        // waiting for containerd to start"), and only its restart brings the VM up.
+        if exec_root.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&exec_root) {
+                errors.push(format!("emptying {} (its /run): {e}", exec_root.display()));
+            }
+        }
         let links = ip(&["-n", &ns, "-o", "link", "show"]).await?;
         for name in links
             .lines()
