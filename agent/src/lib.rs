@@ -14,6 +14,7 @@ pub mod images;
 pub mod netlink;
 pub mod netns;
 pub mod overlay;
+pub mod peer_drain;
 pub mod probes;
 pub mod retry;
 pub mod run;

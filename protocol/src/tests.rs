@@ -43,6 +43,7 @@ fn sample() -> Plan {
                 )],
                 leaving: false,
                 drain: None,
+                peer_drains: vec![],
             })
             .collect(),
         liveness: None,
@@ -412,6 +413,7 @@ fn status_reason_must_be_a_code() {
         containers: vec![],
         agent_version: "0.1.0".into(),
         boot: None,
+        peer_drains: vec![],
     };
     assert!(s.validate().is_err());
 }
@@ -465,6 +467,7 @@ fn boot_reports_round_trip_and_ignore_unknown_fields() {
         containers: vec![],
         agent_version: "0.1.0".into(),
         boot: Some(boot_report()),
+        peer_drains: vec![],
     };
     assert!(s.validate().is_ok());
     let mut v = serde_json::to_value(&s).expect("ser");
@@ -493,6 +496,7 @@ fn bad_boot_reports_are_refused() {
             containers: vec![],
             agent_version: "0.1.0".into(),
             boot: Some(b),
+            peer_drains: vec![],
         }
         .validate()
         .expect_err("refused")

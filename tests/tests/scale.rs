@@ -5,40 +5,15 @@
 //! nodes are drained first and then gone from every FDB and hosts file, and refusals
 //! change nothing. Privileged: run through `scripts/test` as root.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::{container_ids, fdb_peers, nodes, stdout, wait_until};
+use shoal_e2e::vm::{container_starts as containers, fdb_peers, nodes, stdout, wait_until};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker", "bridge"];
 const BOOT: Duration = Duration::from_secs(180);
-
-/// Container ids and start times on every node, by node id.
-fn containers(c: &TestCoordinator, v: &Value) -> BTreeMap<String, String> {
-    nodes(v)
-        .iter()
-        .map(|n| {
-            let ids = container_ids(c, n);
-            let started = stdout(
-                &c.docker(
-                    n,
-                    &[
-                        "inspect",
-                        "--format",
-                        "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
-                    ]
-                    .into_iter()
-                    .chain(ids.split_whitespace())
-                    .collect::<Vec<_>>(),
-                ),
-            );
-            (n["id"].as_str().unwrap_or("").to_string(), started)
-        })
-        .collect()
-}
 
 /// Every container FQDN of the cluster, from `show`.
 fn fqdns(v: &Value) -> Vec<String> {
