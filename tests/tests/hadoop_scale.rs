@@ -217,9 +217,21 @@ fn hadoop_cluster_gains_two_workers_and_decommissions_one_without_losing_a_block
         "shoal-hadoop hdfs dfs -cat /kept.bin | md5sum",
     );
     assert_eq!(md5(&got), md5(&put), "written {put}, read {got}");
-    let (state, _) = namenode_state(&master_ip);
-    assert_eq!(state["NumLiveDataNodes"], 2, "{state:#}");
-    // Once node-1 is out of the plan (and so of the host entries), the NameNode's
+    // Until the NameNode declares the gone DataNode dead (30 s without a heartbeat) it
+    // counts it live: still Decommissioned, never back in service (its replicas would
+    // count again, and good ones be deleted as excess).
+    wait_until("node-1 declared dead", Duration::from_secs(90), || {
+        let (state, _) = namenode_state(&master_ip);
+        let s1 = admin_state(&master_ip, fqdn1);
+        if let Some(s1) = &s1 {
+            assert_eq!(
+                s1, "Decommissioned",
+                "node-1 went back in service while counted live"
+            );
+        }
+        (s1.is_some() || state["NumLiveDataNodes"] != 2).then(|| format!("{state}"))
+    });
+    // Then, node-1 out of the plan (and so of the host entries), the NameNode's
     // exclude file lets its name in again (a repair would reuse it).
     wait_until(
         "node-1 off the exclude list",
@@ -228,6 +240,20 @@ fn hadoop_cluster_gains_two_workers_and_decommissions_one_without_losing_a_block
             let list = exec(&c, &ns3[0], "namenode-node-0", "cat /data/dfs.exclude");
             list.contains(fqdn1).then_some(list)
         },
+    );
+    let report = exec(
+        &c,
+        &ns3[0],
+        "namenode-node-0",
+        "shoal-hadoop hdfs fsck / 2>/dev/null",
+    );
+    assert!(
+        report.contains("is HEALTHY"),
+        "after node-1 was let in again: {report}"
+    );
+    assert!(
+        fsck_figure(&report, "Under-replicated blocks").starts_with("0 "),
+        "{report}"
     );
 
     c.shoal_ok(&["cluster", "delete", "hs", "--wait"]);

@@ -590,10 +590,12 @@ impl Engine {
                 None => p.id.clone(),
                 Some(g) => match super::planner::drain_runner(&layout, g) {
                     Some(r) => r.id.clone(),
-                    None => return Ok(Err(format!(
+                    None => {
+                        return Ok(Err(format!(
                         "{}: group {g}, which runs its drain hook, has no node that is not leaving",
                         p.id
-                    ))),
+                    )))
+                    }
                 },
             };
             hooked.push(Hooked {
