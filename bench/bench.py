@@ -1641,10 +1641,14 @@ def bench_scale(rep, args, prefix, octet):
 
 
 def hdfs_state(ip):
-    """The NameNode's FSNamesystem figures (its JMX on the master node's port 50070)."""
-    url = f"http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem"
+    """The NameNode's FSNamesystem and FSNamesystemState figures, in one dict (its JMX on
+    the master node's port 50070)."""
+    url = f"http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem*"
     with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())["beans"][0]
+        out = {}
+        for bean in json.loads(r.read())["beans"]:
+            out.update(bean)
+        return out
 
 
 def hdfs_live(ip):
@@ -1684,6 +1688,14 @@ def hadoop_scale_run(coord, name, blueprint_toml, mb):
     out = {}
     t = cluster_run(coord, name, 2, timeout=600, blueprint_toml=blueprint_toml)
     out["create"] = t["total"]
+    try:
+        hadoop_scale_steps(coord, name, mb, out)
+    finally:
+        cluster_delete(coord, name, timeout=300)
+    return out
+
+
+def hadoop_scale_steps(coord, name, mb, out):
     v = coord.api("GET", f"/v1/clusters/{name}")
     ip = v["nodes"][0]["private_ip"]
     docker_cli(v["nodes"][1]["docker_socket"], "exec", "datanode-node-1", "bash", "-c",
@@ -1718,8 +1730,6 @@ def hadoop_scale_run(coord, name, blueprint_toml, mb):
     poll_until("HDFS settled on 2 DataNodes", 300, settled)
     out["down_settled"] = (time.monotonic() - t0) * 1000
     out["down_short"] = worst[0]
-    cluster_delete(coord, name)
-    return out
 
 
 def bench_hadoop_scale(rep, args, prefix, octet):
