@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Shoal's benchmarks (run through bench/run; see docs/benchmarks.md).
 
-Ten measurements, each against the approach Shoal replaces or against its target:
+Eleven measurements, each against the approach Shoal replaces or against its target:
 
 1. cluster     time to AVAILABLE of local demo clusters (3 and 10 nodes), by phase:
                readiness probes against the old 1 s settle check
@@ -23,6 +23,10 @@ Ten measurements, each against the approach Shoal replaces or against its target
 9. hadoop      time to AVAILABLE of a 3-node hadoop cluster (HDFS and Spark answering),
                by phase; the images phase with the shared image template against each
                VM loading the tarball
+11. hadoop-scale  a hadoop cluster of one worker scaled to three (to AVAILABLE, to three
+               DataNodes live) and a worker with a replica of every block removed:
+               HDFS decommissioning first (the blueprint's drain hook) against deleting
+               the VM straight away and leaving HDFS to re-replicate
 10. qemu       real VMs (the qemu provider, TCG here): the OS's own boot stages
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
@@ -1637,6 +1641,170 @@ def bench_scale(rep, args, prefix, octet):
 
 
 # ---------------------------------------------------------------------------------
+# 12. Scaling a hadoop cluster: decommissioning first against deleting straight away
+
+
+def hdfs_state(ip):
+    """The NameNode's FSNamesystem and FSNamesystemState figures, in one dict (its JMX on
+    the master node's port 50070)."""
+    url = f"http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem*"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        out = {}
+        for bean in json.loads(r.read())["beans"]:
+            out.update(bean)
+        return out
+
+
+def hdfs_live(ip):
+    url = f"http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(json.loads(r.read())["beans"][0]["LiveNodes"])
+
+
+def fsck_short(sock):
+    """Blocks `hdfs fsck /` (run in the NameNode's container) finds short of a replica:
+    under-replicated plus missing. Exact at the moment it runs, unlike the NameNode's
+    UnderReplicatedBlocks metric, which is refreshed only now and then."""
+    out = docker_cli(sock, "exec", "namenode-node-0", "shoal-hadoop", "hdfs", "fsck", "/", check=False).stdout
+    under = re.search(r"Under-replicated blocks:\s+(\d+)", out)
+    if under is None:
+        raise BenchError(f"fsck printed no summary: {out[-500:]}")
+    missing = re.search(r"MISSING BLOCKS:\s+(\d+)", out)
+    return int(under.group(1)) + (int(missing.group(1)) if missing else 0)
+
+
+def change_done(coord, name, change_id, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = coord.api("GET", f"/v1/clusters/{name}")
+        ch = next(c for c in v["changes"] if c["id"] == change_id)
+        if ch["outcome"] == "done" and v["state"] == "AVAILABLE":
+            return v, ch
+        if ch["outcome"] == "failed":
+            raise BenchError(f"change {change_id} of {name} failed: {ch.get('reason')}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"change {change_id} of {name} not done after {timeout}s")
+        time.sleep(0.1)
+
+
+def poll_until(what, timeout, check):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not after {timeout}s")
+        time.sleep(0.2)
+
+
+def hadoop_scale_run(coord, name, blueprint_toml, mb):
+    """A master and one worker; `mb` MB in 1 MB blocks, replication 2; workers 1 -> 3,
+    then node-1 removed. Times in ms from each scale's request."""
+    out = {}
+    t = cluster_run(coord, name, 2, timeout=600, blueprint_toml=blueprint_toml)
+    out["create"] = t["total"]
+    try:
+        hadoop_scale_steps(coord, name, mb, out)
+    finally:
+        cluster_delete(coord, name, timeout=300)
+    return out
+
+
+def hadoop_scale_steps(coord, name, mb, out):
+    v = coord.api("GET", f"/v1/clusters/{name}")
+    ip = v["nodes"][0]["private_ip"]
+    master = v["nodes"][0]["docker_socket"]
+    docker_cli(v["nodes"][1]["docker_socket"], "exec", "datanode-node-1", "bash", "-c",
+               f"head -c {mb * 1000000} /dev/urandom >/tmp/f && shoal-hadoop hdfs dfs -D dfs.replication=2 "
+               "-D dfs.blocksize=1048576 -put /tmp/f /kept.bin")
+    t0 = time.monotonic()
+    v = coord.api("POST", f"/v1/clusters/{name}/scale", {"group": "workers", "nodes": 3})
+    change = next(c for c in reversed(v["changes"]) if c["outcome"] == "running")
+    poll_until("3 DataNodes live", 180, lambda: len(hdfs_live(ip)) == 3)
+    out["up_live"] = (time.monotonic() - t0) * 1000
+    poll_until("every block with 2 replicas", 180, lambda: fsck_short(master) == 0)
+    out["up_replicated"] = (time.monotonic() - t0) * 1000
+    _, ch = change_done(coord, name, change["id"], 180)
+    out["up_available"] = ch["done_ms"] - ch["asked_ms"]
+    # Down: node-1 holds a replica of every block (it held the only one before).
+    t0 = time.monotonic()
+    v = coord.api("POST", f"/v1/clusters/{name}/scale", {"remove": ["node-1"]})
+    change = next(c for c in reversed(v["changes"]) if c["outcome"] == "running")
+    _, ch = change_done(coord, name, change["id"], 900)
+    out["down_available"] = ch["done_ms"] - ch["asked_ms"]
+    # From the VM's deletion on: how many blocks HDFS finds short of a replica (with the
+    # drain, node-1's replicas were copied before; without, HDFS learns only when it
+    # declares the DataNode dead, 30 s on, and copies from the one replica left), until
+    # it has two on live DataNodes again.
+    # fsck takes a few seconds (a client JVM): the figures are as fine as that.
+    worst, dead = [0], []
+
+    def settled():
+        live = hdfs_state(ip)["NumLiveDataNodes"]
+        if live == 2 and not dead:
+            dead.append(time.monotonic())
+        short = fsck_short(master)
+        worst[0] = max(worst[0], short)
+        return bool(dead) and short == 0
+    poll_until("HDFS settled on 2 DataNodes", 300, settled)
+    out["down_settled"] = (time.monotonic() - t0) * 1000
+    out["down_short"] = worst[0]
+    out["down_dead"] = (dead[0] - t0) * 1000
+
+
+def bench_hadoop_scale(rep, args, prefix, octet):
+    runs = 1 if args.quick else min(args.runs, 3)
+    mb = 8 if args.quick else 32
+    log("hadoop-scale: building the hadoop image (cached under target/cache/hadoop-image)")
+    run([str(REPO / "cloud-init" / "build-hadoop-image"), str(IMAGES)])
+    shipped = (REPO / "coordinator" / "blueprints" / "hadoop.toml").read_text()
+    no_drain = "\n".join(l for l in shipped.splitlines() if not l.startswith("drain = ")) + "\n"
+    if no_drain == shipped:
+        raise BenchError("the hadoop blueprint has no drain hook to leave out")
+    variants = [("decommission first (the blueprint's drain hook)", "hd", shipped),
+                ("VM deleted straight away (no drain hook)", "hn", no_drain)]
+    res = {label: [] for label, _, _ in variants}
+    coord = Coordinator(prefix, octet, image_dir("hadoop", [HADOOP_IMAGE]))
+    try:
+        for r in range(runs):
+            for label, key, toml in variants:
+                log(f"hadoop-scale: {label}, run {r + 1}/{runs}")
+                res[label].append(hadoop_scale_run(coord, f"{key}{r}", toml, mb))
+                log(f"hadoop-scale: {res[label][-1]}")
+    finally:
+        coord.stop()
+    rep.raw["hadoop_scale"] = res
+    label0 = variants[0][0]
+    up = res[label0]
+    lines = [
+        f"A hadoop cluster (local provider, release build) of a master and one worker, {mb} MB written "
+        "with replication 2 in 1 MB blocks (the one worker holds the only replica of each), the workers "
+        "scaled 1 → 3, then node-1 (a replica of every block) removed. Side by side, in the same run: "
+        "the shipped blueprint, whose workers' drain hook has the NameNode decommission the DataNode "
+        "before its VM goes, and the same blueprint without the hook, the VM deleted at once (what a "
+        "scale did before the hook; HDFS then declares the DataNode dead after 30 s and copies its "
+        f"blocks from the one replica left). {runs} run(s) each; times from the scale's request.",
+        "",
+    ]
+    lines += table(["scale up 1 → 3 workers (shipped blueprint)", "median (min–max)"], [
+        ["to AVAILABLE (the coordinator's record)", summary([x["up_available"] for x in up])],
+        ["to 3 DataNodes live (NameNode JMX)", summary([x["up_live"] for x in up])],
+        ["to every block with 2 replicas (fsck)", summary([x["up_replicated"] for x in up])],
+        ["for reference: creating the 2-node cluster", summary([x["create"] for x in up])],
+    ])
+    lines += [""]
+    lines += table(["remove node-1", "to AVAILABLE (VM gone)", "to node-1 declared dead",
+                    "to HDFS settled (node-1 dead, fsck: every block with 2 live replicas)",
+                    f"blocks short of a replica after the VM went (most fsck saw; the file has {-(-mb * 1000000 // 1048576)})"],
+                   [[label, summary([x["down_available"] for x in res[label]]),
+                     summary([x["down_dead"] for x in res[label]]),
+                     summary([x["down_settled"] for x in res[label]]),
+                     summary([x["down_short"] for x in res[label]], unit="", digits=0)] for label, _, _ in variants])
+    rep.section("12. Scaling a hadoop cluster: decommissioning against deleting at once", lines)
+
+
+# ---------------------------------------------------------------------------------
 # 7. Watching a cluster: the console's event streams against polling the API
 
 
@@ -2130,7 +2298,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -2139,7 +2307,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -2172,6 +2340,8 @@ def main():
             bench_scale(rep, args, tag + "k", (octet + 50) % 250 + 1)
         if "hadoop" in only:
             bench_hadoop(rep, args, tag + "c", octet)
+        if "hadoop-scale" in only:
+            bench_hadoop_scale(rep, args, tag + "d", (octet + 200) % 250 + 1)
         if "qemu" in only:
             bench_qemu(rep, args, tag + "q")
         if "health" in only:

@@ -944,6 +944,7 @@ mod tests {
                 ],
                 leaving: false,
                 drain: None,
+                peer_drains: vec![],
             }],
             liveness: None,
         }

@@ -15,6 +15,7 @@ pub mod netlink;
 pub mod netns;
 pub mod netwatch;
 pub mod overlay;
+pub mod peer_drain;
 pub mod probes;
 pub mod retry;
 pub mod run;

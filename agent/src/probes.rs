@@ -454,6 +454,7 @@ mod tests {
                     containers: vec![c("namenode", "node-0", "10.240.1.2")],
                     leaving: false,
                     drain: None,
+                    peer_drains: vec![],
                 },
                 NodePlan {
                     id: "node-1".into(),
@@ -465,6 +466,7 @@ mod tests {
                     containers: vec![c("datanode", "node-1", "10.240.2.2")],
                     leaving: false,
                     drain: None,
+                    peer_drains: vec![],
                 },
             ],
             liveness: None,

@@ -25,6 +25,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
+use crate::peer_drain::PeerDrains;
 use crate::{
     boot_milestones, config, containers, docker, images, netns, netwatch, overlay, probes, retry,
 };
@@ -107,6 +108,8 @@ struct Agent {
     converged: Option<u64>,
     /// The generation on which this node's drain hook succeeded.
     drained: Option<u64>,
+    /// The drain hooks this node runs for leaving nodes.
+    peer: PeerDrains,
     /// The latest report made (delivered or not): sent again as the liveness report.
     latest: Option<NodeStatus>,
     /// The latest report the coordinator did not receive (it was down or overloaded):
@@ -187,17 +190,20 @@ impl Agent {
             containers,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot: self.boot.borrow_and_update().clone(),
+            peer_drains: self.peer.reports(),
         };
         self.deliver(status).await;
     }
 
-    /// Sends the latest report again with the newest boot report: the OS's boot goes
-    /// on (cloud-init's last stage, systemd's end) after the agent reported ready.
+    /// Sends the latest report again with the newest boot report and drain outcomes:
+    /// the OS's boot goes on (cloud-init's last stage, systemd's end) after the agent
+    /// reported ready, and a hook run for a leaving node may end at any time.
     async fn resend_with_boot(&mut self) {
         let Some(mut status) = self.latest.clone() else {
             return;
         };
         status.boot = self.boot.borrow_and_update().clone();
+        status.peer_drains = self.peer.reports();
         self.deliver(status).await;
     }
 
@@ -503,6 +509,25 @@ impl Agent {
         }
     }
 
+    /// Starts the drain hooks `plan` gives this node for leaving nodes; reports when the
+    /// outcomes to report changed.
+    async fn start_peer_drains(&mut self, plan: &Plan) {
+        let forgot = self.peer.forget(plan, &self.cfg.node_id);
+        let wanted = plan
+            .node(&self.cfg.node_id)
+            .is_some_and(|n| !n.peer_drains.is_empty());
+        if wanted {
+            // The node just converged, so Docker answers; if it no longer does, the
+            // next convergence starts the hooks.
+            if let Ok(docker) = self.docker().await {
+                self.peer.start(&docker, plan, &self.cfg.node_id);
+            }
+        }
+        if forgot {
+            self.resend_with_boot().await;
+        }
+    }
+
     /// Converges and reports the outcome: the first convergence of this process phase
     /// by phase; later ones only when they changed something, or the generation or the
     /// node's phase changed (a convergence that finds everything in place says nothing,
@@ -690,6 +715,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     };
     let deadline = Duration::from_secs(cfg.deadline_secs);
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
+    let (peer, mut peer_rx) = PeerDrains::new();
     let mut agent = Agent {
         cfg,
         opts,
@@ -699,6 +725,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         converged_once: false,
         converged: None,
         drained: None,
+        peer,
         latest: None,
         undelivered: None,
         redeliveries: 0,
@@ -858,6 +885,14 @@ pub async fn run(opts: RunOptions) -> i32 {
             () = liveness_sleep => {
                 agent.send_liveness().await;
             }
+            Some(r) = peer_rx.recv() => {
+                agent.peer.finished(r);
+                agent.resend_with_boot().await;
+                // A newer plan may have asked for the hook again while it ran.
+                if let Some(plan) = current.clone() {
+                    agent.start_peer_drains(&plan).await;
+                }
+            }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping (containers keep running)");
                 return exit::OK;
@@ -878,6 +913,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         match agent.converge_and_report(&plan).await {
             Ok(()) => {
                 failures = 0;
+                agent.start_peer_drains(&plan).await;
                 if agent.opts.once {
                     return exit::OK;
                 }

@@ -141,6 +141,7 @@ fn plan_with(containers: Vec<ContainerPlan>) -> Plan {
             containers,
             leaving: false,
             drain: None,
+            peer_drains: vec![],
         }],
         liveness: None,
     };

@@ -27,6 +27,7 @@ fn report() -> NodeStatus {
         containers: vec![],
         agent_version: "test".into(),
         boot: None,
+        peer_drains: vec![],
     }
 }
 

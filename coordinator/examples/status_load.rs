@@ -105,6 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             containers: vec![],
             agent_version: "status_load".into(),
             boot: None,
+            peer_drains: vec![],
         };
         let same = args.same;
         let token = cfg.node_token.clone();

@@ -2,7 +2,9 @@
 //! "the rest"); each group lists its containers. Environment values and readiness
 //! probes may refer to the plan: `${fqdn:NAME}` is the FQDN of the first container
 //! called NAME (lowest node index), `${count:NAME}` how many containers of that name
-//! the cluster runs, `${cluster}` and `${domain}` what they say.
+//! the cluster runs, `${cluster}` and `${domain}` what they say. A drain hook's command
+//! may also name the leaving node's own containers: `${leaving:NAME}` is the FQDN of
+//! its container NAME.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -122,11 +124,17 @@ impl HostGroup {
 
 /// A group's drain hook: `drain = { container = "datanode", exec = [...], timeout =
 /// "10m" }`. The command runs in that container of each node being removed, and must
-/// exit 0 before the node's VM is deleted.
+/// exit 0 before the node's VM is deleted. With `group`, it runs instead in that
+/// container of another group's node (the group's lowest-index node not leaving), once
+/// per leaving node: `drain = { group = "master", container = "namenode", exec =
+/// ["shoal-hadoop", "decommission", "${leaving:datanode}"] }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainSpec {
-    /// A container of the group.
+    /// Another group, whose node runs the hook; absent: the leaving node runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A container of the group that runs the hook.
     pub container: String,
     /// The command and its arguments.
     pub exec: Vec<String>,
@@ -501,6 +509,12 @@ impl Blueprint {
                             Template::Fqdn(name) => ("fqdn", name),
                             Template::Count(name) => ("count", name),
                             Template::Cluster | Template::Domain => continue,
+                            Template::Leaving(_) => {
+                                return Err(self.invalid(format!(
+                                    "container {}: {reference} is for drain hooks only",
+                                    c.name
+                                )))
+                            }
                         };
                         if !all_containers.contains(name) {
                             return Err(self.invalid(format!(
@@ -534,10 +548,25 @@ impl Blueprint {
             }
         }
         if let Some(d) = &g.drain {
-            if !g.containers.iter().any(|c| c.name == d.container) {
+            let runner = match &d.group {
+                None => g,
+                Some(other) if other == &g.name => {
+                    return Err(self.invalid(format!(
+                        "group {}: drain group names the group itself (leave it out to run the hook on the leaving node)",
+                        g.name
+                    )))
+                }
+                Some(other) => self.group(other).ok_or_else(|| {
+                    self.invalid(format!(
+                        "group {}: drain group {other:?} is not a group of this blueprint",
+                        g.name
+                    ))
+                })?,
+            };
+            if !runner.containers.iter().any(|c| c.name == d.container) {
                 return Err(self.invalid(format!(
-                    "group {}: drain container {:?} is not a container of the group",
-                    g.name, d.container
+                    "group {}: drain container {:?} is not a container of group {}",
+                    g.name, d.container, runner.name
                 )));
             }
             if d.exec.is_empty() || d.exec.iter().any(|a| a.contains('\0')) {
@@ -545,6 +574,27 @@ impl Blueprint {
                     "group {}: drain exec must be a non-empty command",
                     g.name
                 )));
+            }
+            for arg in &d.exec {
+                let refs = template_refs(arg)
+                    .map_err(|m| self.invalid(format!("group {}: drain exec: {m}", g.name)))?;
+                for r in refs {
+                    match &r {
+                        Template::Leaving(name) if !g.containers.iter().any(|c| &c.name == name) => {
+                            return Err(self.invalid(format!(
+                                "group {}: drain exec: {r} names no container of the group",
+                                g.name
+                            )))
+                        }
+                        Template::Leaving(_) | Template::Cluster | Template::Domain => {}
+                        Template::Fqdn(_) | Template::Count(_) => {
+                            return Err(self.invalid(format!(
+                                "group {}: drain exec: {r} is not available there (use ${{leaving:NAME}}, ${{cluster}} or ${{domain}})",
+                                g.name
+                            )))
+                        }
+                    }
+                }
             }
             if d.timeout.0 == 0 || d.timeout.0 > MAX_DRAIN_SECS {
                 return Err(self.invalid(format!(
@@ -670,6 +720,9 @@ pub enum Template {
     Fqdn(String),
     /// `${count:NAME}`.
     Count(String),
+    /// `${leaving:NAME}` (drain hooks only): the FQDN of the leaving node's container
+    /// NAME.
+    Leaving(String),
     /// `${cluster}`.
     Cluster,
     /// `${domain}`.
@@ -684,6 +737,7 @@ impl Template {
             _ => match inner.split_once(':')? {
                 ("fqdn", name) => Template::Fqdn(name.to_string()),
                 ("count", name) => Template::Count(name.to_string()),
+                ("leaving", name) => Template::Leaving(name.to_string()),
                 _ => return None,
             },
         })
@@ -695,6 +749,7 @@ impl std::fmt::Display for Template {
         match self {
             Template::Fqdn(n) => write!(f, "${{fqdn:{n}}}"),
             Template::Count(n) => write!(f, "${{count:{n}}}"),
+            Template::Leaving(n) => write!(f, "${{leaving:{n}}}"),
             Template::Cluster => f.write_str("${cluster}"),
             Template::Domain => f.write_str("${domain}"),
         }
@@ -1015,7 +1070,42 @@ image = "i"
             (
                 "container = \"w\", exec",
                 "container = \"m\", exec",
-                "not a container of the group",
+                "not a container of group workers",
+            ),
+            (
+                "drain = { container = \"w\"",
+                "drain = { group = \"nope\", container = \"w\"",
+                "drain group \"nope\" is not a group of this blueprint",
+            ),
+            (
+                "drain = { container = \"w\"",
+                "drain = { group = \"master\", container = \"w\"",
+                "drain container \"w\" is not a container of group master",
+            ),
+            (
+                "drain = { container = \"w\"",
+                "drain = { group = \"workers\", container = \"w\"",
+                "names the group itself",
+            ),
+            (
+                "drain = { container = \"w\"",
+                "drain = { groop = \"master\", container = \"w\"",
+                "unknown field `groop`",
+            ),
+            (
+                "exec = [\"sh\", \"-c\", \"true\"]",
+                "exec = [\"x\", \"${leaving:m}\"]",
+                "${leaving:m} names no container of the group",
+            ),
+            (
+                "exec = [\"sh\", \"-c\", \"true\"]",
+                "exec = [\"x\", \"${fqdn:m}\"]",
+                "${fqdn:m} is not available there",
+            ),
+            (
+                "image = \"i\"\n[[group]]",
+                "image = \"i\"\nenv = { A = \"${leaving:w}\" }\n[[group]]",
+                "is for drain hooks only",
             ),
             (
                 "exec = [\"sh\", \"-c\", \"true\"]",

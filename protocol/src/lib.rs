@@ -119,9 +119,27 @@ pub struct NodePlan {
     /// [`NodePlan::drain`], if it has one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
-    /// What a leaving node runs before its VM is removed (its host group's drain hook).
+    /// What a leaving node runs before its VM is removed (its host group's drain hook),
+    /// when the hook runs on the leaving node itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainPlan>,
+    /// Drain hooks this node runs on behalf of leaving nodes (a hook whose blueprint
+    /// names another group, e.g. HDFS decommissioning on the NameNode's node for a
+    /// leaving DataNode). Each result goes back in [`NodeStatus::peer_drains`]. An agent
+    /// older than this field ignores it: the drain then times out and the scale fails
+    /// with the node kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_drains: Vec<PeerDrainPlan>,
+}
+
+/// A drain hook run on one node for another, leaving node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDrainPlan {
+    /// The leaving node the hook drains (a node of the plan marked leaving).
+    pub node: String,
+    /// The hook; its container is one of the node that runs it.
+    #[serde(flatten)]
+    pub hook: DrainPlan,
 }
 
 /// A drain hook: a command run in one of a leaving node's containers (`docker exec`),
@@ -586,6 +604,30 @@ pub struct NodeStatus {
     /// ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootReport>,
+    /// Outcomes of the drain hooks this node ran for leaving nodes of the plan it
+    /// reports on ([`NodePlan::peer_drains`]), one per leaving node (at most
+    /// [`MAX_PEER_DRAINS`]); absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_drains: Vec<PeerDrainReport>,
+}
+
+/// Most [`PeerDrainReport`]s one status may carry.
+pub const MAX_PEER_DRAINS: usize = 64;
+/// Most bytes of a hook's output a [`PeerDrainReport`] carries (its end).
+pub const MAX_DRAIN_OUTPUT: usize = 2048;
+
+/// How a drain hook run for another node ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDrainReport {
+    /// The leaving node it drained.
+    pub node: String,
+    /// The plan generation the hook was run for.
+    pub generation: u64,
+    /// Whether it exited 0 within its timeout.
+    pub ok: bool,
+    /// What it printed (its end), or why it failed (exit code, timeout).
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Most stages a [`BootReport`] may list.

@@ -43,6 +43,7 @@ fn sample() -> Plan {
                 )],
                 leaving: false,
                 drain: None,
+                peer_drains: vec![],
             })
             .collect(),
         liveness: None,
@@ -412,6 +413,7 @@ fn status_reason_must_be_a_code() {
         containers: vec![],
         agent_version: "0.1.0".into(),
         boot: None,
+        peer_drains: vec![],
     };
     assert!(s.validate().is_err());
 }
@@ -465,6 +467,7 @@ fn boot_reports_round_trip_and_ignore_unknown_fields() {
         containers: vec![],
         agent_version: "0.1.0".into(),
         boot: Some(boot_report()),
+        peer_drains: vec![],
     };
     assert!(s.validate().is_ok());
     let mut v = serde_json::to_value(&s).expect("ser");
@@ -493,6 +496,7 @@ fn bad_boot_reports_are_refused() {
             containers: vec![],
             agent_version: "0.1.0".into(),
             boot: Some(b),
+            peer_drains: vec![],
         }
         .validate()
         .expect_err("refused")
@@ -601,4 +605,68 @@ fn the_liveness_interval_is_bounded() {
             "liveness.report_secs"
         );
     }
+}
+
+#[test]
+fn peer_drains_travel_in_plan_and_status() {
+    let mut p = sample();
+    p.nodes[2].leaving = true;
+    p.nodes[0].peer_drains.push(PeerDrainPlan {
+        node: "node-2".into(),
+        hook: DrainPlan {
+            container: "agent".into(),
+            exec: vec!["retire".into(), "agent-node-2.demo.shoal.internal".into()],
+            timeout_secs: 60,
+        },
+    });
+    let json = serde_json::to_string(&p).expect("json");
+    // The hook's fields sit beside the node it drains (flattened), as docs/design.md
+    // shows them.
+    assert!(
+        json.contains(r#""peer_drains":[{"node":"node-2","container":"agent","exec":["#),
+        "{json}"
+    );
+    assert_eq!(Plan::from_json(json.as_bytes()).expect("valid"), p);
+    // A plan from before the field reads as one without hooks.
+    let old = serde_json::to_string(&sample()).expect("json");
+    assert!(!old.contains("peer_drains"));
+    assert!(Plan::from_json(old.as_bytes()).expect("valid").nodes[0]
+        .peer_drains
+        .is_empty());
+    // Twice the same node, or a timeout of 0: refused, naming the field.
+    let mut twice = p.clone();
+    let again = twice.nodes[0].peer_drains[0].clone();
+    twice.nodes[0].peer_drains.push(again);
+    assert_eq!(
+        field_of(twice.validate().expect_err("twice")),
+        "nodes[0].peer_drains[1].node"
+    );
+    let mut zero = p.clone();
+    zero.nodes[0].peer_drains[0].hook.timeout_secs = 0;
+    assert_eq!(
+        field_of(zero.validate().expect_err("0 s")),
+        "nodes[0].peer_drains[0].timeout_secs"
+    );
+
+    let report = |message: String| NodeStatus {
+        phase: Phase::Ready,
+        generation: 3,
+        timings: vec![],
+        error: None,
+        containers: vec![],
+        agent_version: "0.1.0".into(),
+        boot: None,
+        peer_drains: vec![PeerDrainReport {
+            node: "node-2".into(),
+            generation: 3,
+            ok: true,
+            message,
+        }],
+    };
+    assert!(report("Decommission Status : Decommissioned".into())
+        .validate()
+        .is_ok());
+    assert!(report("x".repeat(MAX_DRAIN_OUTPUT + 257))
+        .validate()
+        .is_err());
 }

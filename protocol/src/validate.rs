@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::{
-    BootReport, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
-    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_SECS, MAX_NODES, MAX_REPORT_SECS,
-    SCHEMA_VERSION,
+    BootReport, DrainPlan, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
+    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS, MAX_NODES,
+    MAX_PEER_DRAINS, MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
 /// Longest a probe may be given to pass: a day.
@@ -383,6 +383,7 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
             }
         }
         drain(i, n)?;
+        peer_drains(i, n, p)?;
     }
     Ok(())
 }
@@ -393,13 +394,51 @@ fn drain(i: usize, n: &NodePlan) -> Result<(), PlanError> {
     let Some(d) = &n.drain else {
         return Ok(());
     };
-    let f = |rest: &str| format!("nodes[{i}].drain.{rest}");
     if !n.leaving {
         return Err(PlanError::invalid(
             format!("nodes[{i}].drain"),
             "only a leaving node has a drain hook",
         ));
     }
+    hook(&format!("nodes[{i}].drain"), d, n)
+}
+
+/// A node runs drain hooks only for other nodes of the plan that are leaving, each
+/// once, in a container of its own.
+fn peer_drains(i: usize, n: &NodePlan, p: &Plan) -> Result<(), PlanError> {
+    if n.peer_drains.len() > MAX_PEER_DRAINS {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].peer_drains"),
+            format!("more than {MAX_PEER_DRAINS} entries"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (j, d) in n.peer_drains.iter().enumerate() {
+        let field = format!("nodes[{i}].peer_drains[{j}]");
+        if d.node == n.id || !p.nodes.iter().any(|m| m.id == d.node && m.leaving) {
+            return Err(PlanError::invalid(
+                format!("{field}.node"),
+                format!(
+                    "{:?} is not another node of the plan marked leaving",
+                    d.node
+                ),
+            ));
+        }
+        if !seen.insert(d.node.as_str()) {
+            return Err(PlanError::invalid(
+                format!("{field}.node"),
+                format!("{:?} is drained twice by node {}", d.node, n.id),
+            ));
+        }
+        hook(&field, &d.hook, n)?;
+    }
+    Ok(())
+}
+
+/// A hook runs in a container of node `n` (the node that runs it), with a command and a
+/// bounded timeout.
+fn hook(field: &str, d: &DrainPlan, n: &NodePlan) -> Result<(), PlanError> {
+    let f = |rest: &str| format!("{field}.{rest}");
     if !n.containers.iter().any(|c| c.name == d.container) {
         return Err(PlanError::invalid(
             f("container"),
@@ -570,6 +609,20 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
     }
     if let Some(b) = &s.boot {
         boot(b)?;
+    }
+    if s.peer_drains.len() > MAX_PEER_DRAINS {
+        return Err(PlanError::invalid(
+            "peer_drains",
+            format!("more than {MAX_PEER_DRAINS} entries"),
+        ));
+    }
+    for d in &s.peer_drains {
+        if !is_dns_label(&d.node) || d.message.len() > MAX_DRAIN_OUTPUT + 256 {
+            return Err(PlanError::invalid(
+                "peer_drains",
+                "a node that is no node id, or a message too long",
+            ));
+        }
     }
     Ok(())
 }

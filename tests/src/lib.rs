@@ -9,6 +9,7 @@
 pub mod coordinator;
 pub mod dockerd;
 pub mod fake_arm;
+pub mod hadoop;
 pub mod moto;
 pub mod vm;
 

@@ -56,6 +56,34 @@ pub fn container_ids(c: &TestCoordinator, node: &Value) -> String {
     stdout(&c.docker(node, &["ps", "-q", "--no-trunc"]))
 }
 
+/// Each node's running containers, by node id: `ID STARTED_AT RESTART_COUNT` per
+/// container, so that a container replaced, restarted or stopped shows as a change.
+pub fn container_starts(
+    c: &TestCoordinator,
+    v: &Value,
+) -> std::collections::BTreeMap<String, String> {
+    nodes(v)
+        .iter()
+        .map(|n| {
+            let ids = container_ids(c, n);
+            let started = stdout(
+                &c.docker(
+                    n,
+                    &[
+                        "inspect",
+                        "--format",
+                        "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+                    ]
+                    .into_iter()
+                    .chain(ids.split_whitespace())
+                    .collect::<Vec<_>>(),
+                ),
+            );
+            (n["id"].as_str().unwrap_or("").to_string(), started)
+        })
+        .collect()
+}
+
 /// The node's VM directory (its state, logs, pid files).
 pub fn vm_dir(node: &Value) -> PathBuf {
     Path::new(node["agent_log"].as_str().expect("agent_log"))

@@ -9,61 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shoal_e2e::coordinator::{hadoop_image_dir, TestCoordinator};
-use shoal_e2e::{http_request, require_privileges};
-
-const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker", "debootstrap", "javac"];
+use shoal_e2e::hadoop::{exec, get_json, md5, namenode_state, wait_until, TOOLS};
+use shoal_e2e::require_privileges;
 
 fn nodes(v: &Value) -> Vec<Value> {
     v["nodes"].as_array().cloned().unwrap_or_default()
-}
-
-/// `docker exec CONTAINER bash -c SCRIPT` on `node`'s dockerd; panics unless it
-/// succeeds; returns stdout.
-fn exec(c: &TestCoordinator, node: &Value, container: &str, script: &str) -> String {
-    let out = c.docker(node, &["exec", container, "bash", "-c", script]);
-    assert!(
-        out.status.success(),
-        "{container}: `{script}` failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn get_json(url: &str) -> Value {
-    let (status, body) =
-        http_request("GET", url, &[], "").unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(status, 200, "GET {url}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
-}
-
-/// The NameNode's FSNamesystemState and its live DataNodes (name -> lastContact s).
-fn namenode_state(ip: &str) -> (Value, serde_json::Map<String, Value>) {
-    let state = get_json(&format!(
-        "http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"
-    ));
-    let info = get_json(&format!(
-        "http://{ip}:50070/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo"
-    ));
-    let live: serde_json::Map<String, Value> = info["beans"][0]["LiveNodes"]
-        .as_str()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    (state["beans"][0].clone(), live)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            None => return,
-            Some(why) if start.elapsed() > timeout => {
-                panic!("{what}: not after {timeout:?}: {why}")
-            }
-            Some(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
 }
 
 #[test]
@@ -141,7 +91,6 @@ fn hadoop_cluster_serves_hdfs_and_spark_across_three_vms() {
         "datanode-node-2",
         "shoal-hadoop hdfs dfs -cat /check.bin | md5sum",
     );
-    let md5 = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
     assert_eq!(md5(&put), md5(&got), "written {put}, read {got}");
     assert_eq!(md5(&put).len(), 32, "{put}");
     let stat = exec(

@@ -5,40 +5,15 @@
 //! nodes are drained first and then gone from every FDB and hosts file, and refusals
 //! change nothing. Privileged: run through `scripts/test` as root.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::{container_ids, fdb_peers, nodes, stdout, wait_until};
+use shoal_e2e::vm::{container_starts as containers, fdb_peers, nodes, stdout, wait_until};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker", "bridge"];
 const BOOT: Duration = Duration::from_secs(180);
-
-/// Container ids and start times on every node, by node id.
-fn containers(c: &TestCoordinator, v: &Value) -> BTreeMap<String, String> {
-    nodes(v)
-        .iter()
-        .map(|n| {
-            let ids = container_ids(c, n);
-            let started = stdout(
-                &c.docker(
-                    n,
-                    &[
-                        "inspect",
-                        "--format",
-                        "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
-                    ]
-                    .into_iter()
-                    .chain(ids.split_whitespace())
-                    .collect::<Vec<_>>(),
-                ),
-            );
-            (n["id"].as_str().unwrap_or("").to_string(), started)
-        })
-        .collect()
-}
 
 /// Every container FQDN of the cluster, from `show`.
 fn fqdns(v: &Value) -> Vec<String> {
@@ -347,4 +322,132 @@ fn refused_scales_say_why_and_change_nothing() {
     assert_eq!(same["generation"], before["generation"]);
     assert_eq!(same["changes"], before["changes"]);
     c.wait_state("young", "AVAILABLE", BOOT);
+}
+
+/// A blueprint whose workers are drained by the server's node: the hook records the
+/// leaving agent's FQDN there, unless told to refuse.
+const DRAINED_BY_SERVER: &str = r#"
+name = "drained-by-server"
+[[group]]
+name = "server"
+count = 1
+[[group.container]]
+name = "server"
+image = "shoal/demo:1"
+command = ["shoal-demo", "server"]
+[[group]]
+name = "workers"
+count = "rest"
+drain = { group = "server", container = "server", exec = ["sh", "-c", "test ! -e /tmp/refuse && echo \"$0\" >>/tmp/drained", "${leaving:agent}"], timeout = "30s" }
+[[group.container]]
+name = "agent"
+image = "shoal/demo:1"
+command = ["shoal-demo", "agent"]
+env = { DEMO_SERVER = "${fqdn:server}" }
+"#;
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn a_drain_hook_run_by_another_groups_node_keeps_the_node_when_it_fails() {
+    require_privileges(TOOLS);
+    let c = TestCoordinator::start();
+    // Refused at create, naming what is wrong, and nothing made.
+    let bad = c.state_dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        DRAINED_BY_SERVER.replace(
+            "group = \"server\", container",
+            "group = \"nope\", container",
+        ),
+    )
+    .expect("blueprint");
+    let out = c.shoal(&[
+        "cluster",
+        "create",
+        "bad",
+        "--nodes",
+        "2",
+        "--blueprint",
+        bad.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("drain group \"nope\" is not a group of this blueprint"),
+        "{err}"
+    );
+    assert!(!c.shoal(&["cluster", "show", "bad"]).status.success());
+
+    let bp = c.state_dir.join("drained.toml");
+    std::fs::write(&bp, DRAINED_BY_SERVER).expect("blueprint");
+    let bp = bp.to_str().expect("utf-8").to_string();
+    c.shoal_ok(&[
+        "cluster",
+        "create",
+        "dh",
+        "--nodes",
+        "3",
+        "--blueprint",
+        &bp,
+        "--wait",
+    ]);
+    let v1 = c.wait_state("dh", "AVAILABLE", BOOT);
+    let before = containers(&c, &v1);
+    let n0 = &nodes(&v1)[0];
+
+    // The hook fails: the scale fails saying so, node-2 stays, nothing restarted.
+    assert!(c
+        .docker(n0, &["exec", "server-node-0", "touch", "/tmp/refuse"])
+        .status
+        .success());
+    let out = c.shoal(&["cluster", "scale", "dh", "--remove", "node-2", "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = c.wait_state("dh", "AVAILABLE", BOOT);
+    let change = &v2["changes"][1];
+    assert_eq!(change["outcome"], "failed", "{change:#}");
+    let why = change["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("node-2: its drain hook on node-0 failed")
+            && why.contains("exited with code 1")
+            && why.contains("the nodes stay"),
+        "{why}"
+    );
+    let ns: Vec<Value> = nodes(&v2);
+    assert_eq!(ns.len(), 3);
+    assert!(ns.iter().all(|n| n["leaving"].is_null()), "{v2:#}");
+    assert_eq!(
+        containers(&c, &v2),
+        before,
+        "a failed drain restarted something"
+    );
+
+    // Allowed again: another scale finishes the job, the hook ran on node-0 for node-2.
+    assert!(c
+        .docker(n0, &["exec", "server-node-0", "rm", "/tmp/refuse"])
+        .status
+        .success());
+    let v3 = scale(&c, &["dh", "--remove", "node-2"]);
+    assert_eq!(v3["state"], "AVAILABLE", "{v3:#}");
+    let left_ids: Vec<String> = nodes(&v3)
+        .iter()
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(left_ids, ["node-0", "node-1"]);
+    let drained = stdout(&c.docker(n0, &["exec", "server-node-0", "cat", "/tmp/drained"]));
+    assert_eq!(drained, "agent-node-2.dh.shoal.internal\n");
+    let netns = nodes(&v1)[2]["netns"].as_str().expect("netns").to_string();
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    let after = containers(&c, &v3);
+    for id in ["node-0", "node-1"] {
+        assert_eq!(after[id], before[id], "{id}'s containers changed");
+    }
+
+    c.shoal_ok(&["cluster", "delete", "dh", "--wait"]);
+    let left = c.leftovers(true);
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }

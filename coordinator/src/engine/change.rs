@@ -574,18 +574,35 @@ impl Engine {
     }
 
     /// Runs the drain hooks of the leaving nodes `ids`: publishes the plan that marks
-    /// them leaving (each carrying its group's hook) and waits until every node with a
-    /// hook reports `drained` on it. `Ok(Err(why))` when a hook failed or timed out.
+    /// them leaving (each hook with the node that runs it: the leaving node, or its
+    /// group's drain group's node) and waits until every hook reports success on it.
+    /// `Ok(Err(why))` when a hook failed or timed out, or has no node to run it.
     async fn drain(&self, name: &str, ids: &[String]) -> Result<Result<(), String>, EngineError> {
         let (c, nodes) = self.cluster(name).await?;
         let layout = super::layout(&c, &nodes);
         let mut hooked = Vec::new();
         let mut longest = Duration::ZERO;
         for p in layout.iter().filter(|p| ids.contains(&p.id)) {
-            if let Some(d) = c.blueprint.group(&p.group).and_then(|g| g.drain.as_ref()) {
-                hooked.push(p.id.clone());
-                longest = longest.max(Duration::from_secs(d.timeout.0));
-            }
+            let Some(d) = c.blueprint.group(&p.group).and_then(|g| g.drain.as_ref()) else {
+                continue;
+            };
+            let runner = match &d.group {
+                None => p.id.clone(),
+                Some(g) => match super::planner::drain_runner(&layout, g) {
+                    Some(r) => r.id.clone(),
+                    None => {
+                        return Ok(Err(format!(
+                        "{}: group {g}, which runs its drain hook, has no node that is not leaving",
+                        p.id
+                    )))
+                    }
+                },
+            };
+            hooked.push(Hooked {
+                node: p.id.clone(),
+                runner,
+            });
+            longest = longest.max(Duration::from_secs(d.timeout.0));
         }
         if hooked.is_empty() {
             return Ok(Ok(()));
@@ -600,7 +617,7 @@ impl Engine {
     async fn wait_drained(
         &self,
         name: &str,
-        hooked: &[String],
+        hooked: &[Hooked],
         generation: u64,
         timeout: Duration,
     ) -> Result<Result<(), String>, EngineError> {
@@ -612,25 +629,15 @@ impl Engine {
             nudged.as_mut().enable();
             let nodes = self.store.nodes(name).await?;
             let mut pending = Vec::new();
-            for id in hooked {
-                let Some(n) = nodes.iter().find(|n| &n.id == id) else {
+            for h in hooked {
+                if !nodes.iter().any(|n| n.id == h.node) {
                     continue;
-                };
-                let current = n.generation >= generation;
-                let error = n.status.as_ref().and_then(|s| s.error.as_ref());
-                let failed = match n.phase {
-                    Phase::Drained if current => continue,
-                    Phase::Lost => true,
-                    Phase::Failed => current,
-                    _ => false,
-                };
-                if failed {
-                    let why = error
-                        .map(|e| format!("{}: {}: {}", n.id, e.reason, e.message))
-                        .unwrap_or_else(|| format!("{} {}", n.id, n.phase));
-                    return Ok(Err(why));
                 }
-                pending.push(format!("{} ({})", n.id, n.phase));
+                match drain_outcome(&nodes, h, generation) {
+                    DrainOutcome::Done => {}
+                    DrainOutcome::Failed(why) => return Ok(Err(why)),
+                    DrainOutcome::Pending(what) => pending.push(what),
+                }
             }
             if pending.is_empty() {
                 return Ok(Ok(()));
@@ -760,6 +767,62 @@ impl Engine {
                 self.finish(name, id, Err(&why)).await
             }
         }
+    }
+}
+
+/// A leaving node with a drain hook, and the node that runs it (itself, or a node of
+/// the hook's group).
+#[derive(Debug)]
+struct Hooked {
+    node: String,
+    runner: String,
+}
+
+enum DrainOutcome {
+    Done,
+    Failed(String),
+    Pending(String),
+}
+
+/// Where `h`'s hook stands on plan `generation`, by the reports of its runner.
+fn drain_outcome(nodes: &[NodeRow], h: &Hooked, generation: u64) -> DrainOutcome {
+    let Some(r) = nodes.iter().find(|n| n.id == h.runner) else {
+        return DrainOutcome::Failed(format!("{}: its drain node {} is gone", h.node, h.runner));
+    };
+    let current = r.generation >= generation;
+    let error = r.status.as_ref().and_then(|s| s.error.as_ref());
+    let failed = |why: String| DrainOutcome::Failed(why);
+    let lost_or_failed = match r.phase {
+        Phase::Lost => true,
+        Phase::Failed => current,
+        _ => false,
+    };
+    if lost_or_failed {
+        return failed(
+            error
+                .map(|e| format!("{}: {}: {}", r.id, e.reason, e.message))
+                .unwrap_or_else(|| format!("{} {}", r.id, r.phase)),
+        );
+    }
+    if h.runner == h.node {
+        return if r.phase == Phase::Drained && current {
+            DrainOutcome::Done
+        } else {
+            DrainOutcome::Pending(format!("{} ({})", r.id, r.phase))
+        };
+    }
+    let report = r.status.as_ref().and_then(|s| {
+        s.peer_drains
+            .iter()
+            .find(|d| d.node == h.node && d.generation >= generation)
+    });
+    match report {
+        Some(d) if d.ok => DrainOutcome::Done,
+        Some(d) => failed(format!(
+            "{}: its drain hook on {} failed: {}",
+            h.node, r.id, d.message
+        )),
+        None => DrainOutcome::Pending(format!("{} (its hook runs on {})", h.node, r.id)),
     }
 }
 

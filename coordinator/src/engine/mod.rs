@@ -641,7 +641,9 @@ impl Engine {
                 if outcome.all_ready() {
                     signals.ready.send_replace(outcome.generation);
                 }
-                if matches!(status.phase, Phase::Drained | Phase::Failed | Phase::Lost) {
+                if matches!(status.phase, Phase::Drained | Phase::Failed | Phase::Lost)
+                    || !status.peer_drains.is_empty()
+                {
                     signals.nudge.notify_waiters();
                 }
             }

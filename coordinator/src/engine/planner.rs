@@ -11,11 +11,13 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use shoal_protocol::{
-    ContainerPlan, DrainPlan, LivenessPlan, NetworkMode, NetworkPlan, NodePlan, Plan, PlanError,
-    RegistryAuth, VolumePlan, DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
+    ContainerPlan, DrainPlan, LivenessPlan, NetworkMode, NetworkPlan, NodePlan, PeerDrainPlan,
+    Plan, PlanError, RegistryAuth, VolumePlan, DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
 };
 
-use crate::blueprint::{expand, parse_volume, registry_of, Blueprint, BlueprintError, Template};
+use crate::blueprint::{
+    expand, parse_volume, registry_of, Blueprint, BlueprintError, DrainSpec, Template,
+};
 
 /// The default overlay.
 pub const DEFAULT_OVERLAY: &str = "10.240.0.0/16";
@@ -80,6 +82,47 @@ pub fn fqdn(container: &str, node: &str, cluster: &str, domain: &str) -> String 
     format!("{container}-{node}.{cluster}.{domain}")
 }
 
+/// The node that runs the drain hooks a blueprint gives to group `group` for leaving
+/// nodes of other groups: the group's lowest-index node that is not leaving itself.
+pub fn drain_runner<'a>(
+    nodes: impl IntoIterator<Item = &'a PlannedNode>,
+    group: &str,
+) -> Option<&'a PlannedNode> {
+    nodes
+        .into_iter()
+        .filter(|n| n.group == group && !n.leaving)
+        .min_by_key(|n| n.index)
+}
+
+/// Leaving node `node`'s drain hook `d`, its `${leaving:NAME}` naming `node`'s
+/// containers.
+fn drain_plan(
+    d: &DrainSpec,
+    node: &PlannedNode,
+    cluster: &str,
+    domain: &str,
+    resolve: impl Fn(&Template) -> Option<String>,
+) -> Result<DrainPlan, PlannerError> {
+    let resolve = |t: &Template| match t {
+        Template::Leaving(name) => Some(fqdn(name, &node.id, cluster, domain)),
+        t => resolve(t),
+    };
+    let mut exec = Vec::with_capacity(d.exec.len());
+    for arg in &d.exec {
+        exec.push(expand(arg, cluster, domain, resolve).map_err(|message| {
+            PlannerError::Template {
+                container: d.container.clone(),
+                message,
+            }
+        })?);
+    }
+    Ok(DrainPlan {
+        container: d.container.clone(),
+        exec,
+        timeout_secs: d.timeout.0,
+    })
+}
+
 /// Builds the plan (generation 0: the store assigns the real one).
 pub fn build(
     cluster: &str,
@@ -141,7 +184,7 @@ pub fn build(
     let resolve = |t: &Template| match t {
         Template::Fqdn(name) => first_fqdn.get(name.as_str()).cloned(),
         Template::Count(name) => Some(count.get(name.as_str()).copied().unwrap_or(0).to_string()),
-        Template::Cluster | Template::Domain => None,
+        Template::Cluster | Template::Domain | Template::Leaving(_) => None,
     };
 
     let mut out = Vec::with_capacity(nodes.len());
@@ -200,15 +243,11 @@ pub fn build(
                 ready,
             });
         }
-        let drain = group
-            .drain
-            .as_ref()
-            .filter(|_| node.leaving)
-            .map(|d| DrainPlan {
-                container: d.container.clone(),
-                exec: d.exec.clone(),
-                timeout_secs: d.timeout.0,
-            });
+        // A hook run by another group's node goes into that node's plan below.
+        let drain = match group.drain.as_ref().filter(|_| node.leaving) {
+            Some(d) if d.group.is_none() => Some(drain_plan(d, node, cluster, domain, resolve)?),
+            _ => None,
+        };
         out.push(NodePlan {
             id: node.id.clone(),
             index: node.index,
@@ -219,7 +258,29 @@ pub fn build(
             containers,
             leaving: node.leaving,
             drain,
+            peer_drains: Vec::new(),
         });
+    }
+    for (node, group) in nodes.iter().zip(&groups) {
+        let Some((d, runs_in)) = group
+            .drain
+            .as_ref()
+            .filter(|_| node.leaving)
+            .and_then(|d| Some((d, d.group.as_deref()?)))
+        else {
+            continue;
+        };
+        // No node to run it: the engine says so and fails the scale.
+        let Some(runner) = drain_runner(nodes.iter().copied(), runs_in) else {
+            continue;
+        };
+        let hook = drain_plan(d, node, cluster, domain, resolve)?;
+        if let Some(n) = out.iter_mut().find(|n| n.id == runner.id) {
+            n.peer_drains.push(PeerDrainPlan {
+                node: node.id.clone(),
+                hook,
+            });
+        }
     }
     let plan = Plan {
         schema: SCHEMA_VERSION,
@@ -416,5 +477,87 @@ image = "i"
         let d = plan.nodes[2].drain.as_ref().expect("drain");
         assert_eq!((d.container.as_str(), d.timeout_secs), ("w", 300));
         assert_eq!(plan.liveness, Some(LivenessPlan { report_secs: 5 }));
+    }
+
+    #[test]
+    fn a_hook_of_another_group_runs_on_that_groups_first_node() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "server"
+count = 1
+[[group.container]]
+name = "s"
+image = "i"
+[[group]]
+name = "workers"
+count = "rest"
+drain = { group = "server", container = "s", exec = ["retire", "${leaving:w}", "${cluster}"], timeout = "5m" }
+[[group.container]]
+name = "w"
+image = "i"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        let mut ns = nodes(4);
+        ns[2].leaving = true;
+        ns[3].leaving = true;
+        let overlay = DEFAULT_OVERLAY.parse().expect("cidr");
+        let plan = build("x", &bp, overlay, 1, &ns, None).expect("plan");
+        // The leaving nodes run nothing themselves: node-0 (the server) drains both.
+        assert!(plan.nodes[1..]
+            .iter()
+            .all(|n| n.drain.is_none() && n.peer_drains.is_empty()));
+        let on: Vec<(&str, &str, &[String])> = plan.nodes[0]
+            .peer_drains
+            .iter()
+            .map(|d| {
+                (
+                    d.node.as_str(),
+                    d.hook.container.as_str(),
+                    d.hook.exec.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            on,
+            [
+                (
+                    "node-2",
+                    "s",
+                    &[
+                        "retire".to_string(),
+                        "w-node-2.x.shoal.internal".into(),
+                        "x".into()
+                    ][..]
+                ),
+                (
+                    "node-3",
+                    "s",
+                    &[
+                        "retire".to_string(),
+                        "w-node-3.x.shoal.internal".into(),
+                        "x".into()
+                    ][..]
+                ),
+            ]
+        );
+        assert_eq!(plan.nodes[0].peer_drains[0].hook.timeout_secs, 300);
+        // The same plan read back by an agent passes its validation, and one that asks
+        // a node to drain a node that is not leaving does not.
+        let mut bad = plan.clone();
+        bad.nodes[0].peer_drains[0].node = "node-1".into();
+        let e = bad.validate().expect_err("node-1 is not leaving");
+        assert!(
+            e.to_string()
+                .contains("not another node of the plan marked leaving"),
+            "{e}"
+        );
+        let mut bad = plan.clone();
+        bad.nodes[0].peer_drains[0].hook.container = "w".into();
+        assert!(bad.validate().is_err(), "w is no container of node-0");
+        // With no server left to run it, no hook is planned (the engine refuses the drain).
+        ns[0].leaving = true;
+        let plan = build("x", &bp, overlay, 1, &ns, None).expect("plan");
+        assert!(plan.nodes.iter().all(|n| n.peer_drains.is_empty()));
     }
 }

@@ -91,6 +91,7 @@ pub fn status(phase: Phase, generation: u64) -> NodeStatus {
         containers: vec![],
         agent_version: "test".into(),
         boot: None,
+        peer_drains: vec![],
     }
 }
 

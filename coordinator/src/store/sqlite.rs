@@ -953,6 +953,7 @@ impl Store for SqliteStore {
                     containers: vec![],
                     agent_version: String::new(),
                     boot: None,
+                    peer_drains: vec![],
                 },
             };
             st.phase = Phase::Lost;
