@@ -13,31 +13,8 @@ use shoal_e2e::coordinator::{bin, TestCoordinator};
 
 const NODES: usize = 200;
 
-/// The demo blueprint's shape, with an overlay with room for the nodes (a /24 each).
-const BLUEPRINT: &str = r#"
-name = "simdemo"
-description = "The demo blueprint's groups, for simulated agents"
-overlay = "10.64.0.0/15"
-
-[[group]]
-name = "server"
-count = 1
-
-[[group.container]]
-name = "server"
-image = "shoal/demo:1"
-command = ["shoal-demo", "server"]
-
-[[group]]
-name = "workers"
-count = "rest"
-drain = { container = "agent", exec = ["shoal-demo", "drain"], timeout = "1m" }
-
-[[group.container]]
-name = "agent"
-image = "shoal/demo:1"
-command = ["shoal-demo", "agent"]
-"#;
+/// The demo blueprint's groups, with an overlay with room for 1,000 nodes.
+const BLUEPRINT: &str = include_str!("../../bench/agent-sim/simdemo.toml");
 
 #[test]
 fn simulated_agents_bring_a_sim_cluster_up_follow_a_scale_down_and_stop_at_delete() {
