@@ -1529,6 +1529,261 @@ def bench_status(rep, args, prefix, octet):
 
 
 # ---------------------------------------------------------------------------------
+# 13. One coordinator, many agents (the sim provider and shoal-agent-sim)
+
+SIM_BLUEPRINT = (REPO / "bench" / "agent-sim" / "simdemo.toml").read_text()
+
+
+def proc_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def proc_cpu_seconds(pid):
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(coord, name):
+    req = urllib.request.Request(coord.url + "/metrics")
+    req.add_header("Authorization", f"Bearer {coord.token}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class Sim:
+    """shoal-agent-sim over a directory of agent configurations; `stats()` asks it for
+    its figures (a JSON line)."""
+
+    def __init__(self, agents_dir, sources, extra=()):
+        self.p = subprocess.Popen(
+            [str(RELEASE / "shoal-agent-sim"), "--agents", str(agents_dir), "--sources", sources, *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def stats(self):
+        self.p.stdin.write("stats\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise BenchError("shoal-agent-sim ended early")
+        return json.loads(line)
+
+    def stop(self):
+        if self.p.poll() is None:
+            try:
+                self.p.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def wait_states(coord, names, state, timeout, what, generation=0):
+    """Polls the cluster list (no nodes) every 0.5 s until every named cluster is in
+    `state` (with at least `generation`); returns the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        listed = {c["name"]: c for c in coord.api("GET", "/v1/clusters")}
+        states = {n: c["state"] for n, c in listed.items()}
+        if all(states.get(n) == state and (listed[n].get("generation") or 0) >= generation for n in names):
+            return time.monotonic() - t0
+        bad = [n for n in names if states.get(n) == "FAILED"]
+        if bad:
+            raise BenchError(f"{what}: {bad} FAILED")
+        if time.monotonic() - t0 > timeout:
+            raise BenchError(f"{what}: not all {state} after {timeout}s: {states}")
+        time.sleep(0.5)
+
+
+def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
+    """`size` simulated agents in clusters of `per_cluster` nodes on one coordinator:
+    boot, steady state (every agent holding its long-poll, liveness reports), a new plan
+    to every agent (a scale down of each cluster), a burst of status reports, delete."""
+    clusters = [f"f{i}" for i in range(max(1, size // per_cluster))]
+    n = size // len(clusters)
+    port = free_port()
+    coord = Coordinator(prefix, octet, extra=("--enable-sim-provider", "--metadata-listen", f"127.0.0.1:{port}",
+                                              *extra_serve))
+    out = {"agents": n * len(clusters), "clusters": len(clusters), "per_cluster": n}
+    sim = burst = None
+    try:
+        pid = coord.p.pid
+        out["rss_idle_mib"] = proc_rss_kib(pid) / 1024
+        t0 = time.monotonic()
+        for c in clusters:
+            coord.api("POST", "/v1/clusters", {"name": c, "provider": "sim", "nodes": n,
+                                               "blueprint_toml": SIM_BLUEPRINT})
+        wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
+        out["create_s"] = time.monotonic() - t0
+        agents = coord.state / "sim" / "agents"
+        log(f"agents: {out['agents']} simulated agents boot")
+        t0 = time.monotonic()
+        sim = Sim(agents, sources)
+        out["boot_s"] = wait_states(coord, clusters, "AVAILABLE", 900, "boot")
+        boot = sim.stats()
+        out["boot_report_ms"] = boot["report_ms"]
+        out["boot_errors"] = boot["errors"]
+        # Steady state: every agent holds its long-poll and sends a liveness report
+        # every report_secs (5 s by default).
+        time.sleep(10)
+        s0, c0, w0 = sim.stats(), proc_cpu_seconds(pid), time.monotonic()
+        time.sleep(20)
+        s1, c1, w1 = sim.stats(), proc_cpu_seconds(pid), time.monotonic()
+        out["held_long_polls"] = metric(coord, "shoal_metadata_long_polls_in_flight")
+        out["rss_held_mib"] = proc_rss_kib(pid) / 1024
+        reports = s1["reports"] - s0["reports"]
+        out["steady_reports_per_sec"] = reports / (w1 - w0)
+        out["steady_cpu_share"] = (c1 - c0) / (w1 - w0)
+        out["cpu_us_per_report_steady"] = (c1 - c0) / max(reports, 1) * 1e6
+        out["steady_errors"] = {k: v - s0["errors"].get(k, 0) for k, v in s1["errors"].items()
+                                if v - s0["errors"].get(k, 0)}
+        # A new plan to every agent: each cluster loses its last node (its drain hook
+        # reported done by its simulated agent), so every agent gets two generations.
+        log("agents: a scale down of every cluster (a new plan to every agent)")
+        t0 = time.monotonic()
+        for c in clusters:
+            coord.api("POST", f"/v1/clusters/{c}/scale", {"remove": [f"node-{n - 1}"]})
+        time.sleep(1)
+        wait_states(coord, clusters, "AVAILABLE", 900, "scale down")
+        out["scale_s"] = time.monotonic() - t0
+        after = sim.stats()
+        out["delivery_ms"] = after["delivery_ms"].get("2")
+        # A burst of reports while every agent still holds its long-poll: each agent's
+        # configuration once more, 5 reports each, all at once.
+        log("agents: a burst of 5 reports per agent")
+        c0 = proc_cpu_seconds(pid)
+        burst_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(agents), "--mode", "reports",
+                         "--rounds", "5", "--sources", burst_sources(sources)]).stdout
+        c1 = proc_cpu_seconds(pid)
+        burst = json.loads(burst_out.strip().splitlines()[-1])
+        out["burst"] = {k: burst[k] for k in ("reports", "reports_per_sec", "report_ms", "errors", "seconds")}
+        out["cpu_us_per_report_burst"] = (c1 - c0) / max(burst["reports"], 1) * 1e6
+        out["rss_after_burst_mib"] = proc_rss_kib(pid) / 1024
+        db = sum(f.stat().st_size for f in coord.state.glob("shoal.db*"))
+        out["db_mib"] = db / (1 << 20)
+        t0 = time.monotonic()
+        for c in clusters:
+            coord.api("DELETE", f"/v1/clusters/{c}")
+        wait_states(coord, clusters, "DELETED", 600, "delete")
+        out["delete_s"] = time.monotonic() - t0
+    finally:
+        if sim:
+            sim.stop()
+        coord.stop()
+    return out
+
+
+def burst_sources(sources):
+    """Another /16 of loopback for the burst's clients (the boot simulator's agents keep
+    theirs)."""
+    a, b = sources.split(".")[:2]
+    return f"{a}.{(int(b) + 1) % 256}.0.0/16"
+
+
+def bench_agents(rep, args, prefix, octet):
+    sizes = [200] if args.quick else [1000, 10000]
+    base = 40 + octet % 100
+    res = {}
+    for i, size in enumerate(sizes):
+        log(f"agents: {size} simulated agents")
+        res[size] = fleet_run(size, 1000 if size >= 1000 else size, f"{prefix}{i}", octet,
+                              f"127.{base + 2 * i}.0.0/16")
+    old = None
+    if not args.quick:
+        # What 10,000 agents met before this change: at most 4,096 connections.
+        log("agents: 10000 simulated agents, --max-conns 4096 (the former default)")
+        old = fleet_run_refused(10000, f"{prefix}o", octet, f"127.{base + 6}.0.0/16")
+    rep.raw["agents"] = {"runs": res, "old_cap": old}
+    head = ["figure"] + [f"{s:,} agents ({res[s]['clusters']} × {res[s]['per_cluster']:,} nodes)" for s in sizes]
+
+    def row(label, f):
+        return [label] + [f(res[s]) for s in sizes]
+
+    def ms(d, k):
+        return "-" if not d else f"{d[k]:.0f} ms"
+
+    rows = [
+        row("coordinator RSS, idle / every agent holding its long-poll / after the burst",
+            lambda r: f"{r['rss_idle_mib']:.0f} / {r['rss_held_mib']:.0f} / {r['rss_after_burst_mib']:.0f} MiB"),
+        row("long-polls held (metrics)", lambda r: f"{r['held_long_polls']:.0f}" if r["held_long_polls"] is not None else "-"),
+        row("RSS per held long-poll", lambda r: f"{(r['rss_held_mib'] - r['rss_idle_mib']) * 1024 / max(r['agents'], 1):.1f} KiB"),
+        row("clusters created (plans published)", lambda r: f"{r['create_s']:.1f} s"),
+        row("boot: simulator start → every cluster AVAILABLE", lambda r: f"{r['boot_s']:.1f} s"),
+        row("boot reports: p50 / p99 (5 per agent, all at once)",
+            lambda r: f"{ms(r['boot_report_ms'], 'p50')} / {ms(r['boot_report_ms'], 'p99')}"),
+        row("plan published → every agent has it: p50 / p99 / max",
+            lambda r: f"{ms(r['delivery_ms'], 'p50')} / {ms(r['delivery_ms'], 'p99')} / {ms(r['delivery_ms'], 'max')}"),
+        row("scale down of every cluster → AVAILABLE", lambda r: f"{r['scale_s']:.1f} s"),
+        row("steady state: liveness reports/s, coordinator CPU", lambda r: f"{r['steady_reports_per_sec']:.0f}/s, {100 * r['steady_cpu_share']:.0f} % of a core"),
+        row("CPU time per report: steady / burst", lambda r: f"{r['cpu_us_per_report_steady']:.0f} / {r['cpu_us_per_report_burst']:.0f} µs"),
+        row("burst of reports (5 per agent, new connections, polls held): reports/s",
+            lambda r: f"{r['burst']['reports_per_sec']:.0f}/s"),
+        row("burst: p50 / p99 / max", lambda r: f"{ms(r['burst']['report_ms'], 'p50')} / {ms(r['burst']['report_ms'], 'p99')} / {ms(r['burst']['report_ms'], 'max')}"),
+        row("errors (boot; steady; burst)", lambda r: f"{sum(r['boot_errors'].values())}; {sum(r['steady_errors'].values())}; {sum(r['burst']['errors'].values())}"),
+        row("database (shoal.db, -wal, -shm)", lambda r: f"{r['db_mib']:.1f} MiB"),
+        row("delete every cluster", lambda r: f"{r['delete_s']:.1f} s"),
+    ]
+    lines = [
+        "One release `shoal serve --enable-sim-provider` per size; clusters of the demo blueprint's "
+        "shape (one server, the rest workers with a drain hook) on the `sim` provider, which records "
+        "VMs and writes each node's agent configuration; `shoal-agent-sim` (bench/agent-sim) runs one "
+        "simulated agent per node, each with its own HTTPS client and loopback source address, "
+        "speaking the real protocol: long-poll (`wait=30`), five phase reports per plan, a liveness "
+        "report every 5 s (dropping the long-poll, as the real agent does). The simulator runs on the "
+        "same 2 cores as the coordinator: every figure includes that competition. One run per size.",
+        "",
+    ]
+    lines += table(head, rows)
+    if old:
+        lines += ["", f"With `--max-conns 4096` (the cap before this change) and 10,000 agents: "
+                  f"{old['ready']:,} of {old['agents']:,} agents got their plan and reported ready within "
+                  f"{old['waited_s']:.0f} s; the others' connections were refused "
+                  f"({old['connect_errors']:,} failed connections)."]
+    rep.section("13. One coordinator, many agents", lines)
+
+
+def fleet_run_refused(size, prefix, octet, sources):
+    """10,000 agents against the former connection cap: how many get in."""
+    clusters = [f"f{i}" for i in range(size // 1000)]
+    port = free_port()
+    coord = Coordinator(prefix, octet, extra=("--enable-sim-provider", "--metadata-listen", f"127.0.0.1:{port}",
+                                              "--max-conns", "4096"))
+    sim = None
+    try:
+        for c in clusters:
+            coord.api("POST", "/v1/clusters", {"name": c, "provider": "sim", "nodes": 1000,
+                                               "blueprint_toml": SIM_BLUEPRINT})
+        wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
+        sim = Sim(coord.state / "sim" / "agents", sources)
+        t0 = time.monotonic()
+        time.sleep(60)
+        s = sim.stats()
+        return {"agents": s["agents"], "ready": s["ready"], "waited_s": time.monotonic() - t0,
+                "connect_errors": sum(v for k, v in s["errors"].items() if "connect" in k or "request" in k)}
+    finally:
+        if sim:
+            sim.stop()
+        for c in clusters:
+            try:
+                coord.api("DELETE", f"/v1/clusters/{c}")
+            except BenchError:
+                pass
+        try:
+            wait_states(coord, clusters, "DELETED", 600, "delete")
+        except BenchError:
+            pass
+        coord.stop()
+
+
+# ---------------------------------------------------------------------------------
 # 7. Scaling a running cluster
 
 
@@ -2298,7 +2553,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -2307,7 +2562,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale", "agents"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -2346,6 +2601,8 @@ def main():
             bench_qemu(rep, args, tag + "q")
         if "health" in only:
             bench_health(rep, args, tag + "h", (octet + 200) % 250 + 1)
+        if "agents" in only:
+            bench_agents(rep, args, tag + "f", (octet + 220) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:
         failed = e
     rep.sections.sort(key=lambda s: int(s[0].split(".", 1)[0]))

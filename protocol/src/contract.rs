@@ -6,7 +6,9 @@
 //!   `after` or the wait (at most [`MAX_WAIT_SECS`]) runs out.
 //! - `PUT {STATUS_ROUTE}` with `Authorization: Bearer <node token>`: a report.
 //!
-//! Every answer about a known key carries [`GENERATION_HEADER`].
+//! Every answer about a known key carries [`GENERATION_HEADER`]; a plan also carries an
+//! `ETag` (`"g<generation>"`, answered `304 Not Modified` to a matching
+//! `If-None-Match`) and [`PUBLISHED_HEADER`].
 
 /// The prefix of every metadata route.
 pub const PREFIX: &str = "/metadata/v1";
@@ -16,6 +18,9 @@ pub const PLAN_ROUTE: &str = "/metadata/v1/{key}";
 pub const STATUS_ROUTE: &str = "/metadata/v1/{key}/nodes/{node}/status";
 /// The header carrying the served plan's generation (0 before a plan is ready).
 pub const GENERATION_HEADER: &str = "shoal-generation";
+/// The header carrying when the coordinator started serving the plan (Unix
+/// milliseconds, its clock): with the time the plan arrived, how long it took.
+pub const PUBLISHED_HEADER: &str = "shoal-published-ms";
 /// Query parameter: how long to hold a plan request, in seconds.
 pub const WAIT_PARAM: &str = "wait";
 /// Query parameter: answer only with a plan of a larger generation than this.

@@ -198,6 +198,15 @@ pub struct ServeArgs {
     /// Concurrent metadata connections allowed from one source address.
     #[arg(long, default_value_t = 64)]
     pub max_conns_per_source: usize,
+    /// Concurrent metadata connections in all: each resident agent holds one (its
+    /// long-poll). `serve` raises its open-file limit to fit, and refuses to start
+    /// when the hard limit cannot.
+    #[arg(long, default_value_t = crate::server::listener::DEFAULT_MAX_CONNS)]
+    pub max_conns: usize,
+    /// Offer the `sim` provider: it records VMs without making them, for load tests of
+    /// the coordinator with `shoal-agent-sim` (bench/agent-sim). Never in production.
+    #[arg(long)]
+    pub enable_sim_provider: bool,
 }
 
 /// `shoal credential …`.

@@ -44,8 +44,10 @@ pub fn options(state_dir: &Path, a: &ServeArgs) -> ServeOptions {
             rate_per_sec: a.rate_limit,
             burst: a.rate_burst,
             max_conns_per_source: a.max_conns_per_source,
+            max_conns: a.max_conns,
             ..Limits::default()
         },
+        enable_sim: a.enable_sim_provider,
     }
 }
 

@@ -8,13 +8,17 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-/// A served plan: its generation and its JSON bytes, shared by every response.
+/// A served plan: its generation and its JSON bytes, serialised once and shared by
+/// every response.
 #[derive(Debug, Clone)]
 pub struct PlanDoc {
     /// Generation.
     pub generation: u64,
     /// The JSON document.
     pub bytes: Bytes,
+    /// When this coordinator started serving it (Unix milliseconds): an agent can tell
+    /// how long a plan took to reach it.
+    pub published_ms: u64,
 }
 
 /// A node allowed to report, with its token. `Debug` hides the token.
@@ -87,7 +91,14 @@ impl PlanHub {
     /// Publishes a plan: every held long-poll with a smaller `after` answers now.
     pub fn publish(&self, key: &str, generation: u64, bytes: Bytes) {
         if let Some(e) = self.entry(key) {
-            e.plan.send_replace(Some(PlanDoc { generation, bytes }));
+            let published_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            e.plan.send_replace(Some(PlanDoc {
+                generation,
+                bytes,
+                published_ms,
+            }));
         }
     }
 

@@ -22,7 +22,7 @@ use axum::routing::{get, put};
 use axum::Router;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_STATUS_BYTES};
+use shoal_protocol::contract::{self, GENERATION_HEADER, MAX_STATUS_BYTES, PUBLISHED_HEADER};
 use shoal_protocol::{NodeStatus, Phase};
 
 pub use self::hub::{NodeKey, PlanDoc, PlanHub};
@@ -90,6 +90,7 @@ fn not_found() -> Response {
 async fn get_plan(
     State(state): State<MetadataState>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
@@ -120,13 +121,29 @@ async fn get_plan(
     };
     match doc {
         Some(d) if d.generation > after => {
-            let mut resp = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                d.bytes,
-            )
-                .into_response();
-            insert_generation(resp.headers_mut(), d.generation);
+            let etag = format!("\"g{}\"", d.generation);
+            let unchanged = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+            let mut resp = if unchanged {
+                StatusCode::NOT_MODIFIED.into_response()
+            } else {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    d.bytes,
+                )
+                    .into_response()
+            };
+            let h = resp.headers_mut();
+            insert_generation(h, d.generation);
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&d.published_ms.to_string()) {
+                h.insert(PUBLISHED_HEADER, v);
+            }
             resp
         }
         other => {

@@ -1,6 +1,7 @@
 //! Cloud providers: one trait, implemented by `local` (network namespaces on this
 //! machine), `qemu` (real VMs on this machine, booted through cloud-init), `aws` (EC2
-//! Query API) and `azure` (Azure Resource Manager).
+//! Query API) and `azure` (Azure Resource Manager); and `sim`, a test provider that
+//! records VMs without making them (load tests; off unless `serve` enables it).
 //!
 //! A provider creates a cluster's VMs with the user-data the engine rendered for each
 //! node, describes them, and deletes everything the cluster owns. Every call must be
@@ -21,6 +22,7 @@ pub mod preflight;
 pub mod qemu;
 pub mod registry;
 pub mod retry;
+pub mod sim;
 
 /// The cluster a provider call is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +223,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn metadata_url(&self) -> Option<String> {
         None
     }
+
+    /// Told once the metadata listener is bound: the URL it serves at on this machine
+    /// (`scheme://address:port`, loopback for a wildcard address). Only a provider
+    /// whose VMs run here and have no address of their own to reach it at uses it.
+    fn metadata_listening(&self, _url: &str) {}
 
     /// Where an operator finds everything the cluster owns at this provider, in a few
     /// words (`show` prints it, so a FAILED cluster's leftovers can be found by hand):

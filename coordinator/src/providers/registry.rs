@@ -14,10 +14,14 @@ use super::azure::AzureProvider;
 use super::local::{LocalProvider, LocalSettings};
 use super::preflight::{self, Check, PreflightOptions};
 use super::qemu::{self, AccelChoice, KvmProbe, QemuProvider, QemuSettings};
+use super::sim::SimProvider;
 use super::{Provider, ProviderError};
 
-/// Every provider Shoal has, by name.
-pub const NAMES: &[&str] = &["local", "qemu", "aws", "azure"];
+/// Every provider Shoal has, by name (`sim` is a test provider, off by default).
+pub const NAMES: &[&str] = &["local", "qemu", "aws", "azure", "sim"];
+
+/// Why the sim provider is refused when `serve` was not told to enable it.
+pub const SIM_DISABLED: &str = "a test provider that makes no VM (load tests with shoal-agent-sim): start `shoal serve --enable-sim-provider` to use it";
 
 /// What the providers need from `shoal serve`.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct RegistrySettings {
     pub metadata_port: u16,
     /// `https` or `http` (with `--insecure-http`).
     pub metadata_scheme: String,
+    /// Offer the `sim` test provider (`--enable-sim-provider`).
+    pub enable_sim: bool,
 }
 
 impl RegistrySettings {
@@ -139,6 +145,11 @@ impl Registry {
                 unavailable.insert("qemu".to_string(), why);
             }
         }
+        if s.enable_sim {
+            providers.push(Arc::new(SimProvider::new(s.state_dir.join("sim"))?));
+        } else {
+            unavailable.insert("sim".to_string(), SIM_DISABLED.to_string());
+        }
         providers.push(Arc::new(AwsProvider::new()));
         match AzureProvider::new(s.state_dir.clone()) {
             Ok(p) => providers.push(Arc::new(p)),
@@ -192,6 +203,14 @@ impl Registry {
     /// its certificate.
     pub fn gateways(&self) -> Vec<IpAddr> {
         self.usable.values().filter_map(|p| p.gateway()).collect()
+    }
+
+    /// Tells every provider where the metadata listener serves on this machine, once
+    /// it is bound.
+    pub fn metadata_listening(&self, url: &str) {
+        for p in self.usable.values() {
+            p.metadata_listening(url);
+        }
     }
 
     /// Lets every provider release what it holds for the coordinator's lifetime (the
@@ -251,6 +270,12 @@ pub fn preflight(name: &str, opts: &PreflightOptions) -> Option<Vec<Check>> {
         "qemu" => Some(QemuProvider::preflight(opts)),
         "aws" => Some(super::aws::preflight(opts)),
         "azure" => Some(super::azure::preflight(opts)),
+        "sim" => Some(vec![preflight::check(
+            "sim",
+            preflight::Status::Info,
+            "a test provider: it records VMs without making them, and only a coordinator started with --enable-sim-provider offers it",
+            None,
+        )]),
         _ => None,
     }
 }

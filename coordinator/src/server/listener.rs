@@ -26,6 +26,46 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+/// The default cap on concurrent metadata connections (`serve --max-conns`): each
+/// resident agent holds one, its long-poll, so this leaves room for 10,000 agents and
+/// their status reports.
+pub const DEFAULT_MAX_CONNS: usize = 16_384;
+
+/// Open files kept for everything but metadata connections: the store, the operator
+/// API's connections, the local provider's processes and namespaces.
+const RESERVED_FILES: u64 = 1024;
+
+/// Raises this process's soft open-file limit (up to the hard one) so that `max_conns`
+/// connections fit beside [`RESERVED_FILES`]. Returns the connections that fit, and
+/// when that is fewer than asked, why, with what to change: one file descriptor per
+/// connection, and a listener at the limit fails its `accept` calls instead of
+/// refusing politely.
+pub fn fit_open_files(max_conns: usize) -> (usize, Option<String>) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = max_conns as u64 + RESERVED_FILES;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (max_conns, None);
+    };
+    let target = wanted.min(hard);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() {
+        return fitted(max_conns, soft, wanted);
+    }
+    if target < wanted {
+        return fitted(max_conns, target, wanted);
+    }
+    (max_conns, None)
+}
+
+fn fitted(max_conns: usize, limit: u64, wanted: u64) -> (usize, Option<String>) {
+    let fit = limit.saturating_sub(RESERVED_FILES).max(1) as usize;
+    (
+        fit.min(max_conns),
+        Some(format!(
+            "the open-file limit is {limit} (ulimit -n; hard limit included), so the metadata listener takes {fit} connections, not --max-conns {max_conns}: each resident agent holds one; raise the limit to {wanted} (systemd: LimitNOFILE={wanted}) or lower --max-conns"
+        )),
+    )
+}
+
 /// The limits of one listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -302,6 +342,11 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // hyper then stops reading a connection while its request is in flight, so a
+        // held long-poll keeps no read buffer: 12.5 KiB per held long-poll instead of
+        // 22 KiB (docs/benchmarks.md). An agent that went away meanwhile is noticed
+        // when the answer is written, at most a long-poll's wait later.
+        .half_close(true)
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), svc)

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub qemu_vpc: Ipv4Net,
     /// The qemu provider's accelerator choice.
     pub qemu_accel: AccelChoice,
+    /// Offer the `sim` test provider (records VMs without making them).
+    pub enable_sim: bool,
 }
 
 /// `serve` failures.
@@ -130,12 +132,20 @@ fn check_options(opts: &ServeOptions) -> Result<(), ServeError> {
             )));
         }
     }
+    if opts.metadata_limits.max_conns == 0 {
+        return Err(ServeError::Options("--max-conns must be at least 1".into()));
+    }
     Ok(())
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM.
-pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     check_options(&opts)?;
+    let (fit, why) = listener::fit_open_files(opts.metadata_limits.max_conns);
+    if let Some(why) = why {
+        tracing::warn!("{why}");
+    }
+    opts.metadata_limits.max_conns = fit;
     crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -163,6 +173,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             .metadata_listen
             .map_or(DEFAULT_METADATA_PORT, |a| a.port()),
         metadata_scheme: if opts.insecure_http { "http" } else { "https" }.into(),
+        enable_sim: opts.enable_sim,
     })
     .await?;
     let gateways = providers.gateways();
@@ -207,8 +218,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         },
         ..EngineSettings::default()
     };
-    let engine = Engine::new(store, providers, settings).await?;
-
     let api_listener = TcpListener::bind(opts.api_listen)
         .await
         .map_err(io(format!(
@@ -225,6 +234,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .local_addr()
         .map_err(io("reading the metadata API address"))?;
     let scheme = |tls: bool| if tls { "https" } else { "http" };
+    // Before the engine resumes any cluster: the sim provider's agents run on this
+    // machine and reach the listener where it really is (its port may have been 0).
+    let md_local = if md_addr.ip().is_unspecified() {
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, md_addr.port()))
+    } else {
+        md_addr
+    };
+    providers.metadata_listening(&format!("{}://{md_local}", scheme(metadata_tls.is_some())));
+    let engine = Engine::new(store, providers, settings).await?;
+
     // A wildcard listener is reached on loopback by the local CLI.
     let api_host = if api_addr.ip().is_unspecified() {
         SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, api_addr.port()))
