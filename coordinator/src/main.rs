@@ -13,6 +13,19 @@ fn main() -> ExitCode {
         let code = shoal::providers::local::init::run(vm_dir);
         return ExitCode::from(u8::try_from(code).unwrap_or(exit::LOCAL));
     }
+    if !matches!(cli.command, shoal::cli::Command::Serve(_)) {
+        // A command whose output is cut short (`shoal cluster show big | head`) ends
+        // quietly, as other Unix tools do, instead of panicking on the closed pipe.
+        // The server keeps SIGPIPE ignored: a peer that goes away is an error on its
+        // socket, not the end of the coordinator.
+        // SAFETY: no other thread exists yet, and SIG_DFL installs no handler code.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

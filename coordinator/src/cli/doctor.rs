@@ -123,6 +123,7 @@ pub async fn run(opts: &Options) -> Report {
         )]
     });
     checks.extend(state_dir_checks(&opts.state_dir));
+    checks.push(open_files_check());
     checks.push(coordinator_check(opts).await);
     let ok = checks.iter().all(|c| c.status != Status::Fail);
     Report {
@@ -130,6 +131,37 @@ pub async fn run(opts: &Options) -> Report {
         state_dir: opts.state_dir.clone(),
         checks,
         ok,
+    }
+}
+
+/// Whether the open-file limit here lets `serve` hold as many agent connections as
+/// `--max-conns` allows by default (each resident agent holds one).
+fn open_files_check() -> Check {
+    use crate::server::listener::{DEFAULT_MAX_CONNS, RESERVED_FILES};
+    use nix::sys::resource::{getrlimit, Resource};
+    let want = DEFAULT_MAX_CONNS as u64 + RESERVED_FILES;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard >= want => check(
+            "open-files",
+            Status::Ok,
+            format!("hard limit {hard}: `shoal serve` started here can hold {DEFAULT_MAX_CONNS} agent connections (the --max-conns default)"),
+            None,
+        ),
+        Ok((_, hard)) => check(
+            "open-files",
+            Status::Warn,
+            format!(
+                "hard limit {hard}: `shoal serve` started here holds at most {} agent connections, not {DEFAULT_MAX_CONNS}",
+                hard.saturating_sub(RESERVED_FILES)
+            ),
+            Some(format!("raise it to {want} (LimitNOFILE={want} in its systemd unit, or `ulimit -Hn {want}` as root) for 10,000 resident agents")),
+        ),
+        Err(e) => check(
+            "open-files",
+            Status::Warn,
+            format!("cannot read the open-file limit: {e}"),
+            None,
+        ),
     }
 }
 

@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_CONNS: usize = 16_384;
 
 /// Open files kept for everything but metadata connections: the store, the operator
 /// API's connections, the local provider's processes and namespaces.
-const RESERVED_FILES: u64 = 1024;
+pub const RESERVED_FILES: u64 = 1024;
 
 /// Raises this process's soft open-file limit (up to the hard one) so that `max_conns`
 /// connections fit beside [`RESERVED_FILES`]. Returns the connections that fit, and
