@@ -1607,25 +1607,36 @@ def wait_states(coord, names, state, timeout, what, generation=0):
         time.sleep(0.5)
 
 
+def sim_coordinator(prefix, octet, extra=()):
+    """A release `shoal serve` offering the sim provider, its metadata listener on a
+    free loopback port."""
+    return Coordinator(prefix, octet, extra=("--enable-sim-provider", "--metadata-listen",
+                                              f"127.0.0.1:{free_port()}", *extra))
+
+
+def create_sim_clusters(coord, clusters, nodes):
+    """Creates the clusters on the sim provider and waits until each has its plan (and
+    so its agents' configurations written)."""
+    for c in clusters:
+        coord.api("POST", "/v1/clusters", {"name": c, "provider": "sim", "nodes": nodes,
+                                           "blueprint_toml": SIM_BLUEPRINT})
+    wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
+
+
 def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
     """`size` simulated agents in clusters of `per_cluster` nodes on one coordinator:
     boot, steady state (every agent holding its long-poll, liveness reports), a new plan
     to every agent (a scale down of each cluster), a burst of status reports, delete."""
     clusters = [f"f{i}" for i in range(max(1, size // per_cluster))]
     n = size // len(clusters)
-    port = free_port()
-    coord = Coordinator(prefix, octet, extra=("--enable-sim-provider", "--metadata-listen", f"127.0.0.1:{port}",
-                                              *extra_serve))
+    coord = sim_coordinator(prefix, octet, extra_serve)
     out = {"agents": n * len(clusters), "clusters": len(clusters), "per_cluster": n}
     sim = burst = None
     try:
         pid = coord.p.pid
         out["rss_idle_mib"] = proc_rss_kib(pid) / 1024
         t0 = time.monotonic()
-        for c in clusters:
-            coord.api("POST", "/v1/clusters", {"name": c, "provider": "sim", "nodes": n,
-                                               "blueprint_toml": SIM_BLUEPRINT})
-        wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
+        create_sim_clusters(coord, clusters, n)
         out["create_s"] = time.monotonic() - t0
         agents = coord.state / "sim" / "agents"
         log(f"agents: {out['agents']} simulated agents boot")
@@ -1803,15 +1814,10 @@ def bench_agents(rep, args, prefix, octet):
 def fleet_run_refused(size, prefix, octet, sources):
     """10,000 agents against the former connection cap: how many get in."""
     clusters = [f"f{i}" for i in range(size // 1000)]
-    port = free_port()
-    coord = Coordinator(prefix, octet, extra=("--enable-sim-provider", "--metadata-listen", f"127.0.0.1:{port}",
-                                              "--max-conns", "4096"))
+    coord = sim_coordinator(prefix, octet, ("--max-conns", "4096"))
     sim = None
     try:
-        for c in clusters:
-            coord.api("POST", "/v1/clusters", {"name": c, "provider": "sim", "nodes": 1000,
-                                               "blueprint_toml": SIM_BLUEPRINT})
-        wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
+        create_sim_clusters(coord, clusters, 1000)
         sim = Sim(coord.state / "sim" / "agents", sources)
         t0 = time.monotonic()
         time.sleep(60)

@@ -375,6 +375,14 @@ impl Agent {
         }
     }
 
+    /// Counts this agent as stopped: its node or its cluster is gone.
+    fn stop(&self, ready: bool) {
+        if ready {
+            self.figures.ready.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.figures.left.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The boot and resident life of one agent.
     async fn boot(self) {
         let started = Instant::now();
@@ -395,22 +403,12 @@ impl Agent {
             tokio::select! {
                 polled = self.poll(generation) => match polled {
                     Ok(Polled::Nothing) => failures = 0,
-                    Ok(Polled::Gone) => {
-                        if ready {
-                            self.figures.ready.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        self.figures.left.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
+                    Ok(Polled::Gone) => return self.stop(ready),
                     Ok(Polled::Plan { generation: g, seen }) => {
                         failures = 0;
                         let Some(&leaving) = seen.nodes.get(&self.node) else {
                             // This node's VM is gone from the plan: it was removed.
-                            if ready {
-                                self.figures.ready.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            self.figures.left.fetch_add(1, Ordering::Relaxed);
-                            return;
+                            return self.stop(ready);
                         };
                         generation = g;
                         every = seen.report_secs.map(Duration::from_secs);

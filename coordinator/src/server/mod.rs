@@ -138,6 +138,16 @@ fn check_options(opts: &ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Where a process on this machine reaches a listener bound to `addr`: a wildcard
+/// address on loopback.
+fn locally(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
 /// Runs the coordinator until SIGINT or SIGTERM.
 pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     check_options(&opts)?;
@@ -236,22 +246,15 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     let scheme = |tls: bool| if tls { "https" } else { "http" };
     // Before the engine resumes any cluster: the sim provider's agents run on this
     // machine and reach the listener where it really is (its port may have been 0).
-    let md_local = if md_addr.ip().is_unspecified() {
-        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, md_addr.port()))
-    } else {
-        md_addr
-    };
-    providers.metadata_listening(&format!("{}://{md_local}", scheme(metadata_tls.is_some())));
+    providers.metadata_listening(&format!(
+        "{}://{}",
+        scheme(metadata_tls.is_some()),
+        locally(md_addr)
+    ));
     let engine = Engine::new(store, providers, settings).await?;
 
-    // A wildcard listener is reached on loopback by the local CLI.
-    let api_host = if api_addr.ip().is_unspecified() {
-        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, api_addr.port()))
-    } else {
-        api_addr
-    };
     let info = ApiInfo {
-        url: format!("{}://{api_host}", scheme(api_tls.is_some())),
+        url: format!("{}://{}", scheme(api_tls.is_some()), locally(api_addr)),
         metadata_url: format!("{}://{md_addr}", scheme(metadata_tls.is_some())),
         pid: std::process::id(),
         ca_cert: ca.as_ref().map(Ca::cert_path),
