@@ -280,8 +280,12 @@ async fn view(s: &ApiState, name: &str) -> Result<ClusterView, ApiError> {
 /// A cluster as `GET /v1/clusters/{name}` shows it (and the console's cluster page):
 /// with its changes and state events, its footprint and its VMs' live details.
 pub async fn cluster_view(engine: &Engine, name: &str) -> Result<ClusterView, ApiError> {
-    let (c, nodes) = engine.cluster(name).await?;
+    // Two reads, so the history is read first: the state and nodes read after it are
+    // at least as new. Read the other way round, a change could show as done beside
+    // the UPDATING state it had just left, and `scale --wait`, which waits for the
+    // change, would print a cluster still UPDATING.
     let history = engine.history(name).await?;
+    let (c, nodes) = engine.cluster(name).await?;
     let mut v = ClusterView::with_history(&c, &nodes, &history);
     v.resources = engine.footprint(&c);
     engine.add_live_details(&c, &mut v);
