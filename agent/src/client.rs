@@ -70,6 +70,9 @@ pub enum Fetched {
         /// Why.
         error: PlanError,
     },
+    /// No newer plan by `quiet_at` (see [`MetadataClient::wait_for_plan`]): the
+    /// long-poll ended on time and its connection is free for the liveness report.
+    Quiet,
 }
 
 /// Client setup errors.
@@ -360,10 +363,18 @@ impl MetadataClient {
     /// retryable failures are retried until then, and a request still in flight then
     /// (a connection, a held long-poll, a slow body) is dropped. Without one (resident
     /// mode), retries for ever.
+    ///
+    /// With `quiet_at` (when the resident agent's liveness report is due), the
+    /// long-polls are asked to end by then, and the first that ends with no newer plan
+    /// at or after it returns [`Fetched::Quiet`]. The report then goes out on the
+    /// connection the poll leaves idle: dropping a held poll to report would close its
+    /// connection and cost a TLS handshake per report (section 13 of
+    /// docs/benchmarks.md).
     pub async fn wait_for_plan(
         &self,
         after: u64,
         deadline: Option<Duration>,
+        quiet_at: Option<Instant>,
     ) -> Result<Fetched, FetchError> {
         let start = Instant::now();
         loop {
@@ -372,9 +383,12 @@ impl MetadataClient {
                 until,
                 ..Policy::new("fetching the plan", retry::COORDINATOR)
             };
-            let wait = long_poll_wait(until);
+            let wait = long_poll_wait(until).min(quiet_wait(quiet_at));
             match retry::run(&policy, || self.poll_once(after, wait)).await {
                 Ok(Some(f)) => return Ok(f),
+                Ok(None) if quiet_at.is_some_and(|q| Instant::now() + QUIET_SLACK >= q) => {
+                    return Ok(Fetched::Quiet)
+                }
                 // The long-poll ran out with no newer plan: ask again.
                 Ok(None) => {}
                 Err(e) => {
@@ -446,6 +460,20 @@ fn long_poll_wait(until: Option<Instant>) -> u64 {
         until
             .saturating_duration_since(Instant::now())
             .saturating_sub(ROUND_TRIP_MARGIN)
+            .as_secs()
+            .clamp(1, LONG_POLL_SECS)
+    })
+}
+
+/// How early a long-poll may end before `quiet_at` and still count as quiet: waits are
+/// whole seconds, rounded down.
+const QUIET_SLACK: Duration = Duration::from_secs(1);
+
+/// How long to hold a long-poll that should end by `quiet_at`: the whole seconds left
+/// (at least one, so polls never spin), or [`LONG_POLL_SECS`] without one.
+fn quiet_wait(quiet_at: Option<Instant>) -> u64 {
+    quiet_at.map_or(LONG_POLL_SECS, |q| {
+        q.saturating_duration_since(Instant::now())
             .as_secs()
             .clamp(1, LONG_POLL_SECS)
     })

@@ -144,6 +144,9 @@ struct Agent {
 const REFAULT_WINDOW: Duration = Duration::from_secs(2);
 /// Network faults in a row rebuilt at once before backoff sets in.
 const REFAULTS_AT_ONCE: u32 = 2;
+/// How long after its due time a liveness report goes out without waiting any longer
+/// for the long-poll to end (see [`crate::client::MetadataClient::wait_for_plan`]).
+const LIVENESS_GRACE: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -763,18 +766,20 @@ pub async fn run(opts: RunOptions) -> i32 {
                 None => std::future::pending().await,
             }
         };
-        // The long-poll is dropped and asked again when the liveness report is due (at
-        // most once per interval): it holds no state, `after` says where it was.
+        // The long-poll ends when the liveness report is due, and the report goes out
+        // on the connection it leaves idle. Should the poll not end by then (its answer
+        // late, the coordinator retried), the report goes out anyway a little later, and
+        // the poll is dropped: it holds no state, `after` says where it was.
         let liveness_at = agent.liveness_at(current.as_ref());
         let liveness_sleep = async {
             match liveness_at {
-                Some(t) => tokio::time::sleep_until(t).await,
+                Some(t) => tokio::time::sleep_until(t + LIVENESS_GRACE).await,
                 None => std::future::pending().await,
             }
         };
         let mut reconverge = false;
         tokio::select! {
-            fetched = agent.client.wait_for_plan(after, limit) => match fetched {
+            fetched = agent.client.wait_for_plan(after, limit, liveness_at.map(|t| t.into_std())) => match fetched {
                 Err(e @ FetchError::Unreachable { .. }) => {
                     tracing::error!("{e}");
                     eprintln!("shoal-agent: {e}");
@@ -785,6 +790,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                     eprintln!("shoal-agent: {e}");
                     return exit::REFUSED;
                 }
+                Ok(Fetched::Quiet) => agent.send_liveness().await,
                 Ok(Fetched::Invalid { generation, error }) => {
                     tracing::error!(generation, %error, "the plan is invalid; nothing was changed");
                     after = generation.max(after);

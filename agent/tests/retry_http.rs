@@ -54,7 +54,7 @@ async fn two_503s_with_retry_after_then_the_plan() {
     let server = failing_then_plan(2, "503 Service Unavailable", "1");
     let start = Instant::now();
     let got = client(&server.url())
-        .wait_for_plan(0, Some(Duration::from_secs(30)))
+        .wait_for_plan(0, Some(Duration::from_secs(30)), None)
         .await
         .expect("a plan after the 503s");
     let took = start.elapsed();
@@ -105,7 +105,10 @@ async fn final_answers_are_not_retried() {
     ] {
         let server = Server::start(move |_, s| respond(s, status, &[], b"{\"error\":\"no\"}"));
         let c = client(&server.url());
-        match c.wait_for_plan(0, Some(Duration::from_secs(30))).await {
+        match c
+            .wait_for_plan(0, Some(Duration::from_secs(30)), None)
+            .await
+        {
             Err(FetchError::Refused { status, body, .. }) => {
                 assert_eq!(status, code);
                 assert!(body.contains("no"), "{body}");
@@ -127,7 +130,7 @@ async fn server_errors_are_retried_until_the_deadline_or_the_attempt_limit() {
     let c = client(&server.url());
     let start = Instant::now();
     let e = c
-        .wait_for_plan(0, Some(Duration::from_secs(2)))
+        .wait_for_plan(0, Some(Duration::from_secs(2)), None)
         .await
         .expect_err("only 500s");
     let took = start.elapsed();
@@ -152,7 +155,7 @@ async fn a_retry_after_beyond_the_deadline_gives_up_at_once() {
     let server = failing_then_plan(usize::MAX, "503 Service Unavailable", "120");
     let start = Instant::now();
     let e = client(&server.url())
-        .wait_for_plan(0, Some(Duration::from_secs(5)))
+        .wait_for_plan(0, Some(Duration::from_secs(5)), None)
         .await
         .expect_err("the server asks for more than the deadline leaves");
     assert!(
@@ -178,7 +181,7 @@ async fn a_refused_connection_is_retried_until_the_server_is_up() {
     });
     let start = Instant::now();
     let got = client(&url)
-        .wait_for_plan(0, Some(Duration::from_secs(20)))
+        .wait_for_plan(0, Some(Duration::from_secs(20)), None)
         .await
         .expect("a plan once the server is up");
     assert!(
@@ -210,7 +213,7 @@ async fn the_deadline_counts_from_the_coordinators_last_answer() {
     });
     let start = Instant::now();
     let got = client(&server.url())
-        .wait_for_plan(0, Some(Duration::from_secs(3)))
+        .wait_for_plan(0, Some(Duration::from_secs(3)), None)
         .await
         .expect("answers keep the agent waiting");
     assert!(

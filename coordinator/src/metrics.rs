@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +115,7 @@ pub struct Metrics {
     time_to_available: Mutex<Histogram>,
     changes: [AtomicI64; 2],
     nodes_lost: AtomicI64,
+    metadata_connections: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -130,11 +131,18 @@ impl Default for Metrics {
             time_to_available: Mutex::new(Histogram::new(AVAILABLE_BUCKETS)),
             changes: [AtomicI64::new(0), AtomicI64::new(0)],
             nodes_lost: AtomicI64::new(0),
+            metadata_connections: Arc::default(),
         }
     }
 }
 
 impl Metrics {
+    /// The counter the metadata listener adds each connection it serves to
+    /// ([`crate::server::listener::serve_counted`]).
+    pub fn metadata_connections(&self) -> Arc<AtomicU64> {
+        self.metadata_connections.clone()
+    }
+
     /// Runs one provider call, counting it, its failure and its duration.
     pub async fn provider_call<T, E>(
         &self,
@@ -317,6 +325,18 @@ impl Metrics {
                 *n as f64,
             );
         }
+        header(
+            &mut out,
+            "shoal_metadata_connections_total",
+            "counter",
+            "Connections the metadata listener served (with TLS: handshakes completed). Resident agents keep theirs: a rate near the agents' report rate means they do not.",
+        );
+        sample(
+            &mut out,
+            "shoal_metadata_connections_total",
+            &[],
+            self.metadata_connections.load(Ordering::Relaxed) as f64,
+        );
         header(
             &mut out,
             "shoal_metadata_requests_in_flight",

@@ -63,14 +63,19 @@ fn wait_show(
     (v, t.elapsed())
 }
 
-fn metric(c: &TestCoordinator, name: &str) -> f64 {
+/// `/metrics` as an operator scrapes it.
+fn metrics_text(c: &TestCoordinator) -> String {
     let body = std::process::Command::new("curl")
         .args(["-sf", "-H"])
         .arg(format!("Authorization: Bearer {}", c.token()))
         .arg(format!("{}/metrics", c.api_url()))
         .output()
         .expect("curl");
-    let text = String::from_utf8_lossy(&body.stdout).into_owned();
+    String::from_utf8_lossy(&body.stdout).into_owned()
+}
+
+fn metric(c: &TestCoordinator, name: &str) -> f64 {
+    let text = metrics_text(c);
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
@@ -162,6 +167,41 @@ fn a_silent_node_is_lost_then_back_and_repair_replaces_it() {
         assert_eq!(node(&out, id)["incarnation"], node(&v, id)["incarnation"]);
     }
     c.shoal_ok(&["cluster", "delete", "lv", "--wait"]);
+    assert_eq!(c.leftovers(true), Vec::<String>::new());
+}
+
+/// The sum of a metric's samples whose labels start with `labels` (`route="status"`).
+fn metric_sum(c: &TestCoordinator, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}");
+    metrics_text(c)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn resident_agents_send_liveness_reports_on_the_connection_they_keep() {
+    let (c, _) = available_cluster("kc", "2");
+    // Let the boot's reports and first polls settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let conns = metric(&c, "shoal_metadata_connections_total");
+    let reports = metric_sum(&c, "shoal_metadata_requests_total", "route=\"status\"");
+    std::thread::sleep(Duration::from_secs(8));
+    let new_conns = metric(&c, "shoal_metadata_connections_total") - conns;
+    let new_reports = metric_sum(&c, "shoal_metadata_requests_total", "route=\"status\"") - reports;
+    eprintln!("in 8 s: {new_reports} status reports, {new_conns} new connections");
+    // A report a second from each of the two agents: at least half of them on a loaded
+    // machine. Dropping the long-poll to report (as agents did) made each one a new TLS
+    // connection; now a poll ends when the report is due and the report reuses its
+    // connection. One new connection is allowed for a poll that ran late.
+    assert!(new_reports >= 8.0, "{new_reports} liveness reports in 8 s");
+    assert!(
+        new_conns <= 1.0,
+        "{new_conns} new connections for {new_reports} liveness reports: agents do not keep theirs"
+    );
+    c.shoal_ok(&["cluster", "delete", "kc", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
 }
 

@@ -11,9 +11,10 @@
 //! - `--mode boot` (the default): the agent long-polls its plan as the real agent does
 //!   (`wait=30`, `after=` its generation), reports each boot phase with its timing
 //!   (`plan-received`, `network`, `images`, `containers`, `ready`) for every generation
-//!   it receives, and stays resident: it holds the long-poll and, under the plan's
-//!   liveness contract, drops it every `report_secs` to send its latest report again,
-//!   as the real agent does. A leaving node reports its drain as done at once; an
+//!   it receives, and stays resident: under the plan's liveness contract it asks its
+//!   long-polls to end when the report is due (every `report_secs`) and sends its
+//!   latest report again on the connection the poll leaves idle, as the real agent
+//!   does. A leaving node reports its drain as done at once; an
 //!   agent whose node leaves the plan, or whose cluster is gone, stops. Runs until
 //!   standard input ends, every agent has stopped, or `--seconds` pass.
 //! - `--mode reports`: every agent sends `--rounds` reports back to back, all agents
@@ -40,6 +41,10 @@ use reqwest::StatusCode;
 use shoal_protocol::contract::{self, GENERATION_HEADER, LONG_POLL_SECS, PUBLISHED_HEADER};
 use shoal_protocol::{AgentConfig, NodeStatus, Phase, PhaseTiming};
 use tokio::io::AsyncBufReadExt;
+
+/// How long after its due time a liveness report goes out without waiting any longer
+/// for the long-poll to end (the real agent's `LIVENESS_GRACE`).
+const LIVENESS_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -292,14 +297,11 @@ impl Agent {
         })
     }
 
-    async fn poll(&self, after: u64) -> Result<Polled, String> {
+    async fn poll(&self, after: u64, wait: u64) -> Result<Polled, String> {
         let resp = self
             .http
             .get(&self.plan_url)
-            .query(&[
-                (contract::WAIT_PARAM, LONG_POLL_SECS),
-                (contract::AFTER_PARAM, after),
-            ])
+            .query(&[(contract::WAIT_PARAM, wait), (contract::AFTER_PARAM, after)])
             .send()
             .await
             .map_err(|e| format!("poll: {}", kind(&e)))?;
@@ -394,15 +396,32 @@ impl Agent {
         let mut next_liveness: Option<tokio::time::Instant> = None;
         let mut failures = 0u32;
         loop {
+            // As the real agent: the long-poll ends when the liveness report is due and
+            // the report goes out on the connection it leaves idle; only a poll that
+            // has not ended a little after that is dropped for the report.
+            let wait = next_liveness.map_or(LONG_POLL_SECS, |at| {
+                at.saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs()
+                    .clamp(1, LONG_POLL_SECS)
+            });
             let liveness = async {
                 match next_liveness {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => tokio::time::sleep_until(at + LIVENESS_GRACE).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                polled = self.poll(generation) => match polled {
-                    Ok(Polled::Nothing) => failures = 0,
+                polled = self.poll(generation, wait) => match polled {
+                    Ok(Polled::Nothing) => {
+                        failures = 0;
+                        let due = next_liveness.is_some_and(|at| tokio::time::Instant::now() + Duration::from_secs(1) >= at);
+                        if due {
+                            if let Some(s) = &latest {
+                                self.report(s).await;
+                            }
+                            next_liveness = every.map(|d| tokio::time::Instant::now() + d);
+                        }
+                    }
                     Ok(Polled::Gone) => return self.stop(ready),
                     Ok(Polled::Plan { generation: g, seen }) => {
                         failures = 0;
@@ -450,7 +469,8 @@ impl Agent {
                     }
                 },
                 () = liveness => {
-                    // The long-poll in flight is dropped, as the real agent drops it.
+                    // The long-poll in flight did not end in time: it is dropped, as the
+                    // real agent drops it.
                     if let Some(s) = &latest {
                         self.report(s).await;
                     }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -280,7 +281,21 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     limits: Limits,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_counted(listener, tls, router, limits, stop, Arc::default()).await
+}
+
+/// [`serve`], counting in `served` the connections it serves: accepted within the
+/// limits and, with TLS, through the handshake (a handshake costs far more than a
+/// request on a kept connection; this is how an operator sees their rate).
+pub async fn serve_counted(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
+    served: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let limits = Arc::new(limits);
@@ -311,19 +326,26 @@ pub async fn serve(
         let router = router.clone();
         let limits = limits.clone();
         let acceptor = acceptor.clone();
+        let served = served.clone();
         tasks.spawn(async move {
             let _slot = slot;
             match acceptor {
                 Some(acc) => {
                     match tokio::time::timeout(limits.handshake_timeout, acc.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_conn(stream, peer, router, &limits).await,
+                        Ok(Ok(stream)) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            serve_conn(stream, peer, router, &limits).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(source = %peer, error = %e, "TLS handshake failed")
                         }
                         Err(_) => tracing::debug!(source = %peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_conn(tcp, peer, router, &limits).await,
+                None => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    serve_conn(tcp, peer, router, &limits).await
+                }
             }
         });
     }

@@ -309,12 +309,13 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
         },
         stop_rx.clone(),
     );
-    let md_srv = listener::serve(
+    let md_srv = listener::serve_counted(
         md_listener,
         metadata_tls,
         md_app,
         opts.metadata_limits.clone(),
         stop_rx,
+        engine.metrics().metadata_connections(),
     );
     let signals = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
