@@ -1623,7 +1623,7 @@ def create_sim_clusters(coord, clusters, nodes):
     wait_states(coord, clusters, "CREATING", 300, "plans", generation=1)
 
 
-def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
+def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_sim=()):
     """`size` simulated agents in clusters of `per_cluster` nodes on one coordinator:
     boot, steady state (every agent holding its long-poll, liveness reports), a new plan
     to every agent (a scale down of each cluster), a burst of status reports, delete."""
@@ -1641,7 +1641,7 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
         agents = coord.state / "sim" / "agents"
         log(f"agents: {out['agents']} simulated agents boot")
         t0 = time.monotonic()
-        sim = Sim(agents, sources)
+        sim = Sim(agents, sources, extra_sim)
         out["boot_s"] = wait_states(coord, clusters, "AVAILABLE", 900, "boot")
         boot = sim.stats()
         out["boot_report_ms"] = boot["report_ms"]
@@ -1649,9 +1649,11 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
         # Steady state: every agent holds its long-poll and sends a liveness report
         # every report_secs (5 s by default).
         time.sleep(10)
+        conns0 = metric(coord, "shoal_metadata_connections_total") or 0
         s0, c0, w0 = sim.stats(), proc_cpu_seconds(pid), time.monotonic()
         time.sleep(20)
         s1, c1, w1 = sim.stats(), proc_cpu_seconds(pid), time.monotonic()
+        out["steady_conns_per_sec"] = ((metric(coord, "shoal_metadata_connections_total") or 0) - conns0) / (w1 - w0)
         out["held_long_polls"] = metric(coord, "shoal_metadata_long_polls_in_flight")
         out["rss_held_mib"] = proc_rss_kib(pid) / 1024
         reports = s1["reports"] - s0["reports"]
@@ -1665,6 +1667,7 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
         # reported done by its simulated agent), so every agent gets two generations:
         # 2 (the node leaving) and 3 (without it).
         log("agents: a scale down of every cluster (a new plan to every agent)")
+        bytes0 = sim.stats()["plan_bytes"]
         t0 = time.monotonic()
         refused = 0
         for c in clusters:
@@ -1697,6 +1700,8 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=()):
         out["scale_s"] = time.monotonic() - t0
         out["delivery_ms"] = after["delivery_ms"].get("2")
         out["delivered_3"] = got
+        # Two generations to every agent (and a little more to the leaving ones).
+        out["plan_bytes_per_agent_generation"] = (after["plan_bytes"] - bytes0) / max(2 * out["agents"], 1)
         # A burst of reports while every agent still holds its long-poll: each agent's
         # configuration once more, 5 reports each, all at once.
         log("agents: a burst of 5 reports per agent")
@@ -1734,14 +1739,16 @@ def bench_agents(rep, args, prefix, octet):
     sizes = [200] if args.quick else [1000, 10000]
     base = 40 + octet % 100
     res = {}
-    runs = [(s, s, ()) for s in sizes]
+    runs = [(s, s, (), ()) for s in sizes]
     if not args.quick:
+        # 1,000 agents asking for plans as they are (the agent before it asked for gzip).
+        runs.insert(1, ("1000, plans not gzipped", 1000, (), ("--no-gzip",)))
         # The same 10,000 agents with liveness reports every 30 s (lost after 120 s).
-        runs.append(("10000, reports every 30 s", 10000, ("--report-interval", "30", "--lost-after", "120")))
-    for i, (key, size, extra) in enumerate(runs):
+        runs.append(("10000, reports every 30 s", 10000, ("--report-interval", "30", "--lost-after", "120"), ()))
+    for i, (key, size, extra, sim_extra) in enumerate(runs):
         log(f"agents: {key} simulated agents")
         res[key] = fleet_run(size, 1000 if size >= 1000 else size, f"{prefix}{i}", octet,
-                             f"127.{base + 2 * i}.0.0/16", extra_serve=extra)
+                             f"127.{base + 2 * i}.0.0/16", extra_serve=extra, extra_sim=sim_extra)
         # Kept as each run ends: a later run that breaks loses nothing before it.
         (OUT / "agents-partial.json").write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     old = None
@@ -1750,12 +1757,13 @@ def bench_agents(rep, args, prefix, octet):
         log("agents: 10000 simulated agents, --max-conns 4096 (the former default)")
         old = fleet_run_refused(10000, f"{prefix}o", octet, f"127.{base + 6}.0.0/16")
     rep.raw["agents"] = {"runs": {str(k): v for k, v in res.items()}, "old_cap": old}
-    keys = [k for k, _, _ in runs]
+    keys = [k for k, _, _, _ in runs]
 
     def title(k):
         r = res[k]
-        every = "30 s" if isinstance(k, str) else "5 s (default)"
-        return f"{r['agents']:,} agents ({r['clusters']} × {r['per_cluster']:,} nodes), liveness every {every}"
+        every = "30 s" if "30 s" in str(k) else "5 s (default)"
+        plain = ", plans not gzipped" if "gzipped" in str(k) else ""
+        return f"{r['agents']:,} agents ({r['clusters']} × {r['per_cluster']:,} nodes), liveness every {every}{plain}"
 
     head = ["figure"] + [title(k) for k in keys]
 
@@ -1776,11 +1784,15 @@ def bench_agents(rep, args, prefix, octet):
             lambda r: f"{ms(r['boot_report_ms'], 'p50')} / {ms(r['boot_report_ms'], 'p99')}"),
         row("plan published → every agent has it: p50 / p99 / max",
             lambda r: f"{ms(r['delivery_ms'], 'p50')} / {ms(r['delivery_ms'], 'p99')} / {ms(r['delivery_ms'], 'max')}"),
+        row("plan bytes sent per agent per generation (a 1,000-node plan)",
+            lambda r: f"{r['plan_bytes_per_agent_generation'] / 1024:.0f} KiB"),
         row("scale down of every cluster → every agent has the plan without the removed node",
             lambda r: f"{r['scale_s']:.1f} s ({r['delivered_3']:,} agents)"),
         row("nodes marked lost (silent past --lost-after): in the steady state / in all",
             lambda r: f"{r['lost_steady'] or 0:.0f} / {r['lost_total'] or 0:.0f}"),
         row("steady state: liveness reports/s, coordinator CPU", lambda r: f"{r['steady_reports_per_sec']:.0f}/s, {100 * r['steady_cpu_share']:.0f} % of a core"),
+        row("steady state: new metadata connections/s (TLS handshakes)",
+            lambda r: f"{r['steady_conns_per_sec']:.1f}/s"),
         row("CPU time per report: steady / burst", lambda r: f"{r['cpu_us_per_report_steady']:.0f} / {r['cpu_us_per_report_burst']:.0f} µs"),
         row("burst of reports (5 per agent, new connections, polls held): reports/s",
             lambda r: f"{r['burst']['reports_per_sec']:.0f}/s"),
@@ -1797,8 +1809,9 @@ def bench_agents(rep, args, prefix, octet):
         "VMs and writes each node's agent configuration; `shoal-agent-sim` (bench/agent-sim) runs one "
         "simulated agent per node, each with its own HTTPS client and loopback source address, "
         "speaking the real protocol: long-poll (`wait=30`), five phase reports per plan, a liveness "
-        "report every `--report-interval` seconds (dropping the long-poll, as the real agent does, so each "
-        "costs a new connection and TLS handshake). The simulator runs on the "
+        "report every `--report-interval` seconds sent, as the real agent does, on the connection of a long-poll "
+        "asked to end when the report is due (no new connection), and plans asked for gzipped (one run "
+        "with `--no-gzip`, as agents asked before). The simulator runs on the "
         "same 2 cores as the coordinator: every figure includes that competition. One run per size.",
         "",
     ]

@@ -287,6 +287,9 @@ impl MetadataClient {
             .http
             .get(self.plan_url())
             .query(&[(contract::WAIT_PARAM, wait), (contract::AFTER_PARAM, after)])
+            // A large cluster's plan is about a tenth of its size gzipped; the
+            // coordinator compresses it once per generation.
+            .header(reqwest::header::ACCEPT_ENCODING, "gzip")
             .send()
             .await
             // The URL holds the key: never let reqwest's error print it.
@@ -315,6 +318,14 @@ impl MetadataClient {
                         return too_large(usize::try_from(len).unwrap_or(usize::MAX));
                     }
                 }
+                let encoding = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_ENCODING)
+                    .map(|v| {
+                        String::from_utf8_lossy(v.as_bytes())
+                            .trim()
+                            .to_ascii_lowercase()
+                    });
                 let body = read_prefix(resp, MAX_PLAN_BYTES)
                     .await
                     .map_err(|e| Attempt::retry(Problem::Unreachable(describe(&e))))?;
@@ -322,7 +333,21 @@ impl MetadataClient {
                 if !body.whole {
                     return too_large(body.seen);
                 }
-                Ok(Some(match Plan::from_json(&body.bytes) {
+                let bytes = match encoding.as_deref() {
+                    None | Some("identity") => body.bytes,
+                    Some("gzip") => match gunzip(&body.bytes) {
+                        Ok(b) => b,
+                        Err(error) => return Ok(Some(Fetched::Invalid { generation, error })),
+                    },
+                    Some(other) => {
+                        let error = PlanError::Malformed(format!(
+                            "the plan came in an encoding the agent did not ask for: {}",
+                            truncate(other)
+                        ));
+                        return Ok(Some(Fetched::Invalid { generation, error }));
+                    }
+                };
+                Ok(Some(match Plan::from_json(&bytes) {
                     Ok(p) => Fetched::Plan(p),
                     Err(error) => Fetched::Invalid { generation, error },
                 }))
@@ -477,6 +502,24 @@ fn quiet_wait(quiet_at: Option<Instant>) -> u64 {
             .as_secs()
             .clamp(1, LONG_POLL_SECS)
     })
+}
+
+/// Inflates a gzipped plan, reading at most one byte past [`MAX_PLAN_BYTES`]: a small
+/// body that inflates beyond the limit is refused as too large, not held in memory.
+fn gunzip(gz: &[u8]) -> Result<Vec<u8>, PlanError> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(gz.len().saturating_mul(8).min(MAX_PLAN_BYTES));
+    flate2::read::GzDecoder::new(gz)
+        .take(MAX_PLAN_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PlanError::Malformed(format!("the gzipped plan does not inflate: {e}")))?;
+    if out.len() > MAX_PLAN_BYTES {
+        return Err(PlanError::TooLarge {
+            size: out.len(),
+            limit: MAX_PLAN_BYTES,
+        });
+    }
+    Ok(out)
 }
 
 /// A reqwest error without its URL (which carries the cluster key).

@@ -88,6 +88,10 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Ask for plans as they are, not gzipped (the agent's way before it asked for
+    /// gzip: to measure what compression saves).
+    #[arg(long)]
+    no_gzip: bool,
 }
 
 /// Figures shared by every agent task.
@@ -102,6 +106,8 @@ struct Figures {
     report_ms: Mutex<Vec<f64>>,
     /// By generation: how long after its publication each agent had it.
     delivery_ms: Mutex<BTreeMap<u64, Vec<f64>>>,
+    /// Plan bytes received, as sent (gzipped or not).
+    plan_bytes: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -144,6 +150,7 @@ impl Figures {
             "reports_per_sec": n as f64 / seconds.max(1e-9),
             "report_ms": summary(&reports),
             "delivery_ms": delivery,
+            "plan_bytes": self.plan_bytes.load(Ordering::Relaxed),
             "errors": self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
         })
     }
@@ -239,6 +246,8 @@ struct Agent {
     node: String,
     figures: Arc<Figures>,
     plans: Arc<PlanCache>,
+    /// Ask for gzipped plans, as the real agent does.
+    gzip: bool,
 }
 
 /// What a long-poll brought.
@@ -259,6 +268,7 @@ impl Agent {
         source: Option<IpAddr>,
         figures: Arc<Figures>,
         plans: Arc<PlanCache>,
+        gzip: bool,
     ) -> anyhow::Result<Agent> {
         // The real agent's client settings (agent/src/client.rs).
         let mut b = reqwest::Client::builder()
@@ -294,6 +304,7 @@ impl Agent {
             node: cfg.node_id.clone(),
             figures,
             plans,
+            gzip,
         })
     }
 
@@ -302,6 +313,10 @@ impl Agent {
             .http
             .get(&self.plan_url)
             .query(&[(contract::WAIT_PARAM, wait), (contract::AFTER_PARAM, after)])
+            .header(
+                reqwest::header::ACCEPT_ENCODING,
+                if self.gzip { "gzip" } else { "identity" },
+            )
             .send()
             .await
             .map_err(|e| format!("poll: {}", kind(&e)))?;
@@ -319,10 +334,17 @@ impl Agent {
         };
         let generation = header(GENERATION_HEADER).unwrap_or(0);
         let published = header(PUBLISHED_HEADER);
+        let gzipped = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
         let body = resp
             .bytes()
             .await
             .map_err(|e| format!("poll body: {}", kind(&e)))?;
+        self.figures
+            .plan_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         if let Some(p) = published {
             let ms = (now_ms() - p as f64).max(0.0);
             if let Ok(mut d) = self.figures.delivery_ms.lock() {
@@ -334,8 +356,19 @@ impl Agent {
         let seen = match cached {
             Some(seen) => seen,
             None => {
+                let json = if gzipped {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut flate2::read::GzDecoder::new(&body[..]),
+                        &mut out,
+                    )
+                    .map_err(|e| format!("plan: bad gzip ({e})"))?;
+                    out
+                } else {
+                    body.to_vec()
+                };
                 let plan: LightPlan =
-                    serde_json::from_slice(&body).map_err(|e| format!("plan: not a plan ({e})"))?;
+                    serde_json::from_slice(&json).map_err(|e| format!("plan: not a plan ({e})"))?;
                 let seen = Arc::new(Seen {
                     nodes: plan.nodes.into_iter().map(|n| (n.id, n.leaving)).collect(),
                     report_secs: plan.liveness.map(|l| l.report_secs),
@@ -577,6 +610,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             source,
             figures.clone(),
             plans.clone(),
+            !args.no_gzip,
         )?);
     }
     figures.agents.store(agents.len(), Ordering::Relaxed);

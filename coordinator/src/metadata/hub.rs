@@ -16,9 +16,38 @@ pub struct PlanDoc {
     pub generation: u64,
     /// The JSON document.
     pub bytes: Bytes,
+    /// The same document gzipped, compressed once at publication for every agent that
+    /// accepts it (`None` for a document too small to gain from it, or if compression
+    /// failed). A 1,000-node plan shrinks about tenfold: a generation's fan-out to every
+    /// node of a large cluster is what costs (docs/benchmarks.md, section 13).
+    pub gzip: Option<Bytes>,
     /// When this coordinator started serving it (Unix milliseconds): an agent can tell
     /// how long a plan took to reach it.
     pub published_ms: u64,
+}
+
+/// Documents below this size are served as they are: gzip's header and the work would
+/// outweigh the bytes saved.
+const GZIP_FROM_BYTES: usize = 1024;
+
+/// `bytes` gzipped, if it is worth it.
+fn gzip(bytes: &[u8]) -> Option<Bytes> {
+    use std::io::Write as _;
+    if bytes.len() < GZIP_FROM_BYTES {
+        return None;
+    }
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::default(),
+    );
+    match enc.write_all(bytes).and_then(|()| enc.finish()) {
+        Ok(out) if out.len() < bytes.len() => Some(Bytes::from(out)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot gzip a plan; it is served uncompressed");
+            None
+        }
+    }
 }
 
 /// A node allowed to report, with its token. `Debug` hides the token.
@@ -94,9 +123,11 @@ impl PlanHub {
             let published_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
+            let gzip = gzip(&bytes);
             e.plan.send_replace(Some(PlanDoc {
                 generation,
                 bytes,
+                gzip,
                 published_ms,
             }));
         }

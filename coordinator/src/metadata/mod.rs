@@ -121,22 +121,43 @@ async fn get_plan(
     };
     match doc {
         Some(d) if d.generation > after => {
-            let etag = format!("\"g{}\"", d.generation);
+            // Each representation has its own strong ETag; either one means the
+            // client holds this generation.
+            let plain = format!("\"g{}\"", d.generation);
+            let zipped = format!("\"g{}.gz\"", d.generation);
             let unchanged = headers
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+                .is_some_and(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .any(|t| t == plain || t == zipped || t == "*")
+                });
+            let gzip = d.gzip.clone().filter(|_| accepts_gzip(&headers));
+            let etag = if gzip.is_some() { zipped } else { plain };
             let mut resp = if unchanged {
                 StatusCode::NOT_MODIFIED.into_response()
             } else {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    d.bytes,
-                )
-                    .into_response()
+                match gzip {
+                    Some(body) => (
+                        StatusCode::OK,
+                        [
+                            (header::CONTENT_TYPE, "application/json"),
+                            (header::CONTENT_ENCODING, "gzip"),
+                        ],
+                        body,
+                    )
+                        .into_response(),
+                    None => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        d.bytes,
+                    )
+                        .into_response(),
+                }
             };
             let h = resp.headers_mut();
+            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             insert_generation(h, d.generation);
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
@@ -152,6 +173,25 @@ async fn get_plan(
             resp
         }
     }
+}
+
+/// Whether the request's `Accept-Encoding` takes gzip (named, not refused with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            coding.eq_ignore_ascii_case("gzip") && !refused
+        })
 }
 
 fn insert_generation(h: &mut HeaderMap, generation: u64) {
@@ -220,5 +260,115 @@ async fn put_status(
                 "could not record the status",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    impl StatusSink for Nowhere {
+        fn report<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a NodeStatus,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    const KEY: &str = "5a0c1e9f4b7d2a86c3e1f09d8b6a4c2e7f1d3b5a9c8e0f2d4b6a8c0e1f3d5b7a";
+
+    /// A router serving `plan` as generation 3.
+    fn serving(plan: &[u8]) -> Router {
+        let hub = Arc::new(PlanHub::default());
+        hub.register(KEY, "c", vec![]);
+        hub.publish(KEY, 3, Bytes::copy_from_slice(plan));
+        router(MetadataState {
+            hub,
+            sink: Arc::new(Nowhere),
+            metrics: Arc::default(),
+        })
+    }
+
+    async fn get(r: &Router, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let mut req = axum::http::Request::get(contract::plan_path(KEY));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = r
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (parts.status, parts.headers, bytes.to_vec())
+    }
+
+    fn big_plan() -> Vec<u8> {
+        let nodes: Vec<_> = (0..200)
+            .map(|i| serde_json::json!({ "id": format!("node-{i}"), "index": i, "address": format!("10.0.{}.{}", i / 250, i % 250) }))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "schema": 1, "generation": 3, "nodes": nodes }))
+            .expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_gzipped_for_clients_that_take_it_and_the_same_bytes_come_out() {
+        let plan = big_plan();
+        let r = serving(&plan);
+        let (status, h, body) = get(&r, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(h[header::ETAG], "\"g3.gz\"");
+        assert_eq!(h[header::VARY], "accept-encoding");
+        assert!(
+            body.len() * 4 < plan.len(),
+            "{} of {}",
+            body.len(),
+            plan.len()
+        );
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body.as_slice())
+            .read_to_end(&mut out)
+            .expect("gzip");
+        assert_eq!(out, plan);
+
+        // Not asked for, or refused with q=0: the JSON as it is.
+        for asked in [&[][..], &[("accept-encoding", "gzip;q=0, identity")][..]] {
+            let (status, h, body) = get(&r, asked).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(h.get(header::CONTENT_ENCODING).is_none(), "{asked:?}");
+            assert_eq!(h[header::ETAG], "\"g3\"");
+            assert_eq!(body, plan);
+        }
+        // Either representation's tag means the client has this generation.
+        for tag in ["\"g3\"", "\"g3.gz\""] {
+            let (status, _, body) =
+                get(&r, &[("accept-encoding", "gzip"), ("if-none-match", tag)]).await;
+            assert_eq!(status, StatusCode::NOT_MODIFIED, "{tag}");
+            assert!(body.is_empty());
+        }
+        let (status, _, _) = get(&r, &[("if-none-match", "\"g2\"")]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_small_plan_is_served_as_it_is() {
+        let plan = br#"{"schema":1,"generation":3,"nodes":[]}"#;
+        let (status, h, body) = get(&serving(plan), &[("accept-encoding", "gzip")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(h.get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(body, plan);
     }
 }
