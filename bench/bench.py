@@ -1784,7 +1784,7 @@ def bench_agents(rep, args, prefix, octet):
             lambda r: f"{ms(r['boot_report_ms'], 'p50')} / {ms(r['boot_report_ms'], 'p99')}"),
         row("plan published → every agent has it: p50 / p99 / max",
             lambda r: f"{ms(r['delivery_ms'], 'p50')} / {ms(r['delivery_ms'], 'p99')} / {ms(r['delivery_ms'], 'max')}"),
-        row("plan bytes sent per agent per generation (a 1,000-node plan)",
+        row("plan bytes sent per agent per generation (its cluster's whole plan)",
             lambda r: f"{r['plan_bytes_per_agent_generation'] / 1024:.0f} KiB"),
         row("scale down of every cluster → every agent has the plan without the removed node",
             lambda r: f"{r['scale_s']:.1f} s ({r['delivered_3']:,} agents)"),

@@ -490,17 +490,18 @@ fn long_poll_wait(until: Option<Instant>) -> u64 {
     })
 }
 
-/// How early a long-poll may end before `quiet_at` and still count as quiet: waits are
-/// whole seconds, rounded down.
+/// How early a long-poll may end before `quiet_at` and still count as quiet (the
+/// coordinator's timer and this one's need not agree to the millisecond).
 const QUIET_SLACK: Duration = Duration::from_secs(1);
 
-/// How long to hold a long-poll that should end by `quiet_at`: the whole seconds left
-/// (at least one, so polls never spin), or [`LONG_POLL_SECS`] without one.
+/// How long to hold a long-poll that should end at `quiet_at`: the time left rounded up
+/// to whole seconds (rounded down, every report would come up to a second early: 25 %
+/// more reports at the default 5 s), at least one so polls never spin, or
+/// [`LONG_POLL_SECS`] without one.
 fn quiet_wait(quiet_at: Option<Instant>) -> u64 {
     quiet_at.map_or(LONG_POLL_SECS, |q| {
-        q.saturating_duration_since(Instant::now())
-            .as_secs()
-            .clamp(1, LONG_POLL_SECS)
+        let left = q.saturating_duration_since(Instant::now());
+        (left.as_secs() + u64::from(left.subsec_nanos() > 0)).clamp(1, LONG_POLL_SECS)
     })
 }
 

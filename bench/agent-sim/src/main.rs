@@ -433,9 +433,8 @@ impl Agent {
             // the report goes out on the connection it leaves idle; only a poll that
             // has not ended a little after that is dropped for the report.
             let wait = next_liveness.map_or(LONG_POLL_SECS, |at| {
-                at.saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs()
-                    .clamp(1, LONG_POLL_SECS)
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                (left.as_secs() + u64::from(left.subsec_nanos() > 0)).clamp(1, LONG_POLL_SECS)
             });
             let liveness = async {
                 match next_liveness {
