@@ -724,6 +724,10 @@ fn an_overlay_that_cannot_be_put_back_is_retried_with_backoff_not_in_a_loop() {
 /// third failure in a row, so about 3 s; the rest is slack for a loaded machine.
 const PROBE_BOUND: Duration = Duration::from_secs(8);
 
+/// The bound for a hung service (docs/lifecycle.md): three tries, each running into
+/// the demo server probe's 10 s timeout, the first within a second; with slack.
+const HUNG_BOUND: Duration = Duration::from_secs(45);
+
 /// The demo server's container on node `n` (Docker's name for it).
 fn server_container(n: &Value) -> String {
     n["containers"]
@@ -847,6 +851,45 @@ fn a_service_that_stops_answering_makes_its_node_unhealthy_until_it_answers() {
         down.saturating_sub(since),
         up.saturating_sub(down)
     );
+    assert_eq!(started(&c, &n0, &server), was, "the server was restarted");
+
+    // httpd frozen (SIGSTOP): the kernel still accepts connections, nothing answers.
+    // Each try runs into the probe's 10 s timeout: failing at the third.
+    let pid = shoal_e2e::vm::stdout(&c.docker(&n0, &["exec", &server, "pidof", "httpd"]))
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty(), "httpd runs in {server}");
+    let since = now_ms();
+    let out = c.docker(&n0, &["exec", &server, "kill", "-STOP", &pid]);
+    assert!(out.status.success(), "{out:?}");
+    let (v, took) = wait_show(&c, "pf", "node-0 unhealthy (hung)", HUNG_BOUND, |v| {
+        node(v, "node-0")["phase"] == "unhealthy"
+    });
+    eprintln!(
+        "httpd frozen: node-0 unhealthy in {:.1}s",
+        took.as_secs_f64()
+    );
+    let message = node(&v, "node-0")["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("last try: no answer within 10000 ms"),
+        "{message}"
+    );
+    let out = c.docker(&n0, &["exec", &server, "kill", "-CONT", &pid]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, took) = wait_show(
+        &c,
+        "pf",
+        "pf AVAILABLE after SIGCONT",
+        Duration::from_secs(15),
+        |v| {
+            v["state"] == "AVAILABLE"
+                && fault_then_available(v, since, &["probe-failed", "no answer"]).is_some()
+        },
+    );
+    eprintln!("httpd resumed: AVAILABLE in {:.1}s", took.as_secs_f64());
     assert_eq!(started(&c, &n0, &server), was, "the server was restarted");
 
     // httpd killed: the container exits (its script ends with httpd), and Docker's
