@@ -2661,7 +2661,8 @@ def bench_health(rep, args, prefix, octet):
     ]
     lines = [
         f"A 3-node demo cluster (local provider, release build), `shoal serve --report-interval {report_s} "
-        f"--lost-after {lost_s}`; node-2 is the one hit, {runs} run(s), each fault in turn. Times from the "
+        f"--lost-after {lost_s}`; node-2 is the one hit (node-0, the server's, for its probe and its exit), "
+        f"{runs} run(s), each fault in turn. Times from the "
         "fault (the signal sent, the command run) to what an operator would check: the operator API "
         "(polled every 20–50 ms), the cluster's record of states (`events`: the DEGRADED with the fault's "
         "reason and the AVAILABLE after it, stamped by the coordinator), the kernel (`ip`, `bridge`), or the "

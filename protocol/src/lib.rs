@@ -562,7 +562,9 @@ pub mod reason {
     pub const IMAGE_FAILED: &str = "image-failed";
     /// A container could not be created or did not stay running.
     pub const CONTAINER_FAILED: &str = "container-failed";
-    /// A container's readiness probe did not pass within its deadline.
+    /// A container's readiness probe did not pass within its deadline, or (with
+    /// [`crate::Phase::Unhealthy`]) failed its failure threshold of tries in a row once
+    /// the node was ready; the message quotes its last try.
     pub const PROBE_FAILED: &str = "probe-failed";
     /// The agent's configuration is unusable.
     pub const CONFIG_INVALID: &str = "config-invalid";
