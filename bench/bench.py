@@ -33,8 +33,11 @@ Eleven measurements, each against the approach Shoal replaces or against its tar
                Not in the default set (minutes per run): `--only qemu`.
 11. health     a node made silent (SIGSTOP) → lost, and back; its agent and dockerd
                SIGKILLed → restarted by the VM's init, DEGRADED → AVAILABLE; its VXLAN
-               device and an FDB entry deleted → healed; a reboot; a repair, against
-               what an operator had without them (nothing healed) and a new cluster
+               device, an FDB entry and its bridge deleted → healed; the server's page taken away
+               (its probe failing, the container running) → unhealthy, and back; httpd
+               killed → container-exited; a reboot; a repair, against what an operator
+               had without them (nothing healed) and a new cluster; the agent's CPU
+               with a probe kept up against one with none
 
 Figures are medians of several runs with min and max. Nothing here fails on a number;
 it fails only when a benchmark itself breaks (a cluster fails, states differ, a tool
@@ -2462,8 +2465,9 @@ def bench_health(rep, args, prefix, octet):
     report_s, lost_s = 1, 4
     coord = Coordinator(prefix, octet, extra=["--report-interval", str(report_s), "--lost-after", str(lost_s)])
     keys = ("lost", "back", "agent", "agent_avail", "dockerd", "dockerd_degraded", "dockerd_avail",
-            "vx_healed", "vx_degraded", "vx_avail", "fdb_healed", "fdb_avail", "reboot_agent",
-            "reboot_avail", "repair", "fresh")
+            "vx_healed", "vx_degraded", "vx_avail", "fdb_healed", "fdb_avail", "br_healed", "br_degraded", "br_avail", "probe_unhealthy",
+            "probe_degraded", "probe_back", "exit_degraded", "exit_avail", "cpu_probed", "cpu_plain",
+            "reboot_agent", "reboot_avail", "repair", "fresh")
     res = {k: [] for k in keys}
     name = "hl"
 
@@ -2534,6 +2538,55 @@ def bench_health(rep, args, prefix, octet):
             res["fdb_healed"].append((time.monotonic() - t0) * 1000)
             _, up = fault_record(since, "FDB")
             res["fdb_avail"].append(up - since)
+            # The bridge deleted: Docker's network made again, then the VXLAN device.
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            run(["ip", "-n", ns, "link", "del", "shoal0"])
+            poll("shoal0 back", 10, lambda: run(["ip", "-n", ns, "link", "show", "shoal0"], check=False).returncode == 0
+                 and fdb_peers(ns) == peers, 0.005)
+            res["br_healed"].append((time.monotonic() - t0) * 1000)
+            down, up = fault_record(since, "shoal0")
+            res["br_degraded"].append(down - since)
+            res["br_avail"].append(up - since)
+
+            # The server's page taken away (httpd answers 404, the container runs on):
+            # only its probe, kept up once the node is ready, can tell. Then put back.
+            n0 = node(show(), "node-0")
+            sock = n0["docker_socket"]
+            server = next(k["hostname"].split(".")[0] for k in n0["containers"] if k["name"] == "server")
+            www = "/var/lib/shoal-demo/www"
+            since = time.time() * 1000
+            t0 = time.monotonic()
+            docker_cli(sock, "exec", server, "mv", f"{www}/index.html", f"{www}/off.html")
+            poll("probe-failed", 30, lambda: (lambda n: n["phase"] == "unhealthy"
+                                              and (n.get("error") or {}).get("reason") == "probe-failed")(
+                node(show(), "node-0")), 0.02)
+            res["probe_unhealthy"].append((time.monotonic() - t0) * 1000)
+            t0 = time.monotonic()
+            docker_cli(sock, "exec", server, "mv", f"{www}/off.html", f"{www}/index.html")
+            poll("AVAILABLE after the page is back", 30, lambda: show()["state"] == "AVAILABLE", 0.02)
+            res["probe_back"].append((time.monotonic() - t0) * 1000)
+            down, _ = fault_record(since, "probe-failed")
+            res["probe_degraded"].append(down - since)
+
+            # httpd killed: the container exits and Docker's restart policy starts it.
+            since = time.time() * 1000
+            docker_cli(sock, "exec", server, "killall", "httpd")
+            down, up = fault_record(since, "container-exited")
+            res["exit_degraded"].append(down - since)
+            res["exit_avail"].append(up - since)
+
+            # What keeping a probe up costs the agent: CPU time over 10 s of a node whose
+            # server probe is tried every second, beside node-2's (no probe kept up).
+            def cpu_ms(n):
+                pid = vm_pid(n, "agent.pid")
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+            poll("AVAILABLE before the CPU sample", 30, lambda: show()["state"] == "AVAILABLE", 0.05)
+            a0, b0 = cpu_ms(n0), cpu_ms(n2)
+            time.sleep(10)
+            res["cpu_probed"].append((cpu_ms(n0) - a0) / 10)
+            res["cpu_plain"].append((cpu_ms(n2) - b0) / 10)
 
             # A reboot: every process of the VM killed, booted again from its user-data.
             agent = vm_pid(n2, "agent.pid")
@@ -2597,6 +2650,22 @@ def bench_health(rep, args, prefix, octet):
         ["an FDB entry deleted → back", summary(res["fdb_healed"]), mx("fdb_healed"), "< 2 s",
          never + " (until the next plan generation)"],
         ["an FDB entry deleted → AVAILABLE", summary(res["fdb_avail"]), mx("fdb_avail"), "< 2 s", ""],
+        ["`shoal0` (the bridge) deleted → back with `shoal-vx` and its entries", summary(res["br_healed"]),
+         mx("br_healed"), "< 2 s", never + " (until the next plan generation)"],
+        ["`shoal0` deleted → DEGRADED (`network-device-missing`)", summary(res["br_degraded"]), mx("br_degraded"),
+         "", never + " (shown AVAILABLE)"],
+        ["`shoal0` deleted → AVAILABLE (the containers' endpoints made again, probed)", summary(res["br_avail"]),
+         mx("br_avail"), "", ""],
+        ["server's page taken away (probe failing, container running) → node `unhealthy` (`probe-failed`)",
+         summary(res["probe_unhealthy"]), mx("probe_unhealthy"), "3 × 1 s + a try", never + " (shown ready)"],
+        ["… → DEGRADED (the coordinator's record)", summary(res["probe_degraded"]), mx("probe_degraded"), "", ""],
+        ["page back → AVAILABLE", summary(res["probe_back"]), mx("probe_back"), "1 s + a try", ""],
+        ["httpd killed (the container exits, restarted by Docker) → DEGRADED (`container-exited`)",
+         summary(res["exit_degraded"]), mx("exit_degraded"), "", "before: not reported (only the reconvergence)"],
+        ["httpd killed → AVAILABLE", summary(res["exit_avail"]), mx("exit_avail"), "", ""],
+        ["agent CPU, node with the server's probe kept up (1 HTTP try/s), per s idle",
+         summary(res["cpu_probed"], "ms", 1), f"{max(res['cpu_probed']):.1f} ms", "",
+         f"a node with no probe kept up: {summary(res['cpu_plain'], 'ms', 1)}"],
         ["`cluster reboot` of the node → its agent started", summary(res["reboot_agent"]), mx("reboot_agent"),
          "< 15 s", "before the fix of the stale /run: 17–19 s"],
         ["`cluster reboot` of the node → AVAILABLE", summary(res["reboot_avail"]), mx("reboot_avail"), "", ""],
@@ -2605,7 +2674,8 @@ def bench_health(rep, args, prefix, octet):
     ]
     lines = [
         f"A 3-node demo cluster (local provider, release build), `shoal serve --report-interval {report_s} "
-        f"--lost-after {lost_s}`; node-2 is the one hit, {runs} run(s), each fault in turn. Times from the "
+        f"--lost-after {lost_s}`; node-2 is the one hit (node-0, the server's, for its probe and its exit), "
+        f"{runs} run(s), each fault in turn. Times from the "
         "fault (the signal sent, the command run) to what an operator would check: the operator API "
         "(polled every 20–50 ms), the cluster's record of states (`events`: the DEGRADED with the fault's "
         "reason and the AVAILABLE after it, stamped by the coordinator), the kernel (`ip`, `bridge`), or the "

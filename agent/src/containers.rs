@@ -524,6 +524,17 @@ async fn exited(docker: &Docker, name: &str, info: &ContainerInspectResponse) ->
     }
 }
 
+/// Container `name` as Docker has it now: its id and whether it runs (not stopped,
+/// not waiting for its restart); `None` when there is no such container.
+pub async fn current(
+    docker: &Docker,
+    name: &str,
+) -> Result<Option<(String, bool)>, ContainerError> {
+    Ok(inspect(docker, name)
+        .await?
+        .map(|info| (info.id.clone().unwrap_or_default(), !has_stopped(&info))))
+}
+
 /// Checks that a container still runs and has not restarted since the first call
 /// (whose restart count `baseline` records): the watch kept over a container while its
 /// readiness probe is tried.
@@ -991,6 +1002,8 @@ mod tests {
             interval_ms: 100,
             timeout_ms: 100,
             deadline_ms: 1000,
+            live_interval_ms: None,
+            failure_threshold: None,
         });
         same.nodes[0].containers[0].registry_auth = Some(RegistryAuth {
             server: "r.example.com".into(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod containers;
 pub mod docker;
 pub mod images;
+pub mod liveness;
 pub mod netlink;
 pub mod netns;
 pub mod netwatch;

@@ -62,6 +62,19 @@ pub enum ProbeError {
         /// What the last try said (shortened).
         last: String,
     },
+    /// Once the node was ready, the probe failed as many tries in a row as its
+    /// failure threshold ([`crate::liveness`]).
+    #[error("container {container}: readiness probe {probe} failed {tries} tries in a row after the node was ready; last try: {last}")]
+    Failing {
+        /// The Docker container name.
+        container: String,
+        /// The probe, as written in the plan (shortened).
+        probe: String,
+        /// Failed tries in a row.
+        tries: u32,
+        /// What the last try said (shortened).
+        last: String,
+    },
     /// The container exited, restarted or vanished while it was probed.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -71,7 +84,7 @@ impl ProbeError {
     /// The stable reason code reported to the coordinator.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProbeError::Failed { .. } => reason::PROBE_FAILED,
+            ProbeError::Failed { .. } | ProbeError::Failing { .. } => reason::PROBE_FAILED,
             ProbeError::Container(e) => e.reason(),
         }
     }
@@ -103,7 +116,37 @@ pub async fn wait_ready(
     Ok(ProbeReport { passed })
 }
 
-fn http_client() -> reqwest::Client {
+/// One try of probe `p` of container `c` (of node `node_ip`), bounded by the probe's
+/// timeout: `Ok` when it passed, else what it saw. The try a ready node's liveness
+/// makes ([`crate::liveness`]).
+pub(crate) async fn try_bounded(
+    docker: &Docker,
+    http: &reqwest::Client,
+    plan: &Plan,
+    node_ip: Ipv4Addr,
+    c: &ContainerPlan,
+    p: &ProbePlan,
+) -> Result<(), String> {
+    let timeout = Duration::from_millis(p.timeout_ms);
+    let target = container_ip(c, node_ip);
+    match tokio::time::timeout(timeout, try_once(docker, http, plan, target, c, p)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// The error a ready node reports when probe `p` of `container` failed `tries` in a
+/// row, the last saying `last`; shortened like [`ProbeError::Failed`].
+pub(crate) fn failing(container: &str, p: &ProbePlan, tries: u32, last: &str) -> ProbeError {
+    ProbeError::Failing {
+        container: container.to_string(),
+        probe: shorten(&p.to_string(), MAX_PROBE_TEXT),
+        tries,
+        last: shorten(last, MAX_QUOTE),
+    }
+}
+
+pub(crate) fn http_client() -> reqwest::Client {
     // The agent's binary installs its crypto provider at start; a library user (a test)
     // may not have, and the client is built with TLS support even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -545,6 +588,26 @@ mod tests {
         };
         let text = e.to_string();
         assert!(text.len() < 4096, "{}", text.len());
+        assert_eq!(e.reason(), reason::PROBE_FAILED);
+        let probe = ProbePlan {
+            tcp: None,
+            http: Some(format!("http://localhost:8080/{}", "x".repeat(5000))),
+            exec: None,
+            json: BTreeMap::new(),
+            body: None,
+            interval_ms: 50,
+            timeout_ms: 10_000,
+            deadline_ms: 300_000,
+            live_interval_ms: None,
+            failure_threshold: None,
+        };
+        let e = failing(&"c".repeat(63), &probe, 3, &"é".repeat(5000));
+        let text = e.to_string();
+        assert!(text.len() < 4096, "{}", text.len());
+        assert!(
+            text.contains("failed 3 tries in a row after the node was ready; last try: éé"),
+            "{text}"
+        );
         assert_eq!(e.reason(), reason::PROBE_FAILED);
     }
 }

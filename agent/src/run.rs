@@ -12,7 +12,8 @@
 //!    `failed` with a stable reason code.
 //! 5. Stay resident: converge again on every newer plan, on Docker events that show
 //!    something of the cluster was lost (a container died, a daemon restarted), and
-//!    after a failure (with backoff).
+//!    after a failure (with backoff); keep trying the containers' readiness probes
+//!    ([`crate::liveness`]) and report the node `unhealthy` while one keeps failing.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +28,8 @@ use tokio::sync::mpsc;
 use crate::client::{FetchError, Fetched, MetadataClient};
 use crate::peer_drain::PeerDrains;
 use crate::{
-    boot_milestones, config, containers, docker, images, netns, netwatch, overlay, probes, retry,
+    boot_milestones, config, containers, docker, images, liveness, netns, netwatch, overlay,
+    probes, retry,
 };
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
@@ -138,6 +140,8 @@ struct Agent {
     /// stay is then rebuilt with backoff, not in a loop.
     net_repaired: Option<tokio::time::Instant>,
     net_refaults: u32,
+    /// The containers' probes kept up once the node is ready.
+    live: liveness::Liveness,
 }
 
 /// A network fault this soon after the previous rebuild counts as the same fault again.
@@ -303,6 +307,8 @@ impl Agent {
     /// Reports the converged node `unhealthy` with what broke; it stays so until a
     /// convergence succeeds. The containers' last known states are kept in the report.
     async fn report_fault(&mut self, fault: Failure, generation: u64) {
+        // What broke is put right first; the probes are tried again once it is.
+        self.live.stop();
         tracing::warn!(reason = fault.reason, message = %fault.message, "the node is unhealthy; converging again");
         let error = NodeFailure {
             reason: fault.reason.to_string(),
@@ -316,6 +322,64 @@ impl Agent {
         self.fault = Some(fault);
         self.report(Phase::Unhealthy, generation, Some(error), containers)
             .await;
+    }
+
+    /// Reports what the liveness probes say of a converged node whose verdict changed:
+    /// `unhealthy` (`probe-failed`) while a container's probe keeps failing, `ready`
+    /// once every one passes.
+    async fn report_liveness(&mut self, generation: u64) {
+        let containers = self
+            .latest
+            .as_ref()
+            .map(|l| l.containers.clone())
+            .unwrap_or_default();
+        match self.live.verdict() {
+            Some((container, message)) => {
+                tracing::warn!(%container, %message, "the node is unhealthy: a probe keeps failing");
+                let error = NodeFailure {
+                    reason: reason::PROBE_FAILED.to_string(),
+                    message: message.to_string(),
+                };
+                self.report(Phase::Unhealthy, generation, Some(error), containers)
+                    .await;
+            }
+            None => {
+                tracing::info!("every probe passes again; the node is ready");
+                self.report(Phase::Ready, generation, None, containers)
+                    .await;
+            }
+        }
+    }
+
+    /// Whether Docker's `die` event `exit` is a planned container of this node exiting
+    /// on its own (not one the agent replaced or removed: that container is gone, or a
+    /// new one has its name): the fault to report.
+    async fn exited(&mut self, plan: &Plan, exit: &Exit) -> Option<Failure> {
+        let planned = plan
+            .node(&self.cfg.node_id)?
+            .containers
+            .iter()
+            .any(|c| c.docker_name() == exit.name);
+        if !planned {
+            return None;
+        }
+        let docker = self.docker.clone()?;
+        let (id, running) = containers::current(&docker, &exit.name).await.ok()??;
+        (id == exit.id).then(|| {
+            Failure::new(
+                reason::CONTAINER_EXITED,
+                format!(
+                    "container {} exited with code {} after the node was ready{}",
+                    exit.name,
+                    exit.code,
+                    if running {
+                        " (its restart policy started it again)"
+                    } else {
+                        "; starting it again"
+                    }
+                ),
+            )
+        })
     }
 
     /// Reads the overlay back after a netlink notification: the fault, if part of it is
@@ -446,6 +510,7 @@ impl Agent {
             return Ok(Converged {
                 statuses: report.statuses,
                 changed,
+                probed: false,
             });
         }
 
@@ -459,6 +524,7 @@ impl Agent {
         Ok(Converged {
             statuses: containers::statuses(&docker, plan, &node_id).await,
             changed,
+            probed: true,
         })
     }
 
@@ -536,6 +602,9 @@ impl Agent {
     /// node's phase changed (a convergence that finds everything in place says nothing,
     /// so the node never looks un-ready for it).
     async fn converge_and_report(&mut self, plan: &Plan) -> Result<(), Failure> {
+        // Probes tried while the node changes would fail for the change, not the
+        // service: paused until it is converged.
+        self.live.stop();
         let loud = self.converged.is_none() || self.opts.once;
         let result = match self.converge(plan, loud).await {
             Ok(c) => self.drain(plan).await.map(|drained| (c, drained)),
@@ -550,20 +619,37 @@ impl Agent {
                         self.net_repaired = Some(tokio::time::Instant::now());
                     }
                 }
-                let phase = if drained {
-                    Phase::Drained
-                } else {
-                    Phase::Ready
+                if !drained && !self.opts.once {
+                    if let Some(docker) = self.docker.clone() {
+                        self.live.start(&docker, plan, &self.cfg.node_id, c.probed);
+                    }
+                }
+                // A probe failing before the convergence, whose container it left
+                // running, still fails.
+                let still_failing = self
+                    .live
+                    .verdict()
+                    .filter(|_| !drained)
+                    .map(|(_, message)| NodeFailure {
+                        reason: reason::PROBE_FAILED.to_string(),
+                        message: message.to_string(),
+                    });
+                let phase = match (drained, &still_failing) {
+                    (true, _) => Phase::Drained,
+                    (false, Some(_)) => Phase::Unhealthy,
+                    (false, None) => Phase::Ready,
                 };
                 let unchanged = !c.changed
                     && self.converged == Some(plan.generation)
-                    && self
-                        .latest
-                        .as_ref()
-                        .is_some_and(|l| l.phase == phase && l.generation == plan.generation);
+                    && self.latest.as_ref().is_some_and(|l| {
+                        l.phase == phase
+                            && l.generation == plan.generation
+                            && l.error == still_failing
+                    });
                 self.converged = Some(plan.generation);
                 if !unchanged {
-                    self.report(phase, plan.generation, None, c.statuses).await;
+                    self.report(phase, plan.generation, still_failing, c.statuses)
+                        .await;
                     tracing::info!(generation = plan.generation, %phase, "node converged");
                 }
                 Ok(())
@@ -603,18 +689,32 @@ impl Agent {
 struct Converged {
     statuses: Vec<ContainerStatus>,
     changed: bool,
+    /// Every readiness probe was run and passed.
+    probed: bool,
 }
 
 /// What the Docker watch tells the resident loop.
 #[derive(Debug)]
 enum DockerSignal {
-    /// Something of the cluster was lost (a container died, the network went).
-    Changed,
+    /// Something of the cluster was lost (a container died, the network went); for a
+    /// container that died, which and how.
+    Changed(Option<Exit>),
     /// The engine went away: its event stream ended and it does not answer a ping
     /// (the message says how each failed).
     Down(String),
     /// The engine answers again after [`DockerSignal::Down`].
     Back,
+}
+
+/// A container's `die` event.
+#[derive(Debug)]
+struct Exit {
+    /// Its id.
+    id: String,
+    /// Its Docker name.
+    name: String,
+    /// Its exit code, as Docker gives it.
+    code: String,
 }
 
 /// Watches Docker for events that mean part of the cluster was lost, and for the engine
@@ -658,11 +758,23 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<DockerSig
             let ended = loop {
                 match events.next().await {
                     Some(Ok(ev)) => {
-                        let attrs = ev.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let died = ev.action.as_deref() == Some("die");
+                        let (id, attrs) = ev
+                            .actor
+                            .map(|a| (a.id.unwrap_or_default(), a.attributes.unwrap_or_default()))
+                            .unwrap_or_default();
                         let ours = attrs.get("io.shoal.cluster") == Some(&cluster)
                             || attrs.get("name").map(String::as_str) == Some("shoal");
                         if ours {
-                            let _ = tx.try_send(DockerSignal::Changed);
+                            let exit = died.then(|| Exit {
+                                id,
+                                name: attrs.get("name").cloned().unwrap_or_default(),
+                                code: attrs
+                                    .get("exitCode")
+                                    .cloned()
+                                    .unwrap_or_else(|| "unknown".to_string()),
+                            });
+                            let _ = tx.try_send(DockerSignal::Changed(exit));
                         }
                     }
                     Some(Err(e)) => break docker::message(&e),
@@ -674,7 +786,7 @@ fn watch_docker(docker_host: String, cluster: String, tx: mpsc::Sender<DockerSig
                     // The engine is up: the stream alone broke. Converge in case an
                     // event was missed meanwhile.
                     tracing::info!(error = %ended, "the Docker event stream broke; reconnecting");
-                    let _ = tx.try_send(DockerSignal::Changed);
+                    let _ = tx.try_send(DockerSignal::Changed(None));
                 }
                 Err(e) => {
                     let why = format!(
@@ -719,6 +831,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     let deadline = Duration::from_secs(cfg.deadline_secs);
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
     let (peer, mut peer_rx) = PeerDrains::new();
+    let (live, mut live_rx) = liveness::Liveness::new();
     let mut agent = Agent {
         cfg,
         opts,
@@ -739,6 +852,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         docker_down: false,
         net_repaired: None,
         net_refaults: 0,
+        live,
     };
     let mut boot_open = true;
     agent.report(Phase::AgentStarted, 0, None, vec![]).await;
@@ -836,6 +950,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                     match signal {
                         DockerSignal::Down(why) => {
                             agent.docker_down = true;
+                            agent.live.stop();
                             if agent.converged.is_some() {
                                 let g = current.as_ref().map_or(0, |p| p.generation);
                                 agent.report_fault(Failure::new(reason::DOCKERD_DOWN, why), g).await;
@@ -846,9 +961,17 @@ pub async fn run(opts: RunOptions) -> i32 {
                             agent.docker_down = false;
                             reconverge = true;
                         }
-                        DockerSignal::Changed => {
-                            tracing::info!("Docker reported a change to the cluster's containers; converging again");
+                        DockerSignal::Changed(exit) => {
+                            tracing::info!(?exit, "Docker reported a change to the cluster's containers; converging again");
                             reconverge = true;
+                            let Some(plan) = current.as_ref().filter(|_| agent.converged.is_some() && !agent.docker_down) else {
+                                continue;
+                            };
+                            let Some(exit) = exit else { continue };
+                            if let Some(fault) = agent.exited(plan, &exit).await {
+                                let g = plan.generation;
+                                agent.report_fault(fault, g).await;
+                            }
                         }
                     }
                 }
@@ -890,6 +1013,16 @@ pub async fn run(opts: RunOptions) -> i32 {
             },
             () = liveness_sleep => {
                 agent.send_liveness().await;
+            }
+            Some(signal) = live_rx.recv() => {
+                // Another fault is being put right (its convergence restarts the probes
+                // and reports what they say), or the loop waits to converge again.
+                let quiet = agent.fault.is_some() || agent.docker_down || retry_at.is_some();
+                if agent.live.accept(signal) && !quiet && agent.converged.is_some() {
+                    if let Some(g) = current.as_ref().map(|p| p.generation) {
+                        agent.report_liveness(g).await;
+                    }
+                }
             }
             Some(r) = peer_rx.recv() => {
                 agent.peer.finished(r);

@@ -290,6 +290,19 @@ pub struct ProbeSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub deadline_ms: Option<u64>,
+    /// Once the node is ready, seconds between two tries that keep checking the
+    /// container; 0 stops checking it once ready (default: `interval`, bounded to 1 to
+    /// 10 s).
+    #[serde(
+        default,
+        rename = "live_interval",
+        with = "seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub live_interval_ms: Option<u64>,
+    /// Once the node is ready, failed tries in a row that make it `unhealthy` (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
 }
 
 /// Durations written as seconds (integer or fractional), held as milliseconds.
@@ -345,6 +358,8 @@ impl ProbeSpec {
                 .timeout_ms
                 .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS.min(deadline_ms)),
             deadline_ms,
+            live_interval_ms: self.live_interval_ms,
+            failure_threshold: self.failure_threshold,
         })
     }
 
@@ -366,6 +381,22 @@ impl ProbeSpec {
         ] {
             if v == Some(0) {
                 return Err(format!("ready.{name} must be more than 0 seconds"));
+            }
+        }
+        if let Some(ms) = self.live_interval_ms {
+            if ms != 0 && !(10..=3_600_000).contains(&ms) {
+                return Err(
+                    "ready.live_interval must be 0 (not checked once ready) or 0.01 to 3600 seconds"
+                        .to_string(),
+                );
+            }
+        }
+        if let Some(n) = self.failure_threshold {
+            if !(1..=shoal_protocol::MAX_FAILURE_THRESHOLD).contains(&n) {
+                return Err(format!(
+                    "ready.failure_threshold must be 1 to {}",
+                    shoal_protocol::MAX_FAILURE_THRESHOLD
+                ));
             }
         }
         if let Some(timeout) = self.timeout_ms {
@@ -956,6 +987,31 @@ count = 2
             plan.timeout_ms, 1000,
             "the default timeout is capped at the deadline"
         );
+        assert_eq!(
+            (plan.live_interval_ms, plan.failure_threshold),
+            (None, None)
+        );
+        let live =
+            with_probe("{ tcp = 80, live_interval = 2.5, failure_threshold = 5 }").expect("valid");
+        let plan = live.groups[0].containers[0]
+            .ready
+            .as_ref()
+            .expect("probe")
+            .to_plan(|v| Ok(v.to_string()))
+            .expect("plan");
+        assert_eq!(
+            plan.live_interval(),
+            Some(std::time::Duration::from_millis(2_500))
+        );
+        assert_eq!(plan.failure_threshold(), 5);
+        let off = with_probe("{ tcp = 80, live_interval = 0 }").expect("valid");
+        let plan = off.groups[0].containers[0]
+            .ready
+            .as_ref()
+            .expect("probe")
+            .to_plan(|v| Ok(v.to_string()))
+            .expect("plan");
+        assert_eq!(plan.live_interval(), None, "0 turns it off");
     }
 
     #[test]
@@ -977,6 +1033,15 @@ count = 2
                 "{ tcp = 80, timeout = 10, deadline = 5 }",
                 "at most the deadline",
             ),
+            (
+                "{ tcp = 80, live_interval = 0.001 }",
+                "ready.live_interval must be 0 (not checked once ready) or 0.01 to 3600",
+            ),
+            (
+                "{ tcp = 80, failure_threshold = 0 }",
+                "ready.failure_threshold must be 1 to 1000",
+            ),
+            ("{ tcp = 80, failure_threshold = -2 }", "failure_threshold"),
             ("{ tcp = 80, http = \"http://x/\" }", "exactly one of"),
             ("{ interval = 1 }", "exactly one of"),
             ("{ http = \"ftp://x/\" }", "not an http:// URL"),

@@ -224,7 +224,30 @@ pub struct ProbePlan {
     pub timeout_ms: u64,
     /// Milliseconds after the container's start by which the probe must have passed.
     pub deadline_ms: u64,
+    /// Once the node is ready, milliseconds between the starts of two tries that keep
+    /// checking the container (its liveness); `0` stops checking once it is ready.
+    /// Absent: [`ProbePlan::interval_ms`] bounded to
+    /// [`MIN_LIVE_INTERVAL_MS`]..=[`MAX_DEFAULT_LIVE_INTERVAL_MS`] (readiness tries
+    /// are quick so that a start is seen at once; kept up for the container's whole
+    /// life they would be busy work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_interval_ms: Option<u64>,
+    /// Once the node is ready, failed tries in a row that make it `unhealthy`
+    /// (`probe-failed`), so that one slow answer does not flap the node. Absent:
+    /// [`DEFAULT_FAILURE_THRESHOLD`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
 }
+
+/// The shortest gap between two liveness tries a probe gets by default.
+pub const MIN_LIVE_INTERVAL_MS: u64 = 1_000;
+/// The longest gap between two liveness tries a probe gets by default (a longer
+/// [`ProbePlan::interval_ms`] is cut to it; [`ProbePlan::live_interval_ms`] may say more).
+pub const MAX_DEFAULT_LIVE_INTERVAL_MS: u64 = 10_000;
+/// Failed liveness tries in a row that make a ready node unhealthy, by default.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// The most failed liveness tries in a row a probe may ask for.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1_000;
 
 /// What a probe checks, borrowed from a valid [`ProbePlan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +270,24 @@ impl ProbePlan {
             (None, None, Some(cmd)) => Some(ProbeKind::Exec(cmd)),
             _ => None,
         }
+    }
+
+    /// The gap between two liveness tries once the node is ready; `None` when the
+    /// probe asks not to be tried after ready.
+    pub fn live_interval(&self) -> Option<std::time::Duration> {
+        let ms = match self.live_interval_ms {
+            Some(0) => return None,
+            Some(ms) => ms,
+            None => self
+                .interval_ms
+                .clamp(MIN_LIVE_INTERVAL_MS, MAX_DEFAULT_LIVE_INTERVAL_MS),
+        };
+        Some(std::time::Duration::from_millis(ms))
+    }
+
+    /// Failed liveness tries in a row that make the node unhealthy.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD)
     }
 
     /// Checks the probe's rules; `field` names it in errors.
@@ -521,7 +562,9 @@ pub mod reason {
     pub const IMAGE_FAILED: &str = "image-failed";
     /// A container could not be created or did not stay running.
     pub const CONTAINER_FAILED: &str = "container-failed";
-    /// A container's readiness probe did not pass within its deadline.
+    /// A container's readiness probe did not pass within its deadline, or (with
+    /// [`crate::Phase::Unhealthy`]) failed its failure threshold of tries in a row once
+    /// the node was ready; the message quotes its last try.
     pub const PROBE_FAILED: &str = "probe-failed";
     /// The agent's configuration is unusable.
     pub const CONFIG_INVALID: &str = "config-invalid";

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn container(name: &str, node: &str, ip: &str) -> ContainerPlan {
     ContainerPlan {
@@ -257,6 +258,8 @@ fn probe(tcp: Option<u16>, http: Option<&str>, exec: Option<&[&str]>) -> ProbePl
         interval_ms: 250,
         timeout_ms: 1000,
         deadline_ms: 60_000,
+        live_interval_ms: None,
+        failure_threshold: None,
     }
 }
 
@@ -352,6 +355,22 @@ fn bad_probes_are_refused_with_their_field() {
             },
             "ready.timeout_ms",
             "at most the deadline",
+        ),
+        (
+            ProbePlan {
+                live_interval_ms: Some(5),
+                ..probe(Some(1), None, None)
+            },
+            "ready.live_interval_ms",
+            "neither 0",
+        ),
+        (
+            ProbePlan {
+                failure_threshold: Some(0),
+                ..probe(Some(1), None, None)
+            },
+            "ready.failure_threshold",
+            "outside 1..=1000",
         ),
         (
             ProbePlan {
@@ -669,4 +688,40 @@ fn peer_drains_travel_in_plan_and_status() {
     assert!(report("x".repeat(MAX_DRAIN_OUTPUT + 257))
         .validate()
         .is_err());
+}
+
+#[test]
+fn liveness_defaults_follow_the_probe_interval_within_bounds() {
+    let mut p = probe(Some(80), None, None);
+    // Quick readiness tries (the demo's 50 ms) are slowed once the node is ready.
+    p.interval_ms = 50;
+    assert_eq!(p.live_interval(), Some(Duration::from_secs(1)));
+    p.interval_ms = 2_500;
+    assert_eq!(p.live_interval(), Some(Duration::from_millis(2_500)));
+    p.interval_ms = 3_600_000;
+    assert_eq!(p.live_interval(), Some(Duration::from_secs(10)));
+    // Said outright, it is kept, however long; 0 turns liveness off.
+    p.live_interval_ms = Some(60_000);
+    assert_eq!(p.live_interval(), Some(Duration::from_secs(60)));
+    p.live_interval_ms = Some(0);
+    assert_eq!(p.live_interval(), None);
+    assert_eq!(p.failure_threshold(), DEFAULT_FAILURE_THRESHOLD);
+    p.failure_threshold = Some(5);
+    assert_eq!(p.failure_threshold(), 5);
+    assert!(p.validate("ready").is_ok());
+}
+
+#[test]
+fn a_probe_written_before_liveness_reads_with_its_defaults() {
+    // What a coordinator without liveness fields sends, with a field from the future.
+    let text = r#"{"tcp":8080,"interval_ms":50,"timeout_ms":10000,"deadline_ms":300000,"success_threshold":2}"#;
+    let p: ProbePlan = serde_json::from_str(text).expect("parses");
+    assert_eq!((p.live_interval_ms, p.failure_threshold), (None, None));
+    assert!(p.validate("ready").is_ok());
+    // And one without them serializes without them (older agents see what they knew).
+    let out = serde_json::to_string(&p).expect("serialize");
+    assert!(
+        !out.contains("live_interval") && !out.contains("failure"),
+        "{out}"
+    );
 }

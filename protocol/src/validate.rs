@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 
 use crate::{
     BootReport, DrainPlan, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
-    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS, MAX_NODES,
-    MAX_PEER_DRAINS, MAX_REPORT_SECS, SCHEMA_VERSION,
+    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS,
+    MAX_FAILURE_THRESHOLD, MAX_NODES, MAX_PEER_DRAINS, MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
 /// Longest a probe may be given to pass: a day.
@@ -565,6 +565,24 @@ pub(crate) fn probe(p: &ProbePlan, field: &str) -> Result<(), PlanError> {
                 p.interval_ms
             ),
         ));
+    }
+    if let Some(ms) = p.live_interval_ms {
+        if ms != 0 && !(MIN_PROBE_INTERVAL_MS..=MAX_PROBE_INTERVAL_MS).contains(&ms) {
+            return Err(PlanError::invalid(
+                format!("{field}.live_interval_ms"),
+                format!(
+                    "{ms} is neither 0 (not checked once ready) nor within {MIN_PROBE_INTERVAL_MS}..={MAX_PROBE_INTERVAL_MS}"
+                ),
+            ));
+        }
+    }
+    if let Some(n) = p.failure_threshold {
+        if !(1..=MAX_FAILURE_THRESHOLD).contains(&n) {
+            return Err(PlanError::invalid(
+                format!("{field}.failure_threshold"),
+                format!("{n} is outside 1..={MAX_FAILURE_THRESHOLD}"),
+            ));
+        }
     }
     if p.timeout_ms == 0 || p.timeout_ms > p.deadline_ms {
         return Err(PlanError::invalid(

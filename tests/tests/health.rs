@@ -572,7 +572,7 @@ fn break_and_heal(
 
 #[test]
 #[ignore = "needs root, dockerd, iproute2"]
-fn a_removed_vxlan_device_or_fdb_entry_is_put_back_at_once() {
+fn a_removed_vxlan_device_bridge_or_fdb_entry_is_put_back_at_once() {
     let (c, v) = available_cluster("nw", "2");
     let n0 = node(&v, "node-0").clone();
     let n1 = node(&v, "node-1").clone();
@@ -624,6 +624,31 @@ fn a_removed_vxlan_device_or_fdb_entry_is_put_back_at_once() {
         &["node-1 unhealthy", "network-device-missing", "FDB", &peer],
     );
     assert!(reaches(&c, &n1, &n0), "node-1 reaches node-0 again");
+
+    // The bridge deleted: Docker's network loses its device (and the containers their
+    // links), so the agent makes the network, the VXLAN device and its entries again.
+    let v = break_and_heal(
+        &c,
+        "nw",
+        &n1,
+        &["ip", "link", "del", "shoal0"],
+        || {
+            has_link(&n1, "shoal0")
+                && has_link(&n1, "shoal-vx")
+                && shoal_e2e::vm::fdb_peers(&n1) == [peer.clone()]
+        },
+        &["node-1 unhealthy", "network-device-missing", "shoal0"],
+    );
+    let n1 = node(&v, "node-1").clone();
+    assert!(
+        reaches(&c, &n0, &n1) && reaches(&c, &n1, &n0),
+        "overlay rebuilt with its bridge"
+    );
+    assert_eq!(
+        container_lines(&n1),
+        before,
+        "the same containers, names and addresses"
+    );
     c.shoal_ok(&["cluster", "delete", "nw", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
 }
@@ -730,5 +755,228 @@ fn an_overlay_that_cannot_be_put_back_is_retried_with_backoff_not_in_a_loop() {
     );
     assert!(reaches(&c, &n1, node(&v, "node-0")), "overlay rebuilt");
     c.shoal_ok(&["cluster", "delete", "bo", "--wait"]);
+    assert_eq!(c.leftovers(true), Vec::<String>::new());
+}
+
+/// The documented bound for a ready node whose probe keeps failing to be seen
+/// `unhealthy` (docs/lifecycle.md): the demo server's probe is tried every second once
+/// the node is ready (its 0.05 s interval bounded to 1 s) and called failing at the
+/// third failure in a row, so about 3 s; the rest is slack for a loaded machine.
+const PROBE_BOUND: Duration = Duration::from_secs(8);
+
+/// The bound for a hung service (docs/lifecycle.md): three tries, each running into
+/// the demo server probe's 10 s timeout, the first within a second; with slack.
+const HUNG_BOUND: Duration = Duration::from_secs(45);
+
+/// The demo server's container on node `n` (Docker's name for it).
+fn server_container(n: &Value) -> String {
+    n["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|k| k["name"] == "server"))
+        .and_then(|k| k["hostname"].as_str())
+        .and_then(|h| h.split('.').next())
+        .unwrap_or_else(|| panic!("no server container on {n:#}"))
+        .to_string()
+}
+
+/// `ID STARTED_AT RESTART_COUNT` of container `name` on node `n`.
+fn started(c: &TestCoordinator, n: &Value, name: &str) -> String {
+    let out = c.docker(
+        n,
+        &[
+            "inspect",
+            "--format",
+            "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+            name,
+        ],
+    );
+    shoal_e2e::vm::stdout(&out).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs root, dockerd, iproute2"]
+fn a_service_that_stops_answering_makes_its_node_unhealthy_until_it_answers() {
+    let (c, v) = available_cluster("pf", "2");
+    let n0 = node(&v, "node-0").clone();
+    let server = server_container(&n0);
+    let was = started(&c, &n0, &server);
+    let www = "/var/lib/shoal-demo/www";
+
+    // The server's page taken away: httpd runs on and answers, but not what the probe
+    // wants (`body = "hello from"`). Nothing exits; only the probe can tell.
+    let since = now_ms();
+    let t = Instant::now();
+    let out = c.docker(
+        &n0,
+        &[
+            "exec",
+            &server,
+            "mv",
+            &format!("{www}/index.html"),
+            &format!("{www}/off.html"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (v, took) = wait_show(
+        &c,
+        "pf",
+        "node-0 unhealthy (probe-failed)",
+        PROBE_BOUND,
+        |v| node(v, "node-0")["phase"] == "unhealthy",
+    );
+    eprintln!(
+        "page removed: node-0 unhealthy {:.2}s after, seen in {:.2}s",
+        t.elapsed().as_secs_f64(),
+        took.as_secs_f64()
+    );
+    let n = node(&v, "node-0");
+    assert_eq!(n["error"]["reason"], "probe-failed", "{n:#}");
+    let message = n["error"]["message"].as_str().unwrap_or("").to_string();
+    for needle in [
+        server.as_str(),
+        "http http://localhost:8080/",
+        "failed 3 tries in a row after the node was ready",
+        "last try: GET http://",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+    assert_eq!(v["state"], "DEGRADED", "{v:#}");
+    assert_eq!(node(&v, "node-1")["phase"], "ready");
+    let text = c.shoal_ok(&["cluster", "show", "pf"]);
+    assert!(
+        text.contains("DEGRADED") && text.contains("probe-failed"),
+        "{text}"
+    );
+    // Left running, not restarted: the agent reports, the blueprint's restart policy
+    // is the only one to restart anything.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(started(&c, &n0, &server), was, "the server was restarted");
+    assert_eq!(
+        c.show("pf")["state"],
+        "DEGRADED",
+        "it stays so while failing"
+    );
+
+    // The page back: the next try passes, the node is ready, the cluster AVAILABLE.
+    let t = Instant::now();
+    let out = c.docker(
+        &n0,
+        &[
+            "exec",
+            &server,
+            "mv",
+            &format!("{www}/off.html"),
+            &format!("{www}/index.html"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (v, took) = wait_show(
+        &c,
+        "pf",
+        "pf AVAILABLE again",
+        Duration::from_secs(5),
+        |v| v["state"] == "AVAILABLE",
+    );
+    eprintln!("page back: AVAILABLE in {:.2}s", took.as_secs_f64());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(node(&v, "node-0")["phase"], "ready");
+    let (down, up) =
+        fault_then_available(&v, since, &["node-0 unhealthy", "probe-failed", &server])
+            .expect("the record has the DEGRADED and the AVAILABLE");
+    eprintln!(
+        "cluster DEGRADED {} ms after the page went, AVAILABLE {} ms later",
+        down.saturating_sub(since),
+        up.saturating_sub(down)
+    );
+    assert_eq!(started(&c, &n0, &server), was, "the server was restarted");
+
+    // httpd frozen (SIGSTOP): the kernel still accepts connections, nothing answers.
+    // Each try runs into the probe's 10 s timeout: failing at the third.
+    let pid = shoal_e2e::vm::stdout(&c.docker(&n0, &["exec", &server, "pidof", "httpd"]))
+        .trim()
+        .to_string();
+    assert!(!pid.is_empty(), "httpd runs in {server}");
+    let since = now_ms();
+    let out = c.docker(&n0, &["exec", &server, "kill", "-STOP", &pid]);
+    assert!(out.status.success(), "{out:?}");
+    let (v, took) = wait_show(&c, "pf", "node-0 unhealthy (hung)", HUNG_BOUND, |v| {
+        node(v, "node-0")["phase"] == "unhealthy"
+    });
+    eprintln!(
+        "httpd frozen: node-0 unhealthy in {:.1}s",
+        took.as_secs_f64()
+    );
+    let message = node(&v, "node-0")["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("last try: no answer within 10000 ms"),
+        "{message}"
+    );
+    let out = c.docker(&n0, &["exec", &server, "kill", "-CONT", &pid]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, took) = wait_show(
+        &c,
+        "pf",
+        "pf AVAILABLE after SIGCONT",
+        Duration::from_secs(15),
+        |v| {
+            v["state"] == "AVAILABLE"
+                && fault_then_available(v, since, &["probe-failed", "no answer"]).is_some()
+        },
+    );
+    eprintln!("httpd resumed: AVAILABLE in {:.1}s", took.as_secs_f64());
+    assert_eq!(started(&c, &n0, &server), was, "the server was restarted");
+
+    // httpd killed: the container exits (its script ends with httpd), and Docker's
+    // restart policy starts it again. That is container-exited, not probe-failed.
+    let since = now_ms();
+    let out = c.docker(&n0, &["exec", &server, "killall", "httpd"]);
+    assert!(out.status.success(), "{out:?}");
+    let (v, _) = wait_show(
+        &c,
+        "pf",
+        "DEGRADED (container-exited) then AVAILABLE",
+        Duration::from_secs(30),
+        |v| {
+            v["state"] == "AVAILABLE"
+                && fault_then_available(
+                    v,
+                    since,
+                    &["node-0 unhealthy", "container-exited", &server],
+                )
+                .is_some()
+        },
+    );
+    let (down, up) = fault_then_available(&v, since, &["container-exited"]).expect("seen");
+    eprintln!(
+        "httpd killed: DEGRADED {} ms after, AVAILABLE {} ms later",
+        down.saturating_sub(since),
+        up.saturating_sub(down)
+    );
+    let probe_failed = v["events"].as_array().is_some_and(|es| {
+        es.iter().any(|e| {
+            e["at_ms"].as_u64().is_some_and(|t| t >= since)
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("probe-failed"))
+        })
+    });
+    assert!(
+        !probe_failed,
+        "an exit reported as probe-failed: {:#}",
+        v["events"]
+    );
+    assert_ne!(
+        started(&c, &n0, &server),
+        was,
+        "it exited and started again"
+    );
+    assert_eq!(node(&v, "node-0")["phase"], "ready");
+    c.shoal_ok(&["cluster", "delete", "pf", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
 }
