@@ -149,7 +149,12 @@ const REFAULT_WINDOW: Duration = Duration::from_secs(2);
 /// Network faults in a row rebuilt at once before backoff sets in.
 const REFAULTS_AT_ONCE: u32 = 2;
 /// How long after its due time a liveness report goes out without waiting any longer
-/// for the long-poll to end (see [`crate::client::MetadataClient::wait_for_plan`]).
+/// for the long-poll to end (see [`crate::client::MetadataClient::wait_for_plan`]): one
+/// report interval, at least this. Dropping the poll costs a new connection and TLS
+/// handshake, so it is for a poll that hangs (a connection silently gone), not for a
+/// coordinator that answers late because it is busy: new handshakes would only add to
+/// its load. The node is marked lost after several intervals, so a report this late
+/// still counts.
 const LIVENESS_GRACE: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Agent {
@@ -887,7 +892,16 @@ pub async fn run(opts: RunOptions) -> i32 {
         let liveness_at = agent.liveness_at(current.as_ref());
         let liveness_sleep = async {
             match liveness_at {
-                Some(t) => tokio::time::sleep_until(t + LIVENESS_GRACE).await,
+                Some(t) => {
+                    let every = current
+                        .as_ref()
+                        .and_then(|p| p.liveness.as_ref())
+                        .map_or(0, |l| l.report_secs);
+                    tokio::time::sleep_until(
+                        t + LIVENESS_GRACE.max(Duration::from_secs(u64::from(every))),
+                    )
+                    .await
+                }
                 None => std::future::pending().await,
             }
         };

@@ -43,7 +43,8 @@ use shoal_protocol::{AgentConfig, NodeStatus, Phase, PhaseTiming};
 use tokio::io::AsyncBufReadExt;
 
 /// How long after its due time a liveness report goes out without waiting any longer
-/// for the long-poll to end (the real agent's `LIVENESS_GRACE`).
+/// for the long-poll to end: one report interval, at least this (the real agent's
+/// `LIVENESS_GRACE`).
 const LIVENESS_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -438,7 +439,10 @@ impl Agent {
             });
             let liveness = async {
                 match next_liveness {
-                    Some(at) => tokio::time::sleep_until(at + LIVENESS_GRACE).await,
+                    Some(at) => {
+                        tokio::time::sleep_until(at + LIVENESS_GRACE.max(every.unwrap_or_default()))
+                            .await
+                    }
                     None => std::future::pending().await,
                 }
             };
