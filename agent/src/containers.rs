@@ -945,6 +945,7 @@ mod tests {
                 leaving: false,
                 drain: None,
                 peer_drains: vec![],
+                recipes: vec![],
             }],
             liveness: None,
         }

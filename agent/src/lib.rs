@@ -17,5 +17,6 @@ pub mod netwatch;
 pub mod overlay;
 pub mod peer_drain;
 pub mod probes;
+pub mod recipes;
 pub mod retry;
 pub mod run;

@@ -455,6 +455,7 @@ mod tests {
                     leaving: false,
                     drain: None,
                     peer_drains: vec![],
+                    recipes: vec![],
                 },
                 NodePlan {
                     id: "node-1".into(),
@@ -467,6 +468,7 @@ mod tests {
                     leaving: false,
                     drain: None,
                     peer_drains: vec![],
+                    recipes: vec![],
                 },
             ],
             liveness: None,

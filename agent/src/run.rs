@@ -21,11 +21,13 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use shoal_protocol::{
     reason, AgentConfig, ContainerStatus, NodeFailure, NodeStatus, Phase, PhaseTiming, Plan,
+    RecipeWhen,
 };
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
 use crate::peer_drain::PeerDrains;
+use crate::recipes::Recipes;
 use crate::{
     boot_milestones, config, containers, docker, images, netns, netwatch, overlay, probes, retry,
 };
@@ -110,6 +112,10 @@ struct Agent {
     drained: Option<u64>,
     /// The drain hooks this node runs for leaving nodes.
     peer: PeerDrains,
+    /// The operator's recipes: their outcomes, and the post-ready ones running.
+    recipes: Recipes,
+    /// The plan being converged to (for the recipes' reports).
+    plan: Option<Plan>,
     /// The latest report made (delivered or not): sent again as the liveness report.
     latest: Option<NodeStatus>,
     /// The latest report the coordinator did not receive (it was down or overloaded):
@@ -191,6 +197,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot: self.boot.borrow_and_update().clone(),
             peer_drains: self.peer.reports(),
+            recipes: self.recipes.reports(self.plan.as_ref(), &self.cfg.node_id),
         };
         self.deliver(status).await;
     }
@@ -204,6 +211,7 @@ impl Agent {
         };
         status.boot = self.boot.borrow_and_update().clone();
         status.peer_drains = self.peer.reports();
+        status.recipes = self.recipes.reports(self.plan.as_ref(), &self.cfg.node_id);
         self.deliver(status).await;
     }
 
@@ -418,6 +426,28 @@ impl Agent {
             changed = true;
         }
 
+        // The operator's own steps come before the containers: a failure leaves them
+        // unstarted.
+        if let Err(r) = self
+            .recipes
+            .run_due(plan, &node_id, RecipeWhen::PreContainers)
+            .await
+        {
+            return Err(Failure::new(
+                reason::RECIPE_FAILED,
+                format!(
+                    "recipe {} ({}) {}: {}",
+                    r.name,
+                    r.when,
+                    match r.exit_code {
+                        Some(code) => format!("exited with code {code}"),
+                        None => "did not run to its end (timeout, or it could not start)".into(),
+                    },
+                    r.output
+                ),
+            ));
+        }
+
         if loud {
             self.report(Phase::Containers, g, None, vec![]).await;
         }
@@ -526,6 +556,38 @@ impl Agent {
         if forgot {
             self.resend_with_boot().await;
         }
+    }
+
+    /// Whether the latest report says the node is ready.
+    fn is_ready(&self) -> bool {
+        self.latest
+            .as_ref()
+            .is_some_and(|l| l.phase == Phase::Ready)
+    }
+
+    /// Starts the post-ready recipes due, if the node is ready (not leaving).
+    fn start_post_ready(&mut self, plan: &Plan) {
+        if self
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.phase == Phase::Ready)
+        {
+            self.recipes.start_post_ready(plan, &self.cfg.node_id);
+        }
+    }
+
+    /// `--once`: runs the post-ready recipes due and reports their outcomes before the
+    /// agent exits.
+    async fn run_post_ready_inline(&mut self, plan: &Plan) {
+        if !self.is_ready() {
+            return;
+        }
+        // Post-ready recipes report their failures; they do not fail the run.
+        let _ = self
+            .recipes
+            .run_due(plan, &self.cfg.node_id, RecipeWhen::PostReady)
+            .await;
+        self.resend_with_boot().await;
     }
 
     /// Converges and reports the outcome: the first convergence of this process phase
@@ -716,6 +778,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     let deadline = Duration::from_secs(cfg.deadline_secs);
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
     let (peer, mut peer_rx) = PeerDrains::new();
+    let (recipes, mut recipe_rx) = Recipes::load(&opts.state_dir);
     let mut agent = Agent {
         cfg,
         opts,
@@ -726,6 +789,8 @@ pub async fn run(opts: RunOptions) -> i32 {
         converged: None,
         drained: None,
         peer,
+        recipes,
+        plan: None,
         latest: None,
         undelivered: None,
         redeliveries: 0,
@@ -811,6 +876,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                         }
                         watching = true;
                     }
+                    agent.plan = Some(plan.clone());
                     current = Some(plan);
                     failures = 0;
                     reconverge = true;
@@ -885,6 +951,10 @@ pub async fn run(opts: RunOptions) -> i32 {
             () = liveness_sleep => {
                 agent.send_liveness().await;
             }
+            Some(r) = recipe_rx.recv() => {
+                agent.recipes.finished(r);
+                agent.resend_with_boot().await;
+            }
             Some(r) = peer_rx.recv() => {
                 agent.peer.finished(r);
                 agent.resend_with_boot().await;
@@ -915,8 +985,10 @@ pub async fn run(opts: RunOptions) -> i32 {
                 failures = 0;
                 agent.start_peer_drains(&plan).await;
                 if agent.opts.once {
+                    agent.run_post_ready_inline(&plan).await;
                     return exit::OK;
                 }
+                agent.start_post_ready(&plan);
             }
             Err(f) => {
                 if agent.opts.once {

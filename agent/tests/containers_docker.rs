@@ -142,6 +142,7 @@ fn plan_with(containers: Vec<ContainerPlan>) -> Plan {
             leaving: false,
             drain: None,
             peer_drains: vec![],
+            recipes: vec![],
         }],
         liveness: None,
     };

@@ -28,6 +28,7 @@ fn report() -> NodeStatus {
         agent_version: "test".into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
     }
 }
 

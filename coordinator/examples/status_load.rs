@@ -106,6 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agent_version: "status_load".into(),
             boot: None,
             peer_drains: vec![],
+            recipes: vec![],
         };
         let same = args.same;
         let token = cfg.node_token.clone();

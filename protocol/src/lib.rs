@@ -130,7 +130,73 @@ pub struct NodePlan {
     /// with the node kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_drains: Vec<PeerDrainPlan>,
+    /// The operator's scripts this node runs as root (its host group's recipes), in
+    /// order. An agent older than this field ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipePlan>,
 }
+
+/// When a recipe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipeWhen {
+    /// After the network and images, before the containers start; a failure fails the
+    /// node ([`reason::RECIPE_FAILED`]) and no container is started.
+    PreContainers,
+    /// Once the node is ready; a failure is reported but leaves the node ready.
+    PostReady,
+}
+
+impl RecipeWhen {
+    /// The wire name, e.g. `pre-containers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipeWhen::PreContainers => "pre-containers",
+            RecipeWhen::PostReady => "post-ready",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<RecipeWhen> {
+        [RecipeWhen::PreContainers, RecipeWhen::PostReady]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RecipeWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A recipe: a shell script (`/bin/sh -c`) the agent runs as root on the VM, once per
+/// plan generation (a marker in the agent's state directory), or at every boot as well
+/// when [`RecipePlan::every_boot`] says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipePlan {
+    /// Name (an RFC 1123 label), unique on the node.
+    pub name: String,
+    /// When it runs.
+    pub when: RecipeWhen,
+    /// The script's text (at most [`MAX_RECIPE_BYTES`]).
+    pub script: String,
+    /// How long it may run before its process group is killed and it counts as failed.
+    pub timeout_secs: u64,
+    /// Run again at every boot of the node (every start of its agent), not only once
+    /// per plan generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_boot: bool,
+}
+
+/// Most recipes one node may run.
+pub const MAX_RECIPES: usize = 16;
+/// Longest script a recipe may carry, in bytes.
+pub const MAX_RECIPE_BYTES: usize = 64 << 10;
+/// The longest a recipe may be given to run.
+pub const MAX_RECIPE_SECS: u64 = 24 * 3600;
+/// Most bytes of a recipe's output a [`RecipeReport`] carries (its end).
+pub const MAX_RECIPE_OUTPUT: usize = 2048;
 
 /// A drain hook run on one node for another, leaving node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,6 +594,10 @@ pub mod reason {
     /// A leaving node's drain hook exited non-zero, or ran past its timeout; the
     /// message carries its exit code and the end of its output.
     pub const DRAIN_FAILED: &str = "drain-failed";
+    /// A pre-containers recipe exited non-zero, ran past its timeout or could not be
+    /// started; the message names it, with its exit status and the end of its output.
+    /// No container was started.
+    pub const RECIPE_FAILED: &str = "recipe-failed";
     /// The Docker engine stopped answering after the node had converged (a daemon
     /// crash or restart); the agent converges the node again once it is back.
     pub const DOCKERD_DOWN: &str = "dockerd-down";
@@ -609,6 +679,35 @@ pub struct NodeStatus {
     /// [`MAX_PEER_DRAINS`]); absent from agents older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_drains: Vec<PeerDrainReport>,
+    /// How this node's recipes ended ([`NodePlan::recipes`]), the latest run of each
+    /// (at most [`MAX_RECIPES`]); absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipeReport>,
+}
+
+/// How a recipe's latest run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeReport {
+    /// The recipe's name.
+    pub name: String,
+    /// When it ran.
+    pub when: RecipeWhen,
+    /// The plan generation it ran for.
+    pub generation: u64,
+    /// Its exit status; absent when it was killed at its timeout, or could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether it exited 0 within its timeout.
+    pub ok: bool,
+    /// When it started, in milliseconds since the Unix epoch (the VM's clock, like
+    /// [`PhaseTiming::started_ms`]).
+    pub started_ms: u64,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+    /// The end of what it printed (stdout and stderr together, at most
+    /// [`MAX_RECIPE_OUTPUT`] bytes), or why it did not run to its end.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// Most [`PeerDrainReport`]s one status may carry.

@@ -44,6 +44,7 @@ fn sample() -> Plan {
                 leaving: false,
                 drain: None,
                 peer_drains: vec![],
+                recipes: vec![],
             })
             .collect(),
         liveness: None,
@@ -414,6 +415,7 @@ fn status_reason_must_be_a_code() {
         agent_version: "0.1.0".into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
     };
     assert!(s.validate().is_err());
 }
@@ -468,6 +470,7 @@ fn boot_reports_round_trip_and_ignore_unknown_fields() {
         agent_version: "0.1.0".into(),
         boot: Some(boot_report()),
         peer_drains: vec![],
+        recipes: vec![],
     };
     assert!(s.validate().is_ok());
     let mut v = serde_json::to_value(&s).expect("ser");
@@ -497,6 +500,7 @@ fn bad_boot_reports_are_refused() {
             agent_version: "0.1.0".into(),
             boot: Some(b),
             peer_drains: vec![],
+            recipes: vec![],
         }
         .validate()
         .expect_err("refused")
@@ -662,6 +666,7 @@ fn peer_drains_travel_in_plan_and_status() {
             ok: true,
             message,
         }],
+        recipes: vec![],
     };
     assert!(report("Decommission Status : Decommissioned".into())
         .validate()
@@ -669,4 +674,79 @@ fn peer_drains_travel_in_plan_and_status() {
     assert!(report("x".repeat(MAX_DRAIN_OUTPUT + 257))
         .validate()
         .is_err());
+}
+
+#[test]
+fn recipes_are_checked_and_an_unknown_when_is_refused() {
+    let mut plan = sample();
+    plan.nodes[0].recipes = vec![
+        RecipePlan {
+            name: "prep".into(),
+            when: RecipeWhen::PreContainers,
+            script: "echo prep".into(),
+            timeout_secs: 60,
+            every_boot: false,
+        },
+        RecipePlan {
+            name: "post".into(),
+            when: RecipeWhen::PostReady,
+            script: "echo post".into(),
+            timeout_secs: 60,
+            every_boot: true,
+        },
+    ];
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    let json = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(json.contains(r#""when":"pre-containers""#), "{json}");
+    assert_eq!(Plan::from_json(&bytes).expect("valid"), plan);
+    // A plan without recipes reads as before.
+    assert!(
+        !String::from_utf8_lossy(&serde_json::to_vec(&sample()).expect("json")).contains("recipes")
+    );
+    let odd = json.replace("post-ready", "at-noon");
+    assert!(matches!(
+        Plan::from_json(odd.as_bytes()),
+        Err(PlanError::Malformed(_))
+    ));
+
+    type Change = fn(&mut Plan);
+    let bad: [(Change, &str); 6] = [
+        (
+            |p| p.nodes[0].recipes[1].name = "prep".into(),
+            "nodes[0].recipes[1].name",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].name = "Prep!".into(),
+            "nodes[0].recipes[0].name",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].script = " \n".into(),
+            "nodes[0].recipes[0].script",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].script = "x".repeat(MAX_RECIPE_BYTES + 1),
+            "nodes[0].recipes[0].script",
+        ),
+        (
+            |p| p.nodes[0].recipes[1].timeout_secs = 0,
+            "nodes[0].recipes[1].timeout_secs",
+        ),
+        (
+            |p| {
+                let r = p.nodes[0].recipes[0].clone();
+                p.nodes[0].recipes = (0..=MAX_RECIPES)
+                    .map(|i| RecipePlan {
+                        name: format!("r{i}"),
+                        ..r.clone()
+                    })
+                    .collect();
+            },
+            "nodes[0].recipes",
+        ),
+    ];
+    for (change, field) in bad {
+        let mut p = plan.clone();
+        change(&mut p);
+        assert_eq!(field_of(p.validate().expect_err(field)), field);
+    }
 }

@@ -8,7 +8,8 @@ use ipnet::Ipv4Net;
 use crate::{
     BootReport, DrainPlan, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
     MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS, MAX_NODES,
-    MAX_PEER_DRAINS, MAX_REPORT_SECS, SCHEMA_VERSION,
+    MAX_PEER_DRAINS, MAX_RECIPES, MAX_RECIPE_BYTES, MAX_RECIPE_OUTPUT, MAX_RECIPE_SECS,
+    MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
 /// Longest a probe may be given to pass: a day.
@@ -384,6 +385,59 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
         }
         drain(i, n)?;
         peer_drains(i, n, p)?;
+        recipes(i, n)?;
+    }
+    Ok(())
+}
+
+/// A node's recipes: a bounded number, each with a unique name, a script of bounded
+/// size and a bounded timeout.
+fn recipes(i: usize, n: &NodePlan) -> Result<(), PlanError> {
+    if n.recipes.len() > MAX_RECIPES {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].recipes"),
+            format!(
+                "{} recipes, over the limit of {MAX_RECIPES}",
+                n.recipes.len()
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (j, r) in n.recipes.iter().enumerate() {
+        let f = |rest: &str| format!("nodes[{i}].recipes[{j}].{rest}");
+        if !is_dns_label(&r.name) {
+            return Err(PlanError::invalid(
+                f("name"),
+                format!("{:?} is not an RFC 1123 label", r.name),
+            ));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(PlanError::invalid(
+                f("name"),
+                format!("{:?} appears twice on node {}", r.name, n.id),
+            ));
+        }
+        if r.script.trim().is_empty() || r.script.contains('\0') {
+            return Err(PlanError::invalid(
+                f("script"),
+                "empty, or holds a NUL byte",
+            ));
+        }
+        if r.script.len() > MAX_RECIPE_BYTES {
+            return Err(PlanError::invalid(
+                f("script"),
+                format!(
+                    "{} bytes, over the limit of {MAX_RECIPE_BYTES}",
+                    r.script.len()
+                ),
+            ));
+        }
+        if !(1..=MAX_RECIPE_SECS).contains(&r.timeout_secs) {
+            return Err(PlanError::invalid(
+                f("timeout_secs"),
+                format!("{} is outside 1..={MAX_RECIPE_SECS}", r.timeout_secs),
+            ));
+        }
     }
     Ok(())
 }
@@ -621,6 +675,20 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
             return Err(PlanError::invalid(
                 "peer_drains",
                 "a node that is no node id, or a message too long",
+            ));
+        }
+    }
+    if s.recipes.len() > MAX_RECIPES {
+        return Err(PlanError::invalid(
+            "recipes",
+            format!("more than {MAX_RECIPES} entries"),
+        ));
+    }
+    for r in &s.recipes {
+        if !is_dns_label(&r.name) || r.output.len() > MAX_RECIPE_OUTPUT + 256 {
+            return Err(PlanError::invalid(
+                "recipes",
+                "a name that is no RFC 1123 label, or an output too long",
             ));
         }
     }

@@ -503,6 +503,14 @@ impl TestCoordinator {
         v["url"].as_str().expect("url").to_string()
     }
 
+    /// A directory for a test's blueprint files (and the files they name), in the
+    /// coordinator's state directory, so that it goes with it.
+    pub fn blueprint_dir(&self) -> PathBuf {
+        let dir = self.state_dir.join("blueprints");
+        std::fs::create_dir_all(&dir).expect("blueprint dir");
+        dir
+    }
+
     /// Runs `docker` against a node's dockerd (from `show --json`).
     pub fn docker(&self, node: &Value, args: &[&str]) -> Output {
         let sock = node["docker_socket"].as_str().expect("docker_socket");

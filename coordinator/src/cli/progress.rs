@@ -177,6 +177,7 @@ mod tests {
             requested_ms: Some(1),
             running_ms: None,
             boot: None,
+            recipes: vec![],
             details: BTreeMap::new(),
         }
     }

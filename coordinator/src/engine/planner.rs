@@ -75,6 +75,15 @@ pub enum PlannerError {
     /// provider, such as private addresses inside the overlay).
     #[error("the plan would be invalid: {0}")]
     Invalid(#[from] PlanError),
+    /// The plan would be larger than agents read (recipes' scripts repeated on many
+    /// nodes, mostly).
+    #[error("the plan would be {size} bytes, over the {limit}-byte limit agents read (large recipe scripts on many nodes?)")]
+    TooLarge {
+        /// Its size as JSON.
+        size: usize,
+        /// [`shoal_protocol::MAX_PLAN_BYTES`].
+        limit: usize,
+    },
 }
 
 /// The FQDN of container `container` on node `node`.
@@ -259,6 +268,7 @@ pub fn build(
             leaving: node.leaving,
             drain,
             peer_drains: Vec::new(),
+            recipes: group.recipes.iter().filter_map(|r| r.to_plan()).collect(),
         });
     }
     for (node, group) in nodes.iter().zip(&groups) {
@@ -297,6 +307,13 @@ pub fn build(
         liveness,
     };
     plan.validate()?;
+    let size = serde_json::to_vec(&plan).map_or(0, |v| v.len());
+    if size > shoal_protocol::MAX_PLAN_BYTES {
+        return Err(PlannerError::TooLarge {
+            size,
+            limit: shoal_protocol::MAX_PLAN_BYTES,
+        });
+    }
     Ok(plan)
 }
 

@@ -954,6 +954,7 @@ impl Store for SqliteStore {
                     agent_version: String::new(),
                     boot: None,
                     peer_drains: vec![],
+                    recipes: vec![],
                 },
             };
             st.phase = Phase::Lost;
