@@ -916,6 +916,7 @@ mod tests {
             ports: vec![],
             registry_auth: None,
             ready: None,
+            data_disks: None,
         }
     }
 
@@ -946,6 +947,7 @@ mod tests {
                 drain: None,
                 peer_drains: vec![],
                 recipes: vec![],
+                disks: vec![],
             }],
             liveness: None,
         }

@@ -9,6 +9,7 @@ pub mod boot_milestones;
 pub mod client;
 pub mod config;
 pub mod containers;
+pub mod disks;
 pub mod docker;
 pub mod images;
 pub mod netlink;

@@ -431,6 +431,7 @@ mod tests {
             ports: vec![],
             registry_auth: None,
             ready: None,
+            data_disks: None,
         };
         Plan {
             schema: SCHEMA_VERSION,
@@ -456,6 +457,7 @@ mod tests {
                     drain: None,
                     peer_drains: vec![],
                     recipes: vec![],
+                    disks: vec![],
                 },
                 NodePlan {
                     id: "node-1".into(),
@@ -469,6 +471,7 @@ mod tests {
                     drain: None,
                     peer_drains: vec![],
                     recipes: vec![],
+                    disks: vec![],
                 },
             ],
             liveness: None,

@@ -29,7 +29,8 @@ use crate::client::{FetchError, Fetched, MetadataClient};
 use crate::peer_drain::PeerDrains;
 use crate::recipes::Recipes;
 use crate::{
-    boot_milestones, config, containers, docker, images, netns, netwatch, overlay, probes, retry,
+    boot_milestones, config, containers, disks, docker, images, netns, netwatch, overlay, probes,
+    retry,
 };
 
 /// Exit codes of `shoal-agent run`, documented in docs/agent-exit-codes.md.
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub once: bool,
     /// The agent's own files on the VM (the containers' hosts files).
     pub state_dir: PathBuf,
+    /// Where data disks' mount points are made (`/` on a VM).
+    pub mount_root: PathBuf,
 }
 
 /// Tries of one status report before it is left to the redelivery (about 1 s).
@@ -116,6 +119,8 @@ struct Agent {
     recipes: Recipes,
     /// The plan being converged to (for the recipes' reports).
     plan: Option<Plan>,
+    /// The data disks as last mounted.
+    disks: Vec<shoal_protocol::DiskReport>,
     /// The latest report made (delivered or not): sent again as the liveness report.
     latest: Option<NodeStatus>,
     /// The latest report the coordinator did not receive (it was down or overloaded):
@@ -198,6 +203,7 @@ impl Agent {
             boot: self.boot.borrow_and_update().clone(),
             peer_drains: self.peer.reports(),
             recipes: self.recipes.reports(self.plan.as_ref(), &self.cfg.node_id),
+            disks: self.disks.clone(),
         };
         self.deliver(status).await;
     }
@@ -425,6 +431,26 @@ impl Agent {
             tracing::info!(?report, "images present");
             changed = true;
         }
+
+        // The data disks, mounted before the recipes (which may use them) and the
+        // containers (which bind-mount them).
+        let mut plan = std::borrow::Cow::Borrowed(plan);
+        if let Some(node) = plan.node(&node_id).filter(|n| !n.disks.is_empty()) {
+            let mounted = disks::converge(node, &self.opts.mount_root)
+                .await
+                .map_err(|e| Failure::new(reason::DISK_FAILED, e.to_string()))?;
+            let count = mounted.len();
+            self.disks = mounted;
+            let root = self.opts.mount_root.clone();
+            if let Some(n) = plan.to_mut().nodes.iter_mut().find(|n| n.id == node_id) {
+                for c in &mut n.containers {
+                    if let Some(dir) = c.data_disks.clone() {
+                        c.volumes.extend(disks::volumes(&root, count, &dir));
+                    }
+                }
+            }
+        }
+        let plan: &Plan = &plan;
 
         // The operator's own steps come before the containers: a failure leaves them
         // unstarted.
@@ -791,6 +817,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         peer,
         recipes,
         plan: None,
+        disks: Vec::new(),
         latest: None,
         undelivered: None,
         redeliveries: 0,

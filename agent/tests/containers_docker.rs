@@ -106,6 +106,7 @@ fn demo_container(name: &str, ip: &str, command: &[&str]) -> ContainerPlan {
         ports: vec![],
         registry_auth: None,
         ready: None,
+        data_disks: None,
     }
 }
 
@@ -143,6 +144,7 @@ fn plan_with(containers: Vec<ContainerPlan>) -> Plan {
             drain: None,
             peer_drains: vec![],
             recipes: vec![],
+            disks: vec![],
         }],
         liveness: None,
     };

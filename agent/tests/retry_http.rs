@@ -29,6 +29,7 @@ fn report() -> NodeStatus {
         boot: None,
         peer_drains: vec![],
         recipes: vec![],
+        disks: vec![],
     }
 }
 

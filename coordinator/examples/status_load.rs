@@ -107,6 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             boot: None,
             peer_drains: vec![],
             recipes: vec![],
+            disks: vec![],
         };
         let same = args.same;
         let token = cfg.node_token.clone();

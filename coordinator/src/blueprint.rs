@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
-    is_dns_label, is_dns_name, NetworkMode, PortPlan, ProbePlan, RecipePlan, RecipeWhen,
+    is_dns_label, is_dns_name, NetworkMode, PortPlan, ProbePlan, RecipePlan, RecipeWhen, MAX_DISKS,
     MAX_DRAIN_SECS, MAX_NODES, MAX_RECIPES, MAX_RECIPE_BYTES, MAX_RECIPE_SECS,
 };
 
@@ -110,10 +110,26 @@ pub struct HostGroup {
     /// The operator's scripts each of its nodes runs as root, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipes: Vec<RecipeSpec>,
+    /// Data disks attached to each of its nodes, mounted at `/hadoopfs/fs1…N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<DiskSpec>,
     /// What each of its nodes runs.
     #[serde(rename = "container", default)]
     pub containers: Vec<ContainerSpec>,
 }
+
+/// A group's data disks: `disks = { count = 2, size_gb = 100 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// How many per node (1 to 24, or the provider's limit if lower).
+    pub count: u32,
+    /// Each one's size in GiB (at least 1).
+    pub size_gb: u32,
+}
+
+/// The largest data disk a blueprint may ask for, in GiB (64 TiB, a cloud's ceiling).
+pub const MAX_DISK_GB: u32 = 65_536;
 
 /// A recipe as a blueprint writes it: `recipes = [{ name = "sysctl", when =
 /// "pre-containers", script = "sysctl -w vm.swappiness=1", timeout = "2m" }]`. `file`
@@ -283,6 +299,10 @@ pub struct ContainerSpec {
     /// What must answer before the container counts as ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ProbeSpec>,
+    /// A directory of the container under which its node's data disks are mounted,
+    /// `DIR/1` … `DIR/N` (the group must have `disks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disks: Option<String>,
 }
 
 /// Default milliseconds between two tries of a probe.
@@ -546,6 +566,7 @@ impl Blueprint {
             }
             self.check_scaling(g)?;
             self.check_recipes(g)?;
+            self.check_disks(g)?;
         }
         // Every ${fqdn:NAME} and ${count:NAME} must name a container of the blueprint.
         for g in &self.groups {
@@ -655,6 +676,50 @@ impl Blueprint {
             }
         }
         Ok(())
+    }
+
+    /// A group's disks are within bounds, and a container's `data_disks` has disks to
+    /// mount.
+    fn check_disks(&self, g: &HostGroup) -> Result<(), BlueprintError> {
+        if let Some(d) = &g.disks {
+            if d.count == 0 || d.count as usize > MAX_DISKS {
+                return Err(self.invalid(format!(
+                    "group {}: disks.count {} is outside 1..={MAX_DISKS}",
+                    g.name, d.count
+                )));
+            }
+            if d.size_gb == 0 || d.size_gb > MAX_DISK_GB {
+                return Err(self.invalid(format!(
+                    "group {}: disks.size_gb {} is outside 1..={MAX_DISK_GB}",
+                    g.name, d.size_gb
+                )));
+            }
+        }
+        for c in &g.containers {
+            let Some(dir) = &c.data_disks else { continue };
+            if g.disks.is_none() {
+                return Err(self.invalid(format!(
+                    "group {}: container {}: data_disks {dir:?} but the group has no disks",
+                    g.name, c.name
+                )));
+            }
+            if !dir.starts_with('/') || dir.contains("..") || dir.contains(':') {
+                return Err(self.invalid(format!(
+                    "group {}: container {}: data_disks {dir:?} must be an absolute path",
+                    g.name, c.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The most data disks a node of the blueprint has.
+    pub fn max_disks(&self) -> u32 {
+        self.groups
+            .iter()
+            .filter_map(|g| g.disks.map(|d| d.count))
+            .max()
+            .unwrap_or(0)
     }
 
     /// A group's recipes are each complete, named once, with a known `when` and a
@@ -1389,6 +1454,50 @@ image = "i"
         let e = bp.read_recipe_files(&dir).expect_err("big file");
         assert!(e.to_string().contains("over the limit"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn disks_are_bounded_and_data_disks_need_them() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "a"
+count = "rest"
+disks = { count = 2, size_gb = 10 }
+[[group.container]]
+name = "c"
+image = "i"
+data_disks = "/data"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        assert_eq!(bp.max_disks(), 2);
+        let json = serde_json::to_string(&bp).expect("json");
+        assert_eq!(serde_json::from_str::<Blueprint>(&json).expect("back"), bp);
+        for (from, to, why) in [
+            (
+                "count = 2,",
+                "count = 0,",
+                "disks.count 0 is outside 1..=24",
+            ),
+            (
+                "count = 2,",
+                "count = 25,",
+                "disks.count 25 is outside 1..=24",
+            ),
+            ("size_gb = 10", "size_gb = 0", "disks.size_gb 0 is outside"),
+            ("size_gb = 10", "size = 10", "unknown field `size`"),
+            ("\"/data\"", "\"data\"", "must be an absolute path"),
+            (
+                "disks = { count = 2, size_gb = 10 }\n",
+                "",
+                "the group has no disks",
+            ),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{from}");
+            let e = Blueprint::parse("t", &bad).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

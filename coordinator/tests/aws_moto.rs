@@ -266,6 +266,7 @@ fn nodes(n: u32) -> Vec<NodeRequest> {
             node_id: format!("node-{i}"),
             index: i,
             user_data: user_data(&format!("node-{i}")),
+            disks: None,
         })
         .collect()
 }

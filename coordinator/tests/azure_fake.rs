@@ -174,6 +174,7 @@ fn nodes(n: u32) -> Vec<NodeRequest> {
                 "#cloud-config\n# node {i}\nwrite_files:\n  - path: /etc/shoal/node\n    content: node-{i}\n"
             )
             .into_bytes(),
+            disks: None,
         })
         .collect()
 }
@@ -831,6 +832,7 @@ async fn bad_settings_are_config_errors_before_any_call() {
         node_id: "node-0".into(),
         index: 0,
         user_data: vec![b'#'; AZURE_LIMIT + 1],
+        disks: None,
     }];
     let e = env
         .provider
@@ -1014,6 +1016,7 @@ async fn custom_data_passes_cloud_init_schema() {
             node_id: format!("node-{i}"),
             index: i,
             user_data,
+            disks: None,
         });
     }
     env.provider

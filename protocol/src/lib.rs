@@ -134,6 +134,29 @@ pub struct NodePlan {
     /// order. An agent older than this field ignores it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipes: Vec<RecipePlan>,
+    /// Data disks attached to this VM, in order: the agent mounts the first at
+    /// `/hadoopfs/fs1`, and so on. An agent older than this field ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskPlan>,
+}
+
+/// A data disk of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// How the agent finds it, stable across boots: `loop:PATH` (the local provider: a
+    /// loop device whose backing file is PATH), `/dev/NAME` (an EBS device name; the
+    /// agent also tries its `xvd` alias and the NVMe device whose serial names it), or
+    /// `lun:N` (an Azure data disk's LUN).
+    pub id: String,
+    /// Its size in GiB, as requested.
+    pub size_gb: u32,
+}
+
+/// Most data disks one node may have.
+pub const MAX_DISKS: usize = 24;
+/// Where the agent mounts data disk N (1-based): `/hadoopfs/fsN` under its mount root.
+pub fn disk_mount_point(n: usize) -> String {
+    format!("/hadoopfs/fs{n}")
 }
 
 /// When a recipe runs.
@@ -259,6 +282,10 @@ pub struct ContainerPlan {
     /// is ready once it has stayed running for a moment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ProbePlan>,
+    /// An absolute directory of the container under which the node's data disks are
+    /// bind-mounted, one per disk: `DIR/1` is `/hadoopfs/fs1`, and so on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disks: Option<String>,
 }
 
 /// A readiness probe: exactly one of [`ProbePlan::tcp`], [`ProbePlan::http`] and
@@ -598,6 +625,10 @@ pub mod reason {
     /// started; the message names it, with its exit status and the end of its output.
     /// No container was started.
     pub const RECIPE_FAILED: &str = "recipe-failed";
+    /// A data disk could not be found, formatted or mounted; the message names the
+    /// disk and its device. What this convergence mounted was unmounted again, and no
+    /// container was started.
+    pub const DISK_FAILED: &str = "disk-failed";
     /// The Docker engine stopped answering after the node had converged (a daemon
     /// crash or restart); the agent converges the node again once it is back.
     pub const DOCKERD_DOWN: &str = "dockerd-down";
@@ -683,6 +714,27 @@ pub struct NodeStatus {
     /// (at most [`MAX_RECIPES`]); absent from agents older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipes: Vec<RecipeReport>,
+    /// This node's data disks as the agent mounted them (at most [`MAX_DISKS`]);
+    /// absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskReport>,
+}
+
+/// A data disk as the agent found and mounted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// Its id in the plan.
+    pub id: String,
+    /// The block device it was found as (`/dev/loop3`, `/dev/nvme1n1`).
+    pub device: String,
+    /// Where it is mounted on the VM (`/hadoopfs/fs1`).
+    pub mount: String,
+    /// Its filesystem (`ext4`).
+    pub fs_type: String,
+    /// Whether this agent formatted it (it was blank); a disk holding a filesystem is
+    /// never formatted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub formatted: bool,
 }
 
 /// How a recipe's latest run ended.

@@ -13,6 +13,7 @@ fn container(name: &str, node: &str, ip: &str) -> ContainerPlan {
         ports: vec![],
         registry_auth: None,
         ready: None,
+        data_disks: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn sample() -> Plan {
                 drain: None,
                 peer_drains: vec![],
                 recipes: vec![],
+                disks: vec![],
             })
             .collect(),
         liveness: None,
@@ -416,6 +418,7 @@ fn status_reason_must_be_a_code() {
         boot: None,
         peer_drains: vec![],
         recipes: vec![],
+        disks: vec![],
     };
     assert!(s.validate().is_err());
 }
@@ -471,6 +474,7 @@ fn boot_reports_round_trip_and_ignore_unknown_fields() {
         boot: Some(boot_report()),
         peer_drains: vec![],
         recipes: vec![],
+        disks: vec![],
     };
     assert!(s.validate().is_ok());
     let mut v = serde_json::to_value(&s).expect("ser");
@@ -501,6 +505,7 @@ fn bad_boot_reports_are_refused() {
             boot: Some(b),
             peer_drains: vec![],
             recipes: vec![],
+            disks: vec![],
         }
         .validate()
         .expect_err("refused")
@@ -667,6 +672,7 @@ fn peer_drains_travel_in_plan_and_status() {
             message,
         }],
         recipes: vec![],
+        disks: vec![],
     };
     assert!(report("Decommission Status : Decommissioned".into())
         .validate()
@@ -749,4 +755,65 @@ fn recipes_are_checked_and_an_unknown_when_is_refused() {
         change(&mut p);
         assert_eq!(field_of(p.validate().expect_err(field)), field);
     }
+}
+
+#[test]
+fn disks_are_checked() {
+    let mut plan = sample();
+    plan.nodes[0].disks = vec![
+        DiskPlan {
+            id: "loop:/var/lib/vm/disks/disk1.img".into(),
+            size_gb: 1,
+        },
+        DiskPlan {
+            id: "/dev/sdb".into(),
+            size_gb: 1,
+        },
+        DiskPlan {
+            id: "lun:0".into(),
+            size_gb: 1,
+        },
+    ];
+    plan.nodes[0].containers[0].data_disks = Some("/data".into());
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    assert_eq!(Plan::from_json(&bytes).expect("valid"), plan);
+    type Change = fn(&mut Plan);
+    let bad: [(Change, &str); 5] = [
+        (
+            |p| p.nodes[0].disks[1].id = "loop:/var/lib/vm/disks/disk1.img".into(),
+            "nodes[0].disks[1].id",
+        ),
+        (
+            |p| p.nodes[0].disks[0].id = "nfs:server".into(),
+            "nodes[0].disks[0].id",
+        ),
+        (
+            |p| p.nodes[0].disks[2].id = "lun:999".into(),
+            "nodes[0].disks[2].id",
+        ),
+        (
+            |p| p.nodes[0].disks[0].size_gb = 0,
+            "nodes[0].disks[0].size_gb",
+        ),
+        (
+            |p| p.nodes[0].containers[0].data_disks = Some("data".into()),
+            "nodes[0].containers[0].data_disks",
+        ),
+    ];
+    for (change, field) in bad {
+        let mut p = plan.clone();
+        change(&mut p);
+        assert_eq!(field_of(p.validate().expect_err(field)), field);
+    }
+    let mut many = plan.clone();
+    many.nodes[0].disks = (0..=MAX_DISKS)
+        .map(|i| DiskPlan {
+            id: format!("lun:{i}"),
+            size_gb: 1,
+        })
+        .collect();
+    assert_eq!(
+        field_of(many.validate().expect_err("25 disks")),
+        "nodes[0].disks"
+    );
 }

@@ -7,8 +7,8 @@ use ipnet::Ipv4Net;
 
 use crate::{
     BootReport, DrainPlan, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
-    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS, MAX_NODES,
-    MAX_PEER_DRAINS, MAX_RECIPES, MAX_RECIPE_BYTES, MAX_RECIPE_OUTPUT, MAX_RECIPE_SECS,
+    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DISKS, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS,
+    MAX_NODES, MAX_PEER_DRAINS, MAX_RECIPES, MAX_RECIPE_BYTES, MAX_RECIPE_OUTPUT, MAX_RECIPE_SECS,
     MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
@@ -386,6 +386,54 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
         drain(i, n)?;
         peer_drains(i, n, p)?;
         recipes(i, n)?;
+        disks(i, n)?;
+    }
+    Ok(())
+}
+
+/// A node's data disks: a bounded number, each named once by an id of a known kind.
+fn disks(i: usize, n: &NodePlan) -> Result<(), PlanError> {
+    if n.disks.len() > MAX_DISKS {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].disks"),
+            format!("{} disks, over the limit of {MAX_DISKS}", n.disks.len()),
+        ));
+    }
+    let mut ids = HashSet::new();
+    for (j, d) in n.disks.iter().enumerate() {
+        let f = |rest: &str| format!("nodes[{i}].disks[{j}].{rest}");
+        let known =
+            d.id.strip_prefix("loop:")
+                .is_some_and(|p| p.starts_with('/'))
+                || d.id.strip_prefix("/dev/").is_some_and(is_dns_label)
+                || d.id
+                    .strip_prefix("lun:")
+                    .is_some_and(|l| l.parse::<u8>().is_ok());
+        if !known || d.id.len() > 1024 || !printable(&d.id) || d.id.contains("/../") {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} is not loop:/PATH, /dev/NAME or lun:N", d.id),
+            ));
+        }
+        if !ids.insert(d.id.as_str()) {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} appears twice on node {}", d.id, n.id),
+            ));
+        }
+        if d.size_gb == 0 {
+            return Err(PlanError::invalid(f("size_gb"), "must be at least 1"));
+        }
+    }
+    for (j, c) in n.containers.iter().enumerate() {
+        if let Some(dir) = &c.data_disks {
+            if !dir.starts_with('/') || dir.contains("..") || !printable(dir) || dir.contains(':') {
+                return Err(PlanError::invalid(
+                    format!("nodes[{i}].containers[{j}].data_disks"),
+                    format!("{dir:?} is not an absolute path"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -691,6 +739,19 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
                 "a name that is no RFC 1123 label, or an output too long",
             ));
         }
+    }
+    if s.disks.len() > MAX_DISKS
+        || s.disks.iter().any(|d| {
+            d.id.len() > 1024
+                || d.device.len() > 256
+                || d.mount.len() > 1024
+                || d.fs_type.len() > 32
+        })
+    {
+        return Err(PlanError::invalid(
+            "disks",
+            "too many entries, or a field too long",
+        ));
     }
     Ok(())
 }

@@ -292,26 +292,11 @@ fn a_bad_recipe_is_refused_at_create_and_nothing_is_made() {
         ),
     ] {
         let path = blueprint(&dir, name, recipes);
-        let out = c.shoal(&[
-            "cluster",
-            "create",
-            name,
-            "--nodes",
-            "1",
-            "--blueprint",
-            &path,
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name} accepted");
+        let err = c.create_refused(name, &path);
         assert!(
             err.contains("recipe \"x\"") && err.contains(why),
             "{name}: {err}"
         );
     }
-    let list = c.shoal_ok(&["cluster", "list", "--json"]);
-    assert_eq!(
-        serde_json::from_str::<Value>(&list).expect("json"),
-        serde_json::json!([])
-    );
-    assert_eq!(c.leftovers(true), Vec::<String>::new());
+    c.assert_nothing_made();
 }

@@ -488,6 +488,7 @@ fn status(phase: Phase, generation: u64, timings: Vec<PhaseTiming>) -> NodeStatu
         boot: None,
         peer_drains: vec![],
         recipes: vec![],
+        disks: vec![],
     }
 }
 

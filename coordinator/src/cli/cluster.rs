@@ -511,6 +511,20 @@ pub fn print_cluster(c: &ClusterView) {
         if n.leaving {
             println!("         leaving (a scale down removes it)");
         }
+        for d in &n.disks {
+            println!(
+                "         disk {} {} on {} ({}{})",
+                d.mount,
+                d.device,
+                d.id,
+                d.fs_type,
+                if d.formatted {
+                    ", formatted by the agent"
+                } else {
+                    ""
+                }
+            );
+        }
         for r in &n.recipes {
             let how = match (r.ok, r.exit_code) {
                 (true, _) => "ok".to_string(),

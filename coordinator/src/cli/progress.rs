@@ -178,6 +178,7 @@ mod tests {
             running_ms: None,
             boot: None,
             recipes: vec![],
+            disks: vec![],
             details: BTreeMap::new(),
         }
     }

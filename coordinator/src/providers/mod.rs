@@ -84,6 +84,10 @@ pub struct NodeRequest {
     /// Rendered user-data, possibly gzip-compressed (see `userdata`); providers encode
     /// it as their API wants (base64 for EC2 and Azure).
     pub user_data: Vec<u8>,
+    /// The data disks to attach (the node's group's), if any; a provider that attaches
+    /// them lists their ids in the node's `disk_ids` detail
+    /// ([`crate::engine::DISKS_DETAIL`]).
+    pub disks: Option<crate::blueprint::DiskSpec>,
 }
 
 /// A VM's life as the provider sees it.
@@ -187,6 +191,12 @@ pub enum ProviderError {
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// `local`, `aws` or `azure`.
     fn name(&self) -> &'static str;
+
+    /// The most data disks it attaches to one VM (0: it attaches none); a blueprint
+    /// asking for more is refused at create.
+    fn max_disks(&self) -> u32 {
+        0
+    }
 
     /// The largest user-data (after any compression) the provider's API accepts.
     fn user_data_limit(&self) -> Option<usize> {

@@ -93,6 +93,7 @@ pub fn status(phase: Phase, generation: u64) -> NodeStatus {
         boot: None,
         peer_drains: vec![],
         recipes: vec![],
+        disks: vec![],
     }
 }
 

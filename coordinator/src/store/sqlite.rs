@@ -955,6 +955,7 @@ impl Store for SqliteStore {
                     boot: None,
                     peer_drains: vec![],
                     recipes: vec![],
+                    disks: vec![],
                 },
             };
             st.phase = Phase::Lost;

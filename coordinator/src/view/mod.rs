@@ -169,6 +169,9 @@ pub struct NodeView {
     /// How its recipes' latest runs ended, as its agent reported them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipes: Vec<shoal_protocol::RecipeReport>,
+    /// Its data disks as its agent mounted them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<shoal_protocol::DiskReport>,
     /// Provider facts: the local provider's `netns`, `docker_socket`, log paths.
     #[serde(flatten)]
     pub details: BTreeMap<String, String>,
@@ -279,6 +282,11 @@ impl ClusterView {
                         .status
                         .as_ref()
                         .map(|s| s.recipes.clone())
+                        .unwrap_or_default(),
+                    disks: n
+                        .status
+                        .as_ref()
+                        .map(|s| s.disks.clone())
                         .unwrap_or_default(),
                     details: n.details.clone(),
                 })

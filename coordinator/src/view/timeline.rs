@@ -1233,6 +1233,7 @@ mod tests {
             running_ms: Some(T0 + 90),
             boot: None,
             recipes: vec![],
+            disks: vec![],
             details: BTreeMap::new(),
         }
     }
