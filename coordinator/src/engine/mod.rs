@@ -848,16 +848,26 @@ fn layout(c: &ClusterRow, nodes: &[NodeRow]) -> Vec<PlannedNode> {
             },
             leaving: n.leaving,
             instance_id: n.instance_id.clone(),
-            disk_ids: n
-                .details
-                .get(DISKS_DETAIL)
-                .map(|d| {
-                    d.split('\n')
-                        .filter(|l| !l.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            disk_ids: match n.details.get(DISKS_DETAIL) {
+                Some(d) => d
+                    .split('\n')
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => {
+                    let group = if n.group.is_empty() {
+                        assigned.get(i).map(String::as_str).unwrap_or_default()
+                    } else {
+                        n.group.as_str()
+                    };
+                    let count = c
+                        .blueprint
+                        .group(group)
+                        .and_then(|g| g.disks)
+                        .map_or(0, |d| d.count);
+                    crate::providers::fixed_disk_ids(&c.provider, count)
+                }
+            },
         })
         .collect()
 }

@@ -90,6 +90,17 @@ pub struct NodeRequest {
     pub disks: Option<crate::blueprint::DiskSpec>,
 }
 
+/// The ids of a node's `count` data disks where the provider names them by a fixed
+/// scheme (EBS device names, Azure LUNs), so they need not survive in the node's
+/// details; empty for a provider that reports them (local) or attaches none.
+pub fn fixed_disk_ids(provider: &str, count: u32) -> Vec<String> {
+    match provider {
+        "aws" => aws::device_names(count),
+        "azure" => (0..count).map(|lun| format!("lun:{lun}")).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A VM's life as the provider sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -16,6 +16,29 @@ fn files(vm_dir: &Path, count: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The plan ids of the disks a VM's directory holds, in order (`disk1.img`, …).
+pub(super) fn ids(vm_dir: &Path) -> Vec<String> {
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(vm_dir.join("disks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name
+                .strip_prefix("disk")?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|(_, p)| format!("loop:{}", p.display()))
+        .collect()
+}
+
 /// The loop devices attached to `file` (`losetup -j`), usually one.
 async fn loops_of(file: &Path) -> Vec<String> {
     let f = file.display().to_string();
@@ -30,13 +53,12 @@ async fn loops_of(file: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Makes (idempotently) the VM's disks and attaches each to a loop device; returns
-/// their plan ids. A disk made before (the VM's creation resumed) is kept as it is, its
+/// Makes (idempotently) the VM's disks and attaches each to a loop device (their plan
+/// ids are then [`ids`]). A disk made before (the VM's creation resumed) is kept as it is, its
 /// data with it.
-pub(super) async fn attach(vm_dir: &Path, spec: &DiskSpec) -> Result<Vec<String>, ProviderError> {
+pub(super) async fn attach(vm_dir: &Path, spec: &DiskSpec) -> Result<(), ProviderError> {
     let dir = vm_dir.join("disks");
     std::fs::create_dir_all(&dir).map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
-    let mut ids = Vec::new();
     for file in files(vm_dir, spec.count) {
         if !file.exists() {
             let f = std::fs::OpenOptions::new()
@@ -52,9 +74,8 @@ pub(super) async fn attach(vm_dir: &Path, spec: &DiskSpec) -> Result<Vec<String>
             let f = file.display().to_string();
             run("losetup", &["--find", "--show", &f]).await?;
         }
-        ids.push(format!("loop:{}", file.display()));
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Detaches every loop device of the VM's disks (a device still held, by a lazy

@@ -480,7 +480,7 @@ impl LocalProvider {
 
     fn details(&self, cluster: &ClusterRef, node: &str) -> BTreeMap<String, String> {
         let dir = self.vm_dir(cluster, node);
-        BTreeMap::from([
+        let mut d = BTreeMap::from([
             ("netns".to_string(), self.vm_ns(cluster, node)),
             (
                 "docker_socket".to_string(),
@@ -494,7 +494,13 @@ impl LocalProvider {
                 "dockerd_log".to_string(),
                 dir.join("dockerd.log").display().to_string(),
             ),
-        ])
+        ]);
+        // Its disks, as every describe sees them: the plan is built from the latest.
+        let ids = disks::ids(&dir);
+        if !ids.is_empty() {
+            d.insert(crate::engine::DISKS_DETAIL.to_string(), ids.join("\n"));
+        }
+        d
     }
 
     async fn create_vm(
@@ -527,15 +533,11 @@ impl LocalProvider {
             store.seed(&dir.join("docker")).await;
         }
         // The disks before the boot: the agent looks for them at its first convergence.
-        let disk_ids = match &req.disks {
-            Some(spec) => disks::attach(&dir, spec).await?,
-            None => Vec::new(),
-        };
-        self.boot(cluster, req.index, &ns, &dir)?;
-        let mut details = self.details(cluster, node);
-        if !disk_ids.is_empty() {
-            details.insert(crate::engine::DISKS_DETAIL.to_string(), disk_ids.join("\n"));
+        if let Some(spec) = &req.disks {
+            disks::attach(&dir, spec).await?;
         }
+        self.boot(cluster, req.index, &ns, &dir)?;
+        let details = self.details(cluster, node);
         Ok(NodeInfo {
             node_id: node.clone(),
             instance_id: ns.clone(),
