@@ -27,6 +27,9 @@ Eleven measurements, each against the approach Shoal replaces or against its tar
                DataNodes live) and a worker with a replica of every block removed:
                HDFS decommissioning first (the blueprint's drain hook) against deleting
                the VM straight away and leaving HDFS to re-replicate
+14. disks      a 2-node cluster's time to AVAILABLE with 0 and with 2 data disks per node
+               (loop devices formatted and mounted by the agent), side by side.
+               Not in the default set until it has been run once: `--only disks`.
 10. qemu       real VMs (the qemu provider, TCG here): the OS's own boot stages
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
@@ -748,6 +751,39 @@ def bench_cluster(rep, args, prefix, octet):
               "phases took.", ""]
     lines += phase_table([(names[key], results[key]) for key, _, _ in series])
     rep.section("1. Cluster time to AVAILABLE (local provider, demo blueprint)", lines)
+
+
+def bench_disks(rep, args, prefix, octet):
+    """A cluster's boot with 0 and with 2 data disks per node (local provider: sparse
+    files as loop devices; the agent formats each with mkfs.ext4 and mounts it), side by
+    side in one run, interleaved."""
+    runs = 1 if args.quick else args.runs
+    plain = settle_blueprint()
+    size_gb = 20
+    with_disks = re.sub(r"^(count = .*)$", rf"\1\ndisks = {{ count = 2, size_gb = {size_gb} }}",
+                        plain, flags=re.M).replace('name = "demo-settle"', 'name = "demo-disks"', 1)
+    if with_disks.count("disks = {") != 2:
+        raise BenchError("the demo blueprint's groups could not be given disks")
+    series = [("n0-", 2, {"blueprint_toml": plain}), ("n2-", 2, {"blueprint_toml": with_disks})]
+    coord = Coordinator(prefix, octet, image_dir("demo", ["shoal_demo_1.tar"]))
+    try:
+        results = cluster_series(coord, series, runs, "disks")
+    finally:
+        coord.stop()
+    rep.raw["disks"] = results
+    names = {"n0-": "no data disk", "n2-": f"2 data disks of {size_gb} GiB per node"}
+    rows = [[names[k], summary([r["total"] for r in results[k]]),
+             summary([n["images"] for r in results[k] for n in r["nodes"]])] for k, _, _ in series]
+    lines = [f"Time from `POST /v1/clusters` to AVAILABLE of a 2-node cluster (the demo blueprint "
+             f"without probes, 1 s settle check), {runs} run(s) each, interleaved, deleted between "
+             "runs: without data disks, and with two per node (sparse files attached as loop "
+             "devices by the provider before the VM boots; the agent probes each with `blkid -p`, "
+             "formats it with `mkfs.ext4` and mounts it). The agent mounts disks after the images "
+             "phase and before the containers phase, so their cost shows in the images phase's "
+             "span (it ends when the containers phase begins).", ""]
+    lines += table(["cluster of 2 nodes", "to AVAILABLE: median (min–max)",
+                    "images phase + disks, per node"], rows)
+    rep.section("14. Data disks: boot with 0 and 2 disks per node (local provider)", lines)
 
 
 def bench_hadoop(rep, args, prefix, octet):
@@ -2692,7 +2728,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents", "disks"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -2742,6 +2778,8 @@ def main():
             bench_health(rep, args, tag + "h", (octet + 200) % 250 + 1)
         if "agents" in only:
             bench_agents(rep, args, tag + "f", (octet + 220) % 250 + 1)
+        if "disks" in only:
+            bench_disks(rep, args, tag + "g", (octet + 240) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:
         failed = e
     rep.sections.sort(key=lambda s: int(s[0].split(".", 1)[0]))

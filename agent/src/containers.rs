@@ -927,6 +927,7 @@ mod tests {
             ports: vec![],
             registry_auth: None,
             ready: None,
+            data_disks: None,
         }
     }
 
@@ -956,6 +957,8 @@ mod tests {
                 leaving: false,
                 drain: None,
                 peer_drains: vec![],
+                recipes: vec![],
+                disks: vec![],
             }],
             liveness: None,
         }

@@ -33,6 +33,11 @@ enum Cmd {
         /// The agent's own files (the containers' hosts files).
         #[arg(long, default_value = shoal_agent::run::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// The directory data disks' mount points (`hadoopfs/fsN`) are made under: `/`
+        /// on a VM; a directory of its own for a local VM, which shares the host's
+        /// mount namespace.
+        #[arg(long, default_value = "/")]
+        mount_root: PathBuf,
     },
 }
 
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         image_dir,
         once,
         state_dir,
+        mount_root,
     } = cli.command;
     let code = rt.block_on(run(RunOptions {
         config,
@@ -81,6 +87,7 @@ fn main() -> ExitCode {
         image_dir,
         once,
         state_dir,
+        mount_root,
     }));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

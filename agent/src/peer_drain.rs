@@ -117,7 +117,7 @@ impl PeerDrains {
                         node,
                         generation,
                         ok,
-                        message: bounded(message),
+                        message: tail(message, MAX_DRAIN_OUTPUT),
                     })
                     .await;
             });
@@ -132,13 +132,13 @@ impl PeerDrains {
     }
 }
 
-/// `message` cut to what a report may carry: its end, where a command says how it
-/// ended.
-fn bounded(message: String) -> String {
-    if message.len() <= MAX_DRAIN_OUTPUT {
+/// `message` cut to `limit` bytes (what a report may carry): its end, where a command
+/// says how it ended.
+pub(crate) fn tail(message: String, limit: usize) -> String {
+    if message.len() <= limit {
         return message;
     }
-    let mut start = message.len() - MAX_DRAIN_OUTPUT;
+    let mut start = message.len() - limit;
     while !message.is_char_boundary(start) {
         start += 1;
     }
@@ -152,9 +152,9 @@ mod tests {
     #[test]
     fn long_messages_keep_their_end() {
         let m = format!("{}end", "é".repeat(MAX_DRAIN_OUTPUT));
-        let b = bounded(m);
+        let b = tail(m, MAX_DRAIN_OUTPUT);
         assert!(b.ends_with("end") && b.starts_with('…'));
         assert!(b.len() <= MAX_DRAIN_OUTPUT + '…'.len_utf8());
-        assert_eq!(bounded("short".into()), "short");
+        assert_eq!(tail("short".into(), MAX_DRAIN_OUTPUT), "short");
     }
 }

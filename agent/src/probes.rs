@@ -474,6 +474,7 @@ mod tests {
             ports: vec![],
             registry_auth: None,
             ready: None,
+            data_disks: None,
         };
         Plan {
             schema: SCHEMA_VERSION,
@@ -498,6 +499,8 @@ mod tests {
                     leaving: false,
                     drain: None,
                     peer_drains: vec![],
+                    recipes: vec![],
+                    disks: vec![],
                 },
                 NodePlan {
                     id: "node-1".into(),
@@ -510,6 +513,8 @@ mod tests {
                     leaving: false,
                     drain: None,
                     peer_drains: vec![],
+                    recipes: vec![],
+                    disks: vec![],
                 },
             ],
             liveness: None,

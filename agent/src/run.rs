@@ -22,13 +22,15 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use shoal_protocol::{
     reason, AgentConfig, ContainerStatus, NodeFailure, NodeStatus, Phase, PhaseTiming, Plan,
+    RecipeWhen,
 };
 use tokio::sync::mpsc;
 
 use crate::client::{FetchError, Fetched, MetadataClient};
 use crate::peer_drain::PeerDrains;
+use crate::recipes::Recipes;
 use crate::{
-    boot_milestones, config, containers, docker, images, liveness, netns, netwatch, overlay,
+    boot_milestones, config, containers, disks, docker, images, liveness, netns, netwatch, overlay,
     probes, retry,
 };
 
@@ -69,6 +71,8 @@ pub struct RunOptions {
     pub once: bool,
     /// The agent's own files on the VM (the containers' hosts files).
     pub state_dir: PathBuf,
+    /// Where data disks' mount points are made (`/` on a VM).
+    pub mount_root: PathBuf,
 }
 
 /// Tries of one status report before it is left to the redelivery (about 1 s).
@@ -112,6 +116,12 @@ struct Agent {
     drained: Option<u64>,
     /// The drain hooks this node runs for leaving nodes.
     peer: PeerDrains,
+    /// The operator's recipes: their outcomes, and the post-ready ones running.
+    recipes: Recipes,
+    /// The plan being converged to (for the recipes' reports).
+    plan: Option<Plan>,
+    /// The data disks as last mounted.
+    disks: Vec<shoal_protocol::DiskReport>,
     /// The latest report made (delivered or not): sent again as the liveness report.
     latest: Option<NodeStatus>,
     /// The latest report the coordinator did not receive (it was down or overloaded):
@@ -203,6 +213,8 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot: self.boot.borrow_and_update().clone(),
             peer_drains: self.peer.reports(),
+            recipes: self.recipes.reports(self.plan.as_ref(), &self.cfg.node_id),
+            disks: self.disks.clone(),
         };
         self.deliver(status).await;
     }
@@ -216,6 +228,7 @@ impl Agent {
         };
         status.boot = self.boot.borrow_and_update().clone();
         status.peer_drains = self.peer.reports();
+        status.recipes = self.recipes.reports(self.plan.as_ref(), &self.cfg.node_id);
         self.deliver(status).await;
     }
 
@@ -490,6 +503,48 @@ impl Agent {
             changed = true;
         }
 
+        // The data disks, mounted before the recipes (which may use them) and the
+        // containers (which bind-mount them).
+        let mut plan = std::borrow::Cow::Borrowed(plan);
+        if let Some(node) = plan.node(&node_id).filter(|n| !n.disks.is_empty()) {
+            let mounted = disks::converge(node, &self.opts.mount_root)
+                .await
+                .map_err(|e| Failure::new(reason::DISK_FAILED, e.to_string()))?;
+            let count = mounted.len();
+            self.disks = mounted;
+            let root = self.opts.mount_root.clone();
+            if let Some(n) = plan.to_mut().nodes.iter_mut().find(|n| n.id == node_id) {
+                for c in &mut n.containers {
+                    if let Some(dir) = c.data_disks.clone() {
+                        c.volumes.extend(disks::volumes(&root, count, &dir));
+                    }
+                }
+            }
+        }
+        let plan: &Plan = &plan;
+
+        // The operator's own steps come before the containers: a failure leaves them
+        // unstarted.
+        if let Err(r) = self
+            .recipes
+            .run_due(plan, &node_id, RecipeWhen::PreContainers)
+            .await
+        {
+            return Err(Failure::new(
+                reason::RECIPE_FAILED,
+                format!(
+                    "recipe {} ({}) {}: {}",
+                    r.name,
+                    r.when,
+                    match r.exit_code {
+                        Some(code) => format!("exited with code {code}"),
+                        None => "did not run to its end (timeout, or it could not start)".into(),
+                    },
+                    r.output
+                ),
+            ));
+        }
+
         if loud {
             self.report(Phase::Containers, g, None, vec![]).await;
         }
@@ -600,6 +655,38 @@ impl Agent {
         if forgot {
             self.resend_with_boot().await;
         }
+    }
+
+    /// Whether the latest report says the node is ready.
+    fn is_ready(&self) -> bool {
+        self.latest
+            .as_ref()
+            .is_some_and(|l| l.phase == Phase::Ready)
+    }
+
+    /// Starts the post-ready recipes due, if the node is ready (not leaving).
+    fn start_post_ready(&mut self, plan: &Plan) {
+        if self
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.phase == Phase::Ready)
+        {
+            self.recipes.start_post_ready(plan, &self.cfg.node_id);
+        }
+    }
+
+    /// `--once`: runs the post-ready recipes due and reports their outcomes before the
+    /// agent exits.
+    async fn run_post_ready_inline(&mut self, plan: &Plan) {
+        if !self.is_ready() {
+            return;
+        }
+        // Post-ready recipes report their failures; they do not fail the run.
+        let _ = self
+            .recipes
+            .run_due(plan, &self.cfg.node_id, RecipeWhen::PostReady)
+            .await;
+        self.resend_with_boot().await;
     }
 
     /// Converges and reports the outcome: the first convergence of this process phase
@@ -837,6 +924,7 @@ pub async fn run(opts: RunOptions) -> i32 {
     tracing::info!(node = %cfg.node_id, coordinator = %client.base(), "agent starting");
     let (peer, mut peer_rx) = PeerDrains::new();
     let (live, mut live_rx) = liveness::Liveness::new();
+    let (recipes, mut recipe_rx) = Recipes::load(&opts.state_dir);
     let mut agent = Agent {
         cfg,
         opts,
@@ -847,6 +935,9 @@ pub async fn run(opts: RunOptions) -> i32 {
         converged: None,
         drained: None,
         peer,
+        recipes,
+        plan: None,
+        disks: Vec::new(),
         latest: None,
         undelivered: None,
         redeliveries: 0,
@@ -945,6 +1036,7 @@ pub async fn run(opts: RunOptions) -> i32 {
                         }
                         watching = true;
                     }
+                    agent.plan = Some(plan.clone());
                     current = Some(plan);
                     failures = 0;
                     reconverge = true;
@@ -1038,6 +1130,10 @@ pub async fn run(opts: RunOptions) -> i32 {
                     }
                 }
             }
+            Some(r) = recipe_rx.recv() => {
+                agent.recipes.finished(r);
+                agent.resend_with_boot().await;
+            }
             Some(r) = peer_rx.recv() => {
                 agent.peer.finished(r);
                 agent.resend_with_boot().await;
@@ -1068,8 +1164,10 @@ pub async fn run(opts: RunOptions) -> i32 {
                 failures = 0;
                 agent.start_peer_drains(&plan).await;
                 if agent.opts.once {
+                    agent.run_post_ready_inline(&plan).await;
                     return exit::OK;
                 }
+                agent.start_post_ready(&plan);
             }
             Err(f) => {
                 if agent.opts.once {

@@ -106,6 +106,7 @@ fn demo_container(name: &str, ip: &str, command: &[&str]) -> ContainerPlan {
         ports: vec![],
         registry_auth: None,
         ready: None,
+        data_disks: None,
     }
 }
 
@@ -142,6 +143,8 @@ fn plan_with(containers: Vec<ContainerPlan>) -> Plan {
             leaving: false,
             drain: None,
             peer_drains: vec![],
+            recipes: vec![],
+            disks: vec![],
         }],
         liveness: None,
     };

@@ -28,6 +28,8 @@ fn report() -> NodeStatus {
         agent_version: "test".into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
+        disks: vec![],
     }
 }
 

@@ -195,6 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             leaving: false,
             private_ip: ip,
             instance_id: None,
+            disk_ids: Vec::new(),
         });
         let cfg = AgentConfig {
             metadata_url: metadata_url.clone(),

@@ -106,6 +106,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             agent_version: "status_load".into(),
             boot: None,
             peer_drains: vec![],
+            recipes: vec![],
+            disks: vec![],
         };
         let same = args.same;
         let token = cfg.node_token.clone();

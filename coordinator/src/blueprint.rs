@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
-    is_dns_label, is_dns_name, NetworkMode, PortPlan, ProbePlan, MAX_DRAIN_SECS, MAX_NODES,
+    is_dns_label, is_dns_name, NetworkMode, PortPlan, ProbePlan, RecipePlan, RecipeWhen, MAX_DISKS,
+    MAX_DRAIN_SECS, MAX_NODES, MAX_RECIPES, MAX_RECIPE_BYTES, MAX_RECIPE_SECS,
 };
 
 /// The default DNS domain of container names.
@@ -106,9 +107,73 @@ pub struct HostGroup {
     /// What a node of this group runs before a scale down removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainSpec>,
+    /// The operator's scripts each of its nodes runs as root, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipeSpec>,
+    /// Data disks attached to each of its nodes, mounted at `/hadoopfs/fs1…N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<DiskSpec>,
     /// What each of its nodes runs.
     #[serde(rename = "container", default)]
     pub containers: Vec<ContainerSpec>,
+}
+
+/// A group's data disks: `disks = { count = 2, size_gb = 100 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// How many per node (1 to 24, or the provider's limit if lower).
+    pub count: u32,
+    /// Each one's size in GiB (at least 1).
+    pub size_gb: u32,
+}
+
+/// The largest data disk a blueprint may ask for, in GiB (64 TiB, a cloud's ceiling).
+pub const MAX_DISK_GB: u32 = 65_536;
+
+/// A recipe as a blueprint writes it: `recipes = [{ name = "sysctl", when =
+/// "pre-containers", script = "sysctl -w vm.swappiness=1", timeout = "2m" }]`. `file`
+/// instead of `script` names a file the CLI reads (relative to the blueprint's
+/// directory) and sends as the script's text; the coordinator itself takes scripts
+/// only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeSpec {
+    /// Name (an RFC 1123 label), unique in its group.
+    pub name: String,
+    /// `pre-containers` or `post-ready` (kept as text so that a wrong value is refused
+    /// with the recipe's name).
+    pub when: String,
+    /// The script (run with `/bin/sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// A file holding the script, read by the CLI at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// How long it may run: seconds, or a number with `s`, `m` or `h` (default 10m).
+    #[serde(default = "default_recipe_timeout")]
+    pub timeout: Seconds,
+    /// Run again at every boot, not only once per plan generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_boot: bool,
+}
+
+fn default_recipe_timeout() -> Seconds {
+    Seconds(600)
+}
+
+impl RecipeSpec {
+    /// The recipe of the plan. Only for a checked blueprint (its `when` is known and it
+    /// has a script).
+    pub fn to_plan(&self) -> Option<RecipePlan> {
+        Some(RecipePlan {
+            name: self.name.clone(),
+            when: RecipeWhen::parse(&self.when)?,
+            script: self.script.clone()?,
+            timeout_secs: self.timeout.0,
+            every_boot: self.every_boot,
+        })
+    }
 }
 
 impl HostGroup {
@@ -234,6 +299,10 @@ pub struct ContainerSpec {
     /// What must answer before the container counts as ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ProbeSpec>,
+    /// A directory of the container under which its node's data disks are mounted,
+    /// `DIR/1` … `DIR/N` (the group must have `disks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disks: Option<String>,
 }
 
 /// Default milliseconds between two tries of a probe.
@@ -527,6 +596,8 @@ impl Blueprint {
                 }
             }
             self.check_scaling(g)?;
+            self.check_recipes(g)?;
+            self.check_disks(g)?;
         }
         // Every ${fqdn:NAME} and ${count:NAME} must name a container of the blueprint.
         for g in &self.groups {
@@ -633,6 +704,145 @@ impl Blueprint {
                     g.name,
                     MAX_DRAIN_SECS / 3600
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A group's disks are within bounds, and a container's `data_disks` has disks to
+    /// mount.
+    fn check_disks(&self, g: &HostGroup) -> Result<(), BlueprintError> {
+        if let Some(d) = &g.disks {
+            if d.count == 0 || d.count as usize > MAX_DISKS {
+                return Err(self.invalid(format!(
+                    "group {}: disks.count {} is outside 1..={MAX_DISKS}",
+                    g.name, d.count
+                )));
+            }
+            if d.size_gb == 0 || d.size_gb > MAX_DISK_GB {
+                return Err(self.invalid(format!(
+                    "group {}: disks.size_gb {} is outside 1..={MAX_DISK_GB}",
+                    g.name, d.size_gb
+                )));
+            }
+        }
+        for c in &g.containers {
+            let Some(dir) = &c.data_disks else { continue };
+            if g.disks.is_none() {
+                return Err(self.invalid(format!(
+                    "group {}: container {}: data_disks {dir:?} but the group has no disks",
+                    g.name, c.name
+                )));
+            }
+            if !dir.starts_with('/') || dir.contains("..") || dir.contains(':') {
+                return Err(self.invalid(format!(
+                    "group {}: container {}: data_disks {dir:?} must be an absolute path",
+                    g.name, c.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The most data disks a node of the blueprint has.
+    pub fn max_disks(&self) -> u32 {
+        self.groups
+            .iter()
+            .filter_map(|g| g.disks.map(|d| d.count))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A group's recipes are each complete, named once, with a known `when` and a
+    /// bounded timeout and script.
+    fn check_recipes(&self, g: &HostGroup) -> Result<(), BlueprintError> {
+        if g.recipes.len() > MAX_RECIPES {
+            return Err(self.invalid(format!(
+                "group {}: {} recipes, over the limit of {MAX_RECIPES}",
+                g.name,
+                g.recipes.len()
+            )));
+        }
+        let mut names = HashSet::new();
+        for r in &g.recipes {
+            let bad =
+                |m: String| self.invalid(format!("group {}: recipe {:?}: {m}", g.name, r.name));
+            if !is_dns_label(&r.name) {
+                return Err(bad("name must be an RFC 1123 label".into()));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(bad("name appears twice in the group".into()));
+            }
+            if RecipeWhen::parse(&r.when).is_none() {
+                return Err(bad(format!(
+                    "when {:?} is neither \"pre-containers\" nor \"post-ready\"",
+                    r.when
+                )));
+            }
+            match (&r.script, &r.file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad("give script or file, not both".into()));
+                }
+                (None, None) => {
+                    return Err(bad("no script (give script or file)".into()));
+                }
+                (None, Some(f)) => {
+                    return Err(bad(format!(
+                        "file {f:?} was not read: the coordinator takes scripts only (the CLI reads files at create)"
+                    )));
+                }
+                (Some(s), None) => {
+                    if s.trim().is_empty() || s.contains('\0') {
+                        return Err(bad("script is empty, or holds a NUL byte".into()));
+                    }
+                    if s.len() > MAX_RECIPE_BYTES {
+                        return Err(bad(format!(
+                            "script is {} bytes, over the limit of {MAX_RECIPE_BYTES}",
+                            s.len()
+                        )));
+                    }
+                }
+            }
+            if r.timeout.0 == 0 || r.timeout.0 > MAX_RECIPE_SECS {
+                return Err(bad(format!(
+                    "timeout must be between 1 s and {} h",
+                    MAX_RECIPE_SECS / 3600
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every recipe's `file` (relative paths from `base`) into its `script`, so
+    /// that the blueprint can be sent to a coordinator. A file over the script limit, or
+    /// unreadable, is refused with the recipe's name.
+    pub fn read_recipe_files(&mut self, base: &std::path::Path) -> Result<(), BlueprintError> {
+        let name = self.name.clone();
+        for g in &mut self.groups {
+            for r in &mut g.recipes {
+                let (Some(file), None) = (&r.file, &r.script) else {
+                    continue;
+                };
+                let path = base.join(file);
+                let bad = |m: String| BlueprintError::Invalid {
+                    name: name.clone(),
+                    message: format!(
+                        "group {}: recipe {:?}: file {}: {m}",
+                        g.name,
+                        r.name,
+                        path.display()
+                    ),
+                };
+                let meta = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?;
+                if meta.len() > MAX_RECIPE_BYTES as u64 {
+                    return Err(bad(format!(
+                        "{} bytes, over the limit of {MAX_RECIPE_BYTES}",
+                        meta.len()
+                    )));
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+                r.script = Some(text);
+                r.file = None;
             }
         }
         Ok(())
@@ -1188,6 +1398,171 @@ image = "i"
         assert_eq!(Seconds::parse("90"), Some(Seconds(90)));
         assert_eq!(Seconds::parse("1h"), Some(Seconds(3600)));
         assert_eq!(Seconds::parse("m"), None);
+    }
+
+    const RECIPES: &str = r#"
+name = "x"
+[[group]]
+name = "a"
+count = "rest"
+recipes = [
+  { name = "pre", when = "pre-containers", script = "echo pre", timeout = "2m" },
+  { name = "post", when = "post-ready", script = "echo post", every_boot = true },
+]
+[[group.container]]
+name = "c"
+image = "i"
+"#;
+
+    #[test]
+    fn recipes_parse_with_defaults() {
+        let bp = Blueprint::parse("t", RECIPES).expect("valid");
+        let plans: Vec<RecipePlan> = bp.groups[0]
+            .recipes
+            .iter()
+            .filter_map(RecipeSpec::to_plan)
+            .collect();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0].when, RecipeWhen::PreContainers);
+        assert_eq!((plans[0].timeout_secs, plans[0].every_boot), (120, false));
+        assert_eq!(plans[1].when, RecipeWhen::PostReady);
+        assert_eq!((plans[1].timeout_secs, plans[1].every_boot), (600, true));
+        // Through the store's JSON, and the CLI's TOML, and back.
+        let json = serde_json::to_string(&bp).expect("json");
+        assert_eq!(serde_json::from_str::<Blueprint>(&json).expect("back"), bp);
+        let toml = toml::to_string(&bp).expect("toml");
+        assert_eq!(Blueprint::parse("t", &toml).expect("back"), bp);
+    }
+
+    #[test]
+    fn bad_recipes_are_refused_naming_the_field() {
+        for (from, to, why) in [
+            (
+                "when = \"pre-containers\"",
+                "when = \"at-noon\"",
+                "recipe \"pre\": when \"at-noon\" is neither \"pre-containers\" nor \"post-ready\"",
+            ),
+            (
+                ", script = \"echo pre\"",
+                "",
+                "recipe \"pre\": no script (give script or file)",
+            ),
+            (
+                "script = \"echo pre\"",
+                "script = \"echo pre\", file = \"pre.sh\"",
+                "recipe \"pre\": give script or file, not both",
+            ),
+            (
+                "script = \"echo pre\"",
+                "file = \"pre.sh\"",
+                "recipe \"pre\": file \"pre.sh\" was not read",
+            ),
+            (
+                "script = \"echo pre\"",
+                "script = \"  \"",
+                "script is empty",
+            ),
+            (
+                "\"2m\"",
+                "0",
+                "recipe \"pre\": timeout must be between 1 s and 24 h",
+            ),
+            ("\"2m\"", "\"25h\"", "timeout must be between 1 s and 24 h"),
+            ("\"2m\"", "\"soon\"", "not a duration"),
+            (
+                "name = \"post\"",
+                "name = \"pre\"",
+                "recipe \"pre\": name appears twice",
+            ),
+            (
+                "name = \"post\"",
+                "name = \"Post!\"",
+                "name must be an RFC 1123 label",
+            ),
+            (
+                "every_boot = true",
+                "every_boot = true, shell = \"bash\"",
+                "unknown field `shell`",
+            ),
+        ] {
+            let bad = RECIPES.replace(from, to);
+            assert_ne!(bad, RECIPES, "{from}");
+            let e = Blueprint::parse("t", &bad).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+        let big = RECIPES.replace("echo pre", &"x".repeat(MAX_RECIPE_BYTES + 1));
+        let e = Blueprint::parse("t", &big).expect_err("too big");
+        assert!(e.to_string().contains("over the limit"), "{e}");
+    }
+
+    #[test]
+    fn recipe_files_are_read_into_scripts_relative_to_the_blueprint() {
+        let dir = std::env::temp_dir().join(format!("shoal-recipe-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("pre.sh"), "echo from a file\n").expect("write");
+        let text = RECIPES.replace("script = \"echo pre\"", "file = \"pre.sh\"");
+        let mut bp: Blueprint = toml::from_str(&text).expect("shape");
+        bp.read_recipe_files(&dir).expect("read");
+        let sent = toml::to_string(&bp).expect("toml");
+        let back = Blueprint::parse("t", &sent).expect("valid once read");
+        assert_eq!(
+            back.groups[0].recipes[0].script.as_deref(),
+            Some("echo from a file\n")
+        );
+        let missing = RECIPES.replace("script = \"echo pre\"", "file = \"nope.sh\"");
+        let mut bp: Blueprint = toml::from_str(&missing).expect("shape");
+        let e = bp.read_recipe_files(&dir).expect_err("missing file");
+        assert!(e.to_string().contains("recipe \"pre\": file"), "{e}");
+        std::fs::write(dir.join("big.sh"), "x".repeat(MAX_RECIPE_BYTES + 1)).expect("write");
+        let big = RECIPES.replace("script = \"echo pre\"", "file = \"big.sh\"");
+        let mut bp: Blueprint = toml::from_str(&big).expect("shape");
+        let e = bp.read_recipe_files(&dir).expect_err("big file");
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn disks_are_bounded_and_data_disks_need_them() {
+        let text = r#"
+name = "x"
+[[group]]
+name = "a"
+count = "rest"
+disks = { count = 2, size_gb = 10 }
+[[group.container]]
+name = "c"
+image = "i"
+data_disks = "/data"
+"#;
+        let bp = Blueprint::parse("t", text).expect("valid");
+        assert_eq!(bp.max_disks(), 2);
+        let json = serde_json::to_string(&bp).expect("json");
+        assert_eq!(serde_json::from_str::<Blueprint>(&json).expect("back"), bp);
+        for (from, to, why) in [
+            (
+                "count = 2,",
+                "count = 0,",
+                "disks.count 0 is outside 1..=24",
+            ),
+            (
+                "count = 2,",
+                "count = 25,",
+                "disks.count 25 is outside 1..=24",
+            ),
+            ("size_gb = 10", "size_gb = 0", "disks.size_gb 0 is outside"),
+            ("size_gb = 10", "size = 10", "unknown field `size`"),
+            ("\"/data\"", "\"data\"", "must be an absolute path"),
+            (
+                "disks = { count = 2, size_gb = 10 }\n",
+                "",
+                "the group has no disks",
+            ),
+        ] {
+            let bad = text.replace(from, to);
+            assert_ne!(bad, text, "{from}");
+            let e = Blueprint::parse("t", &bad).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

@@ -266,6 +266,7 @@ fn nodes(n: u32) -> Vec<NodeRequest> {
             node_id: format!("node-{i}"),
             index: i,
             user_data: user_data(&format!("node-{i}")),
+            disks: None,
         })
         .collect()
 }
@@ -687,4 +688,98 @@ async fn a_given_network_is_used_and_never_deleted() {
         matches!(err, ProviderError::Config { .. }) && err.to_string().contains("subnet-cidr"),
         "{err}"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs moto (python3; tests/moto/setup installs it) and cloud-init"]
+async fn data_disks_are_ebs_volumes_in_run_instances_deleted_with_the_instance() {
+    let cloud = Cloud::new().await;
+    let provider = cloud.good_provider();
+    let c = cluster();
+    let ami = cloud.ami().await;
+    let params = cloud.params(&ami);
+    let mut requests = nodes(1);
+    requests[0].disks = Some(shoal::blueprint::DiskSpec {
+        count: 2,
+        size_gb: 10,
+    });
+    provider
+        .create_nodes(&c, &params, &requests)
+        .await
+        .expect("create_nodes");
+    let running = cloud.running(&c).await;
+    assert_eq!(running.len(), 1, "{running:?}");
+    let instance = running[0].0.clone();
+
+    // The instance carries the mappings RunInstances asked for: /dev/sdb and /dev/sdc,
+    // each an EBS volume of 10 GiB deleted with the instance.
+    let body = cloud
+        .ec2
+        .call(
+            "DescribeInstances",
+            &Params::new().list("InstanceId", &[instance.as_str()]),
+        )
+        .await
+        .expect("DescribeInstances");
+    let doc = parse("DescribeInstances", cloud.moto.url(), &body).expect("xml");
+    let mut mapped: Vec<(String, String, String)> = Vec::new();
+    for r in items(doc.root_element(), "reservationSet") {
+        for i in items(r, "instancesSet") {
+            for m in items(i, "blockDeviceMapping") {
+                let ebs = find(m, "ebs");
+                mapped.push((
+                    child_text(m, "deviceName").unwrap_or_default().to_string(),
+                    ebs.and_then(|e| child_text(e, "volumeId"))
+                        .unwrap_or_default()
+                        .to_string(),
+                    ebs.and_then(|e| child_text(e, "deleteOnTermination"))
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    let data: Vec<&(String, String, String)> = mapped
+        .iter()
+        .filter(|(d, _, _)| d == "/dev/sdb" || d == "/dev/sdc")
+        .collect();
+    assert_eq!(data.len(), 2, "{mapped:?}");
+    assert!(data.iter().all(|(_, _, del)| del == "true"), "{mapped:?}");
+    let volumes: Vec<&str> = data.iter().map(|(_, v, _)| v.as_str()).collect();
+    let sizes = |body: &str| -> Vec<(String, String)> {
+        let doc = parse("DescribeVolumes", cloud.moto.url(), body).expect("xml");
+        items(doc.root_element(), "volumeSet")
+            .into_iter()
+            .map(|v| {
+                (
+                    child_text(v, "volumeId").unwrap_or_default().to_string(),
+                    child_text(v, "size").unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let body = cloud
+        .ec2
+        .call("DescribeVolumes", &Params::new().list("VolumeId", &volumes))
+        .await
+        .expect("DescribeVolumes");
+    let found = sizes(&body);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().all(|(_, s)| s == "10"), "{found:?}");
+
+    // Delete: the volumes went with the instance.
+    provider.delete_cluster(&c, &params).await.expect("delete");
+    assert!(cloud.running(&c).await.is_empty());
+    let left = match cloud
+        .ec2
+        .call("DescribeVolumes", &Params::new().list("VolumeId", &volumes))
+        .await
+    {
+        Ok(body) => sizes(&body),
+        Err(e) => {
+            assert!(e.to_string().contains("InvalidVolume.NotFound"), "{e}");
+            vec![]
+        }
+    };
+    assert!(left.is_empty(), "volumes left after delete: {left:?}");
 }

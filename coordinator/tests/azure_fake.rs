@@ -174,6 +174,7 @@ fn nodes(n: u32) -> Vec<NodeRequest> {
                 "#cloud-config\n# node {i}\nwrite_files:\n  - path: /etc/shoal/node\n    content: node-{i}\n"
             )
             .into_bytes(),
+            disks: None,
         })
         .collect()
 }
@@ -831,6 +832,7 @@ async fn bad_settings_are_config_errors_before_any_call() {
         node_id: "node-0".into(),
         index: 0,
         user_data: vec![b'#'; AZURE_LIMIT + 1],
+        disks: None,
     }];
     let e = env
         .provider
@@ -930,6 +932,56 @@ async fn the_fake_is_strict() {
             .contains("osProfile"),
         "{v}"
     );
+    // Data disks as ARM's DataDisk requires them: a lun (0 to 63, unique), a
+    // createOption, a size for an empty disk, a known deleteOption.
+    let disk = json!({"lun": 0, "createOption": "Empty", "diskSizeGB": 10, "deleteOption": "Delete",
+        "managedDisk": {"storageAccountType": "StandardSSD_LRS"}});
+    for (change, field) in [
+        (
+            json!([{"createOption": "Empty", "diskSizeGB": 10}]),
+            "dataDisks.lun",
+        ),
+        (
+            json!([{"lun": 64, "createOption": "Empty", "diskSizeGB": 10}]),
+            "lun",
+        ),
+        (json!([disk.clone(), disk.clone()]), "LUN 0"),
+        (
+            json!([{"lun": 1, "diskSizeGB": 10}]),
+            "dataDisks.createOption",
+        ),
+        (
+            json!([{"lun": 1, "createOption": "Blank", "diskSizeGB": 10}]),
+            "createOption",
+        ),
+        (
+            json!([{"lun": 1, "createOption": "Empty"}]),
+            "dataDisks.diskSizeGB",
+        ),
+        (
+            json!([{"lun": 1, "createOption": "Empty", "diskSizeGB": 0}]),
+            "diskSizeGB",
+        ),
+        (
+            json!([{"lun": 1, "createOption": "Empty", "diskSizeGB": 10, "deleteOption": "Keep"}]),
+            "deleteOption",
+        ),
+        (
+            json!([{"lun": 1, "createOption": "Empty", "diskSizeGB": 10, "managedDisk": {"storageAccountType": "Fast"}}]),
+            "storageAccountType",
+        ),
+    ] {
+        let mut b = vm0.clone();
+        b["properties"]["storageProfile"]["dataDisks"] = change.clone();
+        let (s, code, v) = call(Method::PUT, vm_path("x"), Some(b), true).await;
+        assert_eq!(
+            (s, code.as_str()),
+            (400, "InvalidParameter"),
+            "{change}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(field), "{change}: {v}");
+    }
     // A VM pointing at a NIC that does not exist.
     let mut b = vm0.clone();
     b["properties"]["networkProfile"]["networkInterfaces"][0]["id"] = json!(format!(
@@ -1014,6 +1066,7 @@ async fn custom_data_passes_cloud_init_schema() {
             node_id: format!("node-{i}"),
             index: i,
             user_data,
+            disks: None,
         });
     }
     env.provider
@@ -1057,6 +1110,51 @@ async fn custom_data_passes_cloud_init_schema() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    env.provider
+        .delete_cluster(&c, &env.params)
+        .await
+        .expect("delete");
+}
+
+/// A node's data disks are empty managed disks at LUN 0…N-1 in the VM's body, deleted
+/// with it; the fake accepts the body (it checks the fields ARM requires).
+#[tokio::test]
+async fn data_disks_are_empty_managed_disks_in_the_vm_body() {
+    let env = Env::new().await;
+    let c = cluster();
+    let mut reqs = nodes(1);
+    reqs[0].disks = Some(shoal::blueprint::DiskSpec {
+        count: 2,
+        size_gb: 50,
+    });
+    env.provider
+        .create_nodes(&c, &env.params, &reqs)
+        .await
+        .expect("create");
+    let rg = group_path(&c);
+    let body = env
+        .fake
+        .accepted_body(&format!(
+            "{rg}/providers/Microsoft.Compute/virtualMachines/node-0"
+        ))
+        .expect("vm");
+    let disks = body["properties"]["storageProfile"]["dataDisks"]
+        .as_array()
+        .cloned()
+        .expect("dataDisks");
+    assert_eq!(disks.len(), 2, "{disks:?}");
+    for (lun, d) in disks.iter().enumerate() {
+        assert_eq!(d["lun"], lun as u64);
+        assert_eq!(d["createOption"], "Empty");
+        assert_eq!(d["diskSizeGB"], 50);
+        assert_eq!(d["deleteOption"], "Delete");
+        assert!(d["managedDisk"]["storageAccountType"].is_string(), "{d}");
+    }
+    assert_eq!(
+        shoal::providers::fixed_disk_ids("azure", 2),
+        ["lun:0", "lun:1"],
+        "the plan names them by LUN"
+    );
     env.provider
         .delete_cluster(&c, &env.params)
         .await

@@ -130,7 +130,96 @@ pub struct NodePlan {
     /// with the node kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_drains: Vec<PeerDrainPlan>,
+    /// The operator's scripts this node runs as root (its host group's recipes), in
+    /// order. An agent older than this field ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipePlan>,
+    /// Data disks attached to this VM, in order: the agent mounts the first at
+    /// `/hadoopfs/fs1`, and so on. An agent older than this field ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskPlan>,
 }
+
+/// A data disk of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// How the agent finds it, stable across boots: `loop:PATH` (the local provider: a
+    /// loop device whose backing file is PATH), `/dev/NAME` (an EBS device name; the
+    /// agent also tries its `xvd` alias and the NVMe device whose serial names it), or
+    /// `lun:N` (an Azure data disk's LUN).
+    pub id: String,
+    /// Its size in GiB, as requested.
+    pub size_gb: u32,
+}
+
+/// Most data disks one node may have.
+pub const MAX_DISKS: usize = 24;
+/// Where the agent mounts data disk N (1-based): `/hadoopfs/fsN` under its mount root.
+pub fn disk_mount_point(n: usize) -> String {
+    format!("/hadoopfs/fs{n}")
+}
+
+/// When a recipe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipeWhen {
+    /// After the network and images, before the containers start; a failure fails the
+    /// node ([`reason::RECIPE_FAILED`]) and no container is started.
+    PreContainers,
+    /// Once the node is ready; a failure is reported but leaves the node ready.
+    PostReady,
+}
+
+impl RecipeWhen {
+    /// The wire name, e.g. `pre-containers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipeWhen::PreContainers => "pre-containers",
+            RecipeWhen::PostReady => "post-ready",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<RecipeWhen> {
+        [RecipeWhen::PreContainers, RecipeWhen::PostReady]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RecipeWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A recipe: a shell script (`/bin/sh -c`) the agent runs as root on the VM, once per
+/// plan generation (a marker in the agent's state directory), or at every boot as well
+/// when [`RecipePlan::every_boot`] says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipePlan {
+    /// Name (an RFC 1123 label), unique on the node.
+    pub name: String,
+    /// When it runs.
+    pub when: RecipeWhen,
+    /// The script's text (at most [`MAX_RECIPE_BYTES`]).
+    pub script: String,
+    /// How long it may run before its process group is killed and it counts as failed.
+    pub timeout_secs: u64,
+    /// Run again at every boot of the node (every start of its agent), not only once
+    /// per plan generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub every_boot: bool,
+}
+
+/// Most recipes one node may run.
+pub const MAX_RECIPES: usize = 16;
+/// Longest script a recipe may carry, in bytes.
+pub const MAX_RECIPE_BYTES: usize = 64 << 10;
+/// The longest a recipe may be given to run.
+pub const MAX_RECIPE_SECS: u64 = 24 * 3600;
+/// Most bytes of a recipe's output a [`RecipeReport`] carries (its end).
+pub const MAX_RECIPE_OUTPUT: usize = 2048;
 
 /// A drain hook run on one node for another, leaving node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +282,10 @@ pub struct ContainerPlan {
     /// is ready once it has stayed running for a moment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<ProbePlan>,
+    /// An absolute directory of the container under which the node's data disks are
+    /// bind-mounted, one per disk: `DIR/1` is `/hadoopfs/fs1`, and so on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disks: Option<String>,
 }
 
 /// A readiness probe: exactly one of [`ProbePlan::tcp`], [`ProbePlan::http`] and
@@ -571,6 +664,14 @@ pub mod reason {
     /// A leaving node's drain hook exited non-zero, or ran past its timeout; the
     /// message carries its exit code and the end of its output.
     pub const DRAIN_FAILED: &str = "drain-failed";
+    /// A pre-containers recipe exited non-zero, ran past its timeout or could not be
+    /// started; the message names it, with its exit status and the end of its output.
+    /// No container was started.
+    pub const RECIPE_FAILED: &str = "recipe-failed";
+    /// A data disk could not be found, formatted or mounted; the message names the
+    /// disk and its device. What this convergence mounted was unmounted again, and no
+    /// container was started.
+    pub const DISK_FAILED: &str = "disk-failed";
     /// The Docker engine stopped answering after the node had converged (a daemon
     /// crash or restart); the agent converges the node again once it is back.
     pub const DOCKERD_DOWN: &str = "dockerd-down";
@@ -652,6 +753,56 @@ pub struct NodeStatus {
     /// [`MAX_PEER_DRAINS`]); absent from agents older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_drains: Vec<PeerDrainReport>,
+    /// How this node's recipes ended ([`NodePlan::recipes`]), the latest run of each
+    /// (at most [`MAX_RECIPES`]); absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipeReport>,
+    /// This node's data disks as the agent mounted them (at most [`MAX_DISKS`]);
+    /// absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskReport>,
+}
+
+/// A data disk as the agent found and mounted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// Its id in the plan.
+    pub id: String,
+    /// The block device it was found as (`/dev/loop3`, `/dev/nvme1n1`).
+    pub device: String,
+    /// Where it is mounted on the VM (`/hadoopfs/fs1`).
+    pub mount: String,
+    /// Its filesystem (`ext4`).
+    pub fs_type: String,
+    /// Whether this agent formatted it (it was blank); a disk holding a filesystem is
+    /// never formatted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub formatted: bool,
+}
+
+/// How a recipe's latest run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeReport {
+    /// The recipe's name.
+    pub name: String,
+    /// When it ran.
+    pub when: RecipeWhen,
+    /// The plan generation it ran for.
+    pub generation: u64,
+    /// Its exit status; absent when it was killed at its timeout, or could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Whether it exited 0 within its timeout.
+    pub ok: bool,
+    /// When it started, in milliseconds since the Unix epoch (the VM's clock, like
+    /// [`PhaseTiming::started_ms`]).
+    pub started_ms: u64,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+    /// The end of what it printed (stdout and stderr together, at most
+    /// [`MAX_RECIPE_OUTPUT`] bytes), or why it did not run to its end.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// Most [`PeerDrainReport`]s one status may carry.

@@ -14,6 +14,7 @@ fn container(name: &str, node: &str, ip: &str) -> ContainerPlan {
         ports: vec![],
         registry_auth: None,
         ready: None,
+        data_disks: None,
     }
 }
 
@@ -45,6 +46,8 @@ fn sample() -> Plan {
                 leaving: false,
                 drain: None,
                 peer_drains: vec![],
+                recipes: vec![],
+                disks: vec![],
             })
             .collect(),
         liveness: None,
@@ -433,6 +436,8 @@ fn status_reason_must_be_a_code() {
         agent_version: "0.1.0".into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
+        disks: vec![],
     };
     assert!(s.validate().is_err());
 }
@@ -487,6 +492,8 @@ fn boot_reports_round_trip_and_ignore_unknown_fields() {
         agent_version: "0.1.0".into(),
         boot: Some(boot_report()),
         peer_drains: vec![],
+        recipes: vec![],
+        disks: vec![],
     };
     assert!(s.validate().is_ok());
     let mut v = serde_json::to_value(&s).expect("ser");
@@ -516,6 +523,8 @@ fn bad_boot_reports_are_refused() {
             agent_version: "0.1.0".into(),
             boot: Some(b),
             peer_drains: vec![],
+            recipes: vec![],
+            disks: vec![],
         }
         .validate()
         .expect_err("refused")
@@ -681,6 +690,8 @@ fn peer_drains_travel_in_plan_and_status() {
             ok: true,
             message,
         }],
+        recipes: vec![],
+        disks: vec![],
     };
     assert!(report("Decommission Status : Decommissioned".into())
         .validate()
@@ -723,5 +734,141 @@ fn a_probe_written_before_liveness_reads_with_its_defaults() {
     assert!(
         !out.contains("live_interval") && !out.contains("failure"),
         "{out}"
+    );
+}
+
+#[test]
+fn recipes_are_checked_and_an_unknown_when_is_refused() {
+    let mut plan = sample();
+    plan.nodes[0].recipes = vec![
+        RecipePlan {
+            name: "prep".into(),
+            when: RecipeWhen::PreContainers,
+            script: "echo prep".into(),
+            timeout_secs: 60,
+            every_boot: false,
+        },
+        RecipePlan {
+            name: "post".into(),
+            when: RecipeWhen::PostReady,
+            script: "echo post".into(),
+            timeout_secs: 60,
+            every_boot: true,
+        },
+    ];
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    let json = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(json.contains(r#""when":"pre-containers""#), "{json}");
+    assert_eq!(Plan::from_json(&bytes).expect("valid"), plan);
+    // A plan without recipes reads as before.
+    assert!(
+        !String::from_utf8_lossy(&serde_json::to_vec(&sample()).expect("json")).contains("recipes")
+    );
+    let odd = json.replace("post-ready", "at-noon");
+    assert!(matches!(
+        Plan::from_json(odd.as_bytes()),
+        Err(PlanError::Malformed(_))
+    ));
+
+    type Change = fn(&mut Plan);
+    let bad: [(Change, &str); 6] = [
+        (
+            |p| p.nodes[0].recipes[1].name = "prep".into(),
+            "nodes[0].recipes[1].name",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].name = "Prep!".into(),
+            "nodes[0].recipes[0].name",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].script = " \n".into(),
+            "nodes[0].recipes[0].script",
+        ),
+        (
+            |p| p.nodes[0].recipes[0].script = "x".repeat(MAX_RECIPE_BYTES + 1),
+            "nodes[0].recipes[0].script",
+        ),
+        (
+            |p| p.nodes[0].recipes[1].timeout_secs = 0,
+            "nodes[0].recipes[1].timeout_secs",
+        ),
+        (
+            |p| {
+                let r = p.nodes[0].recipes[0].clone();
+                p.nodes[0].recipes = (0..=MAX_RECIPES)
+                    .map(|i| RecipePlan {
+                        name: format!("r{i}"),
+                        ..r.clone()
+                    })
+                    .collect();
+            },
+            "nodes[0].recipes",
+        ),
+    ];
+    for (change, field) in bad {
+        let mut p = plan.clone();
+        change(&mut p);
+        assert_eq!(field_of(p.validate().expect_err(field)), field);
+    }
+}
+
+#[test]
+fn disks_are_checked() {
+    let mut plan = sample();
+    plan.nodes[0].disks = vec![
+        DiskPlan {
+            id: "loop:/var/lib/vm/disks/disk1.img".into(),
+            size_gb: 1,
+        },
+        DiskPlan {
+            id: "/dev/sdb".into(),
+            size_gb: 1,
+        },
+        DiskPlan {
+            id: "lun:0".into(),
+            size_gb: 1,
+        },
+    ];
+    plan.nodes[0].containers[0].data_disks = Some("/data".into());
+    let bytes = serde_json::to_vec(&plan).expect("serialize");
+    assert_eq!(Plan::from_json(&bytes).expect("valid"), plan);
+    type Change = fn(&mut Plan);
+    let bad: [(Change, &str); 5] = [
+        (
+            |p| p.nodes[0].disks[1].id = "loop:/var/lib/vm/disks/disk1.img".into(),
+            "nodes[0].disks[1].id",
+        ),
+        (
+            |p| p.nodes[0].disks[0].id = "nfs:server".into(),
+            "nodes[0].disks[0].id",
+        ),
+        (
+            |p| p.nodes[0].disks[2].id = "lun:999".into(),
+            "nodes[0].disks[2].id",
+        ),
+        (
+            |p| p.nodes[0].disks[0].size_gb = 0,
+            "nodes[0].disks[0].size_gb",
+        ),
+        (
+            |p| p.nodes[0].containers[0].data_disks = Some("data".into()),
+            "nodes[0].containers[0].data_disks",
+        ),
+    ];
+    for (change, field) in bad {
+        let mut p = plan.clone();
+        change(&mut p);
+        assert_eq!(field_of(p.validate().expect_err(field)), field);
+    }
+    let mut many = plan.clone();
+    many.nodes[0].disks = (0..=MAX_DISKS)
+        .map(|i| DiskPlan {
+            id: format!("lun:{i}"),
+            size_gb: 1,
+        })
+        .collect();
+    assert_eq!(
+        field_of(many.validate().expect_err("25 disks")),
+        "nodes[0].disks"
     );
 }

@@ -7,8 +7,9 @@ use ipnet::Ipv4Net;
 
 use crate::{
     BootReport, DrainPlan, NetworkMode, NodePlan, NodeStatus, Plan, ProbePlan, MAX_BOOT_STAGES,
-    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS,
-    MAX_FAILURE_THRESHOLD, MAX_NODES, MAX_PEER_DRAINS, MAX_REPORT_SECS, SCHEMA_VERSION,
+    MAX_CLOUD_INIT_ERRORS, MAX_CONTAINERS_PER_NODE, MAX_DISKS, MAX_DRAIN_OUTPUT, MAX_DRAIN_SECS,
+    MAX_FAILURE_THRESHOLD, MAX_NODES, MAX_PEER_DRAINS, MAX_RECIPES, MAX_RECIPE_BYTES,
+    MAX_RECIPE_OUTPUT, MAX_RECIPE_SECS, MAX_REPORT_SECS, SCHEMA_VERSION,
 };
 
 /// Longest a probe may be given to pass: a day.
@@ -384,6 +385,107 @@ pub(crate) fn plan(p: &Plan) -> Result<(), PlanError> {
         }
         drain(i, n)?;
         peer_drains(i, n, p)?;
+        recipes(i, n)?;
+        disks(i, n)?;
+    }
+    Ok(())
+}
+
+/// A node's data disks: a bounded number, each named once by an id of a known kind.
+fn disks(i: usize, n: &NodePlan) -> Result<(), PlanError> {
+    if n.disks.len() > MAX_DISKS {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].disks"),
+            format!("{} disks, over the limit of {MAX_DISKS}", n.disks.len()),
+        ));
+    }
+    let mut ids = HashSet::new();
+    for (j, d) in n.disks.iter().enumerate() {
+        let f = |rest: &str| format!("nodes[{i}].disks[{j}].{rest}");
+        let known =
+            d.id.strip_prefix("loop:")
+                .is_some_and(|p| p.starts_with('/'))
+                || d.id.strip_prefix("/dev/").is_some_and(is_dns_label)
+                || d.id
+                    .strip_prefix("lun:")
+                    .is_some_and(|l| l.parse::<u8>().is_ok());
+        if !known || d.id.len() > 1024 || !printable(&d.id) || d.id.contains("/../") {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} is not loop:/PATH, /dev/NAME or lun:N", d.id),
+            ));
+        }
+        if !ids.insert(d.id.as_str()) {
+            return Err(PlanError::invalid(
+                f("id"),
+                format!("{:?} appears twice on node {}", d.id, n.id),
+            ));
+        }
+        if d.size_gb == 0 {
+            return Err(PlanError::invalid(f("size_gb"), "must be at least 1"));
+        }
+    }
+    for (j, c) in n.containers.iter().enumerate() {
+        if let Some(dir) = &c.data_disks {
+            if !dir.starts_with('/') || dir.contains("..") || !printable(dir) || dir.contains(':') {
+                return Err(PlanError::invalid(
+                    format!("nodes[{i}].containers[{j}].data_disks"),
+                    format!("{dir:?} is not an absolute path"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A node's recipes: a bounded number, each with a unique name, a script of bounded
+/// size and a bounded timeout.
+fn recipes(i: usize, n: &NodePlan) -> Result<(), PlanError> {
+    if n.recipes.len() > MAX_RECIPES {
+        return Err(PlanError::invalid(
+            format!("nodes[{i}].recipes"),
+            format!(
+                "{} recipes, over the limit of {MAX_RECIPES}",
+                n.recipes.len()
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (j, r) in n.recipes.iter().enumerate() {
+        let f = |rest: &str| format!("nodes[{i}].recipes[{j}].{rest}");
+        if !is_dns_label(&r.name) {
+            return Err(PlanError::invalid(
+                f("name"),
+                format!("{:?} is not an RFC 1123 label", r.name),
+            ));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(PlanError::invalid(
+                f("name"),
+                format!("{:?} appears twice on node {}", r.name, n.id),
+            ));
+        }
+        if r.script.trim().is_empty() || r.script.contains('\0') {
+            return Err(PlanError::invalid(
+                f("script"),
+                "empty, or holds a NUL byte",
+            ));
+        }
+        if r.script.len() > MAX_RECIPE_BYTES {
+            return Err(PlanError::invalid(
+                f("script"),
+                format!(
+                    "{} bytes, over the limit of {MAX_RECIPE_BYTES}",
+                    r.script.len()
+                ),
+            ));
+        }
+        if !(1..=MAX_RECIPE_SECS).contains(&r.timeout_secs) {
+            return Err(PlanError::invalid(
+                f("timeout_secs"),
+                format!("{} is outside 1..={MAX_RECIPE_SECS}", r.timeout_secs),
+            ));
+        }
     }
     Ok(())
 }
@@ -641,6 +743,33 @@ pub(crate) fn status(s: &NodeStatus) -> Result<(), PlanError> {
                 "a node that is no node id, or a message too long",
             ));
         }
+    }
+    if s.recipes.len() > MAX_RECIPES {
+        return Err(PlanError::invalid(
+            "recipes",
+            format!("more than {MAX_RECIPES} entries"),
+        ));
+    }
+    for r in &s.recipes {
+        if !is_dns_label(&r.name) || r.output.len() > MAX_RECIPE_OUTPUT + 256 {
+            return Err(PlanError::invalid(
+                "recipes",
+                "a name that is no RFC 1123 label, or an output too long",
+            ));
+        }
+    }
+    if s.disks.len() > MAX_DISKS
+        || s.disks.iter().any(|d| {
+            d.id.len() > 1024
+                || d.device.len() > 256
+                || d.mount.len() > 1024
+                || d.fs_type.len() > 32
+        })
+    {
+        return Err(PlanError::invalid(
+            "disks",
+            "too many entries, or a field too long",
+        ));
     }
     Ok(())
 }

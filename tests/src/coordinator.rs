@@ -503,6 +503,41 @@ impl TestCoordinator {
         v["url"].as_str().expect("url").to_string()
     }
 
+    /// A directory for a test's blueprint files (and the files they name), in the
+    /// coordinator's state directory, so that it goes with it.
+    pub fn blueprint_dir(&self) -> PathBuf {
+        let dir = self.state_dir.join("blueprints");
+        std::fs::create_dir_all(&dir).expect("blueprint dir");
+        dir
+    }
+
+    /// `cluster create NAME --nodes 1 --blueprint PATH`, which must be refused: the
+    /// CLI's message.
+    pub fn create_refused(&self, name: &str, path: &str) -> String {
+        let out = self.shoal(&[
+            "cluster",
+            "create",
+            name,
+            "--nodes",
+            "1",
+            "--blueprint",
+            path,
+        ]);
+        assert!(
+            !out.status.success(),
+            "cluster {name} ({path}) was accepted"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// No cluster is recorded and nothing of one is left at the local provider.
+    pub fn assert_nothing_made(&self) {
+        let list: Value = serde_json::from_str(&self.shoal_ok(&["cluster", "list", "--json"]))
+            .expect("cluster list --json");
+        assert_eq!(list, serde_json::json!([]));
+        assert_eq!(self.leftovers(true), Vec::<String>::new());
+    }
+
     /// Runs `docker` against a node's dockerd (from `show --json`).
     pub fn docker(&self, node: &Value, args: &[&str]) -> Output {
         let sock = node["docker_socket"].as_str().expect("docker_socket");

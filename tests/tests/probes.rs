@@ -19,13 +19,6 @@ fn nodes(v: &Value) -> Vec<Value> {
 /// The demo server's command in a blueprint.
 const SERVER: &str = r#"["shoal-demo", "server"]"#;
 
-/// A directory for the test's blueprint files, in the coordinator's state directory.
-fn blueprint_dir(c: &TestCoordinator) -> std::path::PathBuf {
-    let dir = c.state_dir.join("blueprints");
-    std::fs::create_dir_all(&dir).expect("blueprint dir");
-    dir
-}
-
 /// Writes a one-group blueprint (every node) running `command` with `ready`.
 fn blueprint(dir: &std::path::Path, name: &str, command: &str, ready: &str) -> String {
     let path = dir.join(format!("{name}.toml"));
@@ -98,7 +91,7 @@ fn a_passing_probe_makes_the_cluster_available_once_the_service_answers() {
 fn a_probe_that_never_passes_fails_the_cluster_with_its_output_within_its_deadline() {
     require_privileges(TOOLS);
     let c = TestCoordinator::start();
-    let dir = blueprint_dir(&c);
+    let dir = c.blueprint_dir();
     let server = SERVER;
     let cases = [
         (
@@ -209,7 +202,7 @@ fn a_probe_that_never_passes_fails_the_cluster_with_its_output_within_its_deadli
 fn a_blueprint_with_a_bad_probe_is_refused_at_create_and_nothing_is_made() {
     require_privileges(TOOLS);
     let c = TestCoordinator::start();
-    let dir = blueprint_dir(&c);
+    let dir = c.blueprint_dir();
     let server = SERVER;
     for (name, ready, message) in [
         ("bkind", "{ grpc = 50051 }", "unknown field `grpc`"),

@@ -543,6 +543,8 @@ fn status(phase: Phase, generation: u64, timings: Vec<PhaseTiming>) -> NodeStatu
         agent_version: concat!("shoal-agent-sim/", env!("CARGO_PKG_VERSION")).into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
+        disks: vec![],
     }
 }
 

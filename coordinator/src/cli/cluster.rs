@@ -135,6 +135,30 @@ async fn show(client: &Client, name: &str, json: bool) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
+/// The blueprint text to send: `text` itself, or, when one of its recipes names a
+/// `file`, the blueprint with each such file read (relative to the blueprint's own
+/// directory) into the recipe's script, since the coordinator may run elsewhere.
+fn with_recipe_files(path: &str, text: String) -> Result<String, CliError> {
+    let Ok(mut bp) = toml::from_str::<Blueprint>(&text) else {
+        // Malformed: the coordinator says what is wrong, with line and column.
+        return Ok(text);
+    };
+    let files = bp
+        .groups
+        .iter()
+        .flat_map(|g| &g.recipes)
+        .any(|r| r.file.is_some());
+    if !files {
+        return Ok(text);
+    }
+    let base = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    bp.read_recipe_files(base)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    toml::to_string(&bp).map_err(|e| CliError::Local(format!("encoding the blueprint: {e}")))
+}
+
 async fn create(client: &Client, a: &CreateArgs) -> Result<u8, CliError> {
     let (blueprint, blueprint_toml) = match &a.blueprint {
         None => (None, None),
@@ -146,7 +170,7 @@ async fn create(client: &Client, a: &CreateArgs) -> Result<u8, CliError> {
                         built_in_names().join(", ")
                     ))
                 })?;
-            (None, Some(text))
+            (None, Some(with_recipe_files(path, text)?))
         }
     };
     let req = CreateRequest {
@@ -428,6 +452,10 @@ async fn wait_until(
     }
 }
 
+/// How many of the last lines of a recipe's output `cluster show` prints (`--json`
+/// carries all the agent reported).
+const RECIPE_LINES: usize = 5;
+
 /// Prints a cluster for a person.
 pub fn print_cluster(c: &ClusterView) {
     let avail = c
@@ -482,6 +510,45 @@ pub fn print_cluster(c: &ClusterView) {
         }
         if n.leaving {
             println!("         leaving (a scale down removes it)");
+        }
+        for d in &n.disks {
+            println!(
+                "         disk {} {} on {} ({}{})",
+                d.mount,
+                d.device,
+                d.id,
+                d.fs_type,
+                if d.formatted {
+                    ", formatted by the agent"
+                } else {
+                    ""
+                }
+            );
+        }
+        for r in &n.recipes {
+            let how = match (r.ok, r.exit_code) {
+                (true, _) => "ok".to_string(),
+                (false, Some(code)) => format!("failed (exit {code})"),
+                (false, None) => "failed".to_string(),
+            };
+            println!(
+                "         recipe {} ({}, generation {}): {how} in {:.1}s",
+                r.name,
+                r.when,
+                r.generation,
+                r.duration_ms as f64 / 1000.0
+            );
+            for line in r
+                .output
+                .lines()
+                .rev()
+                .take(RECIPE_LINES)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                println!("           | {line}");
+            }
         }
         if let Some(state) = n.details.get("vm-state").filter(|s| *s != "running") {
             println!("         VM {state}");

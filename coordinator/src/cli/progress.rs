@@ -177,6 +177,8 @@ mod tests {
             requested_ms: Some(1),
             running_ms: None,
             boot: None,
+            recipes: vec![],
+            disks: vec![],
             details: BTreeMap::new(),
         }
     }

@@ -673,6 +673,7 @@ impl Engine {
                 index: n.index,
                 incarnation: n.incarnation,
                 user_data: userdata::render_for(provider.name(), &cfg, provider.user_data_limit())?,
+                disks: c.blueprint.group(&n.group).and_then(|g| g.disks),
             });
         }
         let cref = c.cluster_ref();

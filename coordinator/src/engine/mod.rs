@@ -323,6 +323,17 @@ impl Engine {
                     provider.name()
                 ))
             })?;
+        if blueprint.max_disks() > provider.max_disks() {
+            return Err(EngineError::BadRequest(format!(
+                "the blueprint asks for {} data disk(s) per node; the {} provider attaches {}",
+                blueprint.max_disks(),
+                provider.name(),
+                match provider.max_disks() {
+                    0 => "none".to_string(),
+                    n => format!("at most {n}"),
+                }
+            )));
+        }
         // Before anything is recorded: a VM that cannot get its images fails minutes later.
         provider.check_images(&blueprint.images()).await?;
         let mut params = req.params.clone();
@@ -837,9 +848,33 @@ fn layout(c: &ClusterRow, nodes: &[NodeRow]) -> Vec<PlannedNode> {
             },
             leaving: n.leaving,
             instance_id: n.instance_id.clone(),
+            disk_ids: match n.details.get(DISKS_DETAIL) {
+                Some(d) => d
+                    .split('\n')
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => {
+                    let group = if n.group.is_empty() {
+                        assigned.get(i).map(String::as_str).unwrap_or_default()
+                    } else {
+                        n.group.as_str()
+                    };
+                    let count = c
+                        .blueprint
+                        .group(group)
+                        .and_then(|g| g.disks)
+                        .map_or(0, |d| d.count);
+                    crate::providers::fixed_disk_ids(&c.provider, count)
+                }
+            },
         })
         .collect()
 }
+
+/// The node detail in which a provider lists the ids of a node's data disks, one a
+/// line (see [`shoal_protocol::DiskPlan::id`]).
+pub const DISKS_DETAIL: &str = "disk_ids";
 
 impl StatusSink for Engine {
     fn report<'a>(

@@ -11,12 +11,12 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use shoal_protocol::{
-    ContainerPlan, DrainPlan, LivenessPlan, NetworkMode, NetworkPlan, NodePlan, PeerDrainPlan,
-    Plan, PlanError, RegistryAuth, VolumePlan, DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
+    ContainerPlan, DiskPlan, DrainPlan, LivenessPlan, NetworkMode, NetworkPlan, NodePlan,
+    PeerDrainPlan, Plan, PlanError, RegistryAuth, VolumePlan, DEFAULT_VXLAN_PORT, SCHEMA_VERSION,
 };
 
 use crate::blueprint::{
-    expand, parse_volume, registry_of, Blueprint, BlueprintError, DrainSpec, Template,
+    expand, parse_volume, registry_of, Blueprint, BlueprintError, DrainSpec, HostGroup, Template,
 };
 
 /// The default overlay.
@@ -37,6 +37,9 @@ pub struct PlannedNode {
     pub private_ip: Ipv4Addr,
     /// Provider's id.
     pub instance_id: Option<String>,
+    /// The ids its provider gave its data disks, in order (see
+    /// [`shoal_protocol::DiskPlan::id`]); empty while unknown (a dry run).
+    pub disk_ids: Vec<String>,
 }
 
 /// Why no plan could be made.
@@ -75,6 +78,25 @@ pub enum PlannerError {
     /// provider, such as private addresses inside the overlay).
     #[error("the plan would be invalid: {0}")]
     Invalid(#[from] PlanError),
+    /// The provider reported another number of data disks than the group asks for.
+    #[error("node {node}: its provider attached {have} data disk(s), its group asks for {want}")]
+    Disks {
+        /// Node.
+        node: String,
+        /// Disks the provider reported.
+        have: usize,
+        /// Disks of the group.
+        want: usize,
+    },
+    /// The plan would be larger than agents read (recipes' scripts repeated on many
+    /// nodes, mostly).
+    #[error("the plan would be {size} bytes, over the {limit}-byte limit agents read (large recipe scripts on many nodes?)")]
+    TooLarge {
+        /// Its size as JSON.
+        size: usize,
+        /// [`shoal_protocol::MAX_PLAN_BYTES`].
+        limit: usize,
+    },
 }
 
 /// The FQDN of container `container` on node `node`.
@@ -121,6 +143,34 @@ fn drain_plan(
         exec,
         timeout_secs: d.timeout.0,
     })
+}
+
+/// Node `node`'s data disks in `group`: the ids its provider gave them (placeholders in
+/// a dry run, before the provider made them).
+fn disks_of(group: &HostGroup, node: &PlannedNode) -> Result<Vec<DiskPlan>, PlannerError> {
+    let Some(spec) = group.disks else {
+        return Ok(Vec::new());
+    };
+    let count = spec.count as usize;
+    let ids: Vec<String> = if node.disk_ids.is_empty() {
+        (1..=count).map(|i| format!("lun:{i}")).collect()
+    } else {
+        node.disk_ids.clone()
+    };
+    if ids.len() != count {
+        return Err(PlannerError::Disks {
+            node: node.id.clone(),
+            have: ids.len(),
+            want: count,
+        });
+    }
+    Ok(ids
+        .into_iter()
+        .map(|id| DiskPlan {
+            id,
+            size_gb: spec.size_gb,
+        })
+        .collect())
 }
 
 /// Builds the plan (generation 0: the store assigns the real one).
@@ -241,6 +291,7 @@ pub fn build(
                         password: r.password.clone(),
                     }),
                 ready,
+                data_disks: c.data_disks.clone(),
             });
         }
         // A hook run by another group's node goes into that node's plan below.
@@ -259,6 +310,8 @@ pub fn build(
             leaving: node.leaving,
             drain,
             peer_drains: Vec::new(),
+            recipes: group.recipes.iter().filter_map(|r| r.to_plan()).collect(),
+            disks: disks_of(group, node)?,
         });
     }
     for (node, group) in nodes.iter().zip(&groups) {
@@ -297,6 +350,13 @@ pub fn build(
         liveness,
     };
     plan.validate()?;
+    let size = serde_json::to_vec(&plan).map_or(0, |v| v.len());
+    if size > shoal_protocol::MAX_PLAN_BYTES {
+        return Err(PlannerError::TooLarge {
+            size,
+            limit: shoal_protocol::MAX_PLAN_BYTES,
+        });
+    }
     Ok(plan)
 }
 
@@ -314,6 +374,7 @@ mod tests {
                 leaving: false,
                 private_ip: Ipv4Addr::new(10, 213, 0, 10 + i as u8),
                 instance_id: None,
+                disk_ids: Vec::new(),
             })
             .collect()
     }

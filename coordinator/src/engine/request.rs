@@ -154,6 +154,7 @@ pub fn dry_run(
             leaving: false,
             private_ip: ip,
             instance_id: None,
+            disk_ids: Vec::new(),
         })
         .collect();
     Ok(planner::build(

@@ -84,6 +84,21 @@ pub struct NodeRequest {
     /// Rendered user-data, possibly gzip-compressed (see `userdata`); providers encode
     /// it as their API wants (base64 for EC2 and Azure).
     pub user_data: Vec<u8>,
+    /// The data disks to attach (the node's group's), if any; a provider that attaches
+    /// them lists their ids in the node's `disk_ids` detail
+    /// ([`crate::engine::DISKS_DETAIL`]).
+    pub disks: Option<crate::blueprint::DiskSpec>,
+}
+
+/// The ids of a node's `count` data disks where the provider names them by a fixed
+/// scheme (EBS device names, Azure LUNs), so they need not survive in the node's
+/// details; empty for a provider that reports them (local) or attaches none.
+pub fn fixed_disk_ids(provider: &str, count: u32) -> Vec<String> {
+    match provider {
+        "aws" => aws::device_names(count),
+        "azure" => (0..count).map(|lun| format!("lun:{lun}")).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A VM's life as the provider sees it.
@@ -187,6 +202,12 @@ pub enum ProviderError {
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// `local`, `aws` or `azure`.
     fn name(&self) -> &'static str;
+
+    /// The most data disks it attaches to one VM (0: it attaches none); a blueprint
+    /// asking for more is refused at create.
+    fn max_disks(&self) -> u32 {
+        0
+    }
 
     /// The largest user-data (after any compression) the provider's API accepts.
     fn user_data_limit(&self) -> Option<usize> {

@@ -284,6 +284,7 @@ mod tests {
             index: 0,
             incarnation,
             user_data: userdata::render(&cfg).into_bytes(),
+            disks: None,
         }
     }
 

@@ -92,6 +92,8 @@ pub fn status(phase: Phase, generation: u64) -> NodeStatus {
         agent_version: "test".into(),
         boot: None,
         peer_drains: vec![],
+        recipes: vec![],
+        disks: vec![],
     }
 }
 

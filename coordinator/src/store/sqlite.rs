@@ -954,6 +954,8 @@ impl Store for SqliteStore {
                     agent_version: String::new(),
                     boot: None,
                     peer_drains: vec![],
+                    recipes: vec![],
+                    disks: vec![],
                 },
             };
             st.phase = Phase::Lost;

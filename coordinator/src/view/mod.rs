@@ -166,6 +166,12 @@ pub struct NodeView {
     /// VM; absent on the local provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<shoal_protocol::BootReport>,
+    /// How its recipes' latest runs ended, as its agent reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<shoal_protocol::RecipeReport>,
+    /// Its data disks as its agent mounted them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<shoal_protocol::DiskReport>,
     /// Provider facts: the local provider's `netns`, `docker_socket`, log paths.
     #[serde(flatten)]
     pub details: BTreeMap<String, String>,
@@ -272,6 +278,16 @@ impl ClusterView {
                     requested_ms: n.requested_ms,
                     running_ms: n.running_ms,
                     boot: n.status.as_ref().and_then(|s| s.boot.clone()),
+                    recipes: n
+                        .status
+                        .as_ref()
+                        .map(|s| s.recipes.clone())
+                        .unwrap_or_default(),
+                    disks: n
+                        .status
+                        .as_ref()
+                        .map(|s| s.disks.clone())
+                        .unwrap_or_default(),
                     details: n.details.clone(),
                 })
                 .collect(),

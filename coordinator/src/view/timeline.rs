@@ -1232,6 +1232,8 @@ mod tests {
             requested_ms: Some(T0),
             running_ms: Some(T0 + 90),
             boot: None,
+            recipes: vec![],
+            disks: vec![],
             details: BTreeMap::new(),
         }
     }

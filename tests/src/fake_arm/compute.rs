@@ -91,16 +91,7 @@ impl State {
                 return Err(invalid("osDisk.createOption", format!("The value '{create}' of parameter 'osDisk.createOption' is not allowed with an image reference.")));
             }
             if let Some(t) = os_disk["managedDisk"]["storageAccountType"].as_str() {
-                const TYPES: &[&str] = &[
-                    "Standard_LRS",
-                    "StandardSSD_LRS",
-                    "Premium_LRS",
-                    "Premium_ZRS",
-                    "StandardSSD_ZRS",
-                    "PremiumV2_LRS",
-                    "UltraSSD_LRS",
-                ];
-                if !TYPES.contains(&t) {
+                if !DISK_TYPES.contains(&t) {
                     return Err(invalid(
                         "osDisk.managedDisk.storageAccountType",
                         format!("The value '{t}' of parameter 'storageAccountType' is invalid."),
@@ -108,6 +99,7 @@ impl State {
                 }
             }
         }
+        data_disks(&props["storageProfile"]["dataDisks"])?;
         // osProfile
         let os = &props["osProfile"];
         if os.is_null() {
@@ -248,4 +240,93 @@ fn is_ssh_public_key(s: &str) -> bool {
             | "ecdsa-sha2-nistp384"
             | "ecdsa-sha2-nistp521"
     ) && raw.get(4..4 + len) == Some(kind.as_bytes())
+}
+
+/// Storage account types a managed disk may have.
+const DISK_TYPES: &[&str] = &[
+    "Standard_LRS",
+    "StandardSSD_LRS",
+    "Premium_LRS",
+    "Premium_ZRS",
+    "StandardSSD_ZRS",
+    "PremiumV2_LRS",
+    "UltraSSD_LRS",
+];
+
+/// `storageProfile.dataDisks` as the reference describes a `DataDisk`: `lun` (required,
+/// 0 to 63, unique) and `createOption` (required: `Empty`, `Attach`, `FromImage`,
+/// `Copy`, `Restore`); an `Empty` disk needs `diskSizeGB` (1 to 32,767);
+/// `deleteOption` is `Delete` or `Detach`; `managedDisk.storageAccountType` one of the
+/// disk types.
+fn data_disks(disks: &Value) -> Result<(), ArmErr> {
+    if disks.is_null() {
+        return Ok(());
+    }
+    let list = disks.as_array().ok_or_else(|| {
+        invalid(
+            "dataDisks",
+            "The value of parameter 'dataDisks' is invalid.",
+        )
+    })?;
+    let mut luns = std::collections::HashSet::new();
+    for d in list {
+        let lun = d["lun"]
+            .as_u64()
+            .ok_or_else(|| missing("storageProfile.dataDisks.lun"))?;
+        if lun > 63 {
+            return Err(invalid(
+                "dataDisks.lun",
+                format!("The value '{lun}' of parameter 'lun' is out of range: 0 to 63."),
+            ));
+        }
+        if !luns.insert(lun) {
+            return Err(invalid(
+                "dataDisks.lun",
+                format!("A disk at LUN {lun} already exists."),
+            ));
+        }
+        let create = d["createOption"]
+            .as_str()
+            .ok_or_else(|| missing("storageProfile.dataDisks.createOption"))?;
+        const CREATE: &[&str] = &["Empty", "Attach", "FromImage", "Copy", "Restore"];
+        if !CREATE.iter().any(|c| c.eq_ignore_ascii_case(create)) {
+            return Err(invalid(
+                "dataDisks.createOption",
+                format!("The value '{create}' of parameter 'createOption' is invalid."),
+            ));
+        }
+        if create.eq_ignore_ascii_case("Empty") {
+            let size = d["diskSizeGB"]
+                .as_u64()
+                .ok_or_else(|| missing("storageProfile.dataDisks.diskSizeGB"))?;
+            if !(1..=32_767).contains(&size) {
+                return Err(invalid(
+                    "dataDisks.diskSizeGB",
+                    format!(
+                        "The value '{size}' of parameter 'diskSizeGB' is out of range: 1 to 32767."
+                    ),
+                ));
+            }
+        }
+        if let Some(opt) = d.get("deleteOption").filter(|v| !v.is_null()) {
+            let ok = opt.as_str().is_some_and(|o| {
+                o.eq_ignore_ascii_case("Delete") || o.eq_ignore_ascii_case("Detach")
+            });
+            if !ok {
+                return Err(invalid(
+                    "dataDisks.deleteOption",
+                    format!("The value '{opt}' of parameter 'deleteOption' is invalid."),
+                ));
+            }
+        }
+        if let Some(t) = d["managedDisk"]["storageAccountType"].as_str() {
+            if !DISK_TYPES.contains(&t) {
+                return Err(invalid(
+                    "dataDisks.managedDisk.storageAccountType",
+                    format!("The value '{t}' of parameter 'storageAccountType' is invalid."),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -198,7 +198,17 @@ pub(super) async fn launch(
     Ok(())
 }
 
-/// `RunInstances` for one node, tagged for it, with its idempotency token.
+/// The device names of a node's data disks, `/dev/sdb` … `/dev/sdy` (24 at most: the
+/// root volume keeps `sda`/`xvda`).
+pub fn device_names(count: u32) -> Vec<String> {
+    (b'b'..=b'y')
+        .take(count as usize)
+        .map(|c| format!("/dev/sd{}", c as char))
+        .collect()
+}
+
+/// `RunInstances` for one node, tagged for it, with its idempotency token and its data
+/// disks as EBS volumes deleted with the instance.
 async fn run(
     client: &QueryClient,
     cluster: &ClusterRef,
@@ -242,6 +252,16 @@ async fn run(
         );
     if let Some(key) = extra(params, "key-name") {
         p = p.set("KeyName", key);
+    }
+    if let Some(d) = &node.disks {
+        for (i, dev) in device_names(d.count).into_iter().enumerate() {
+            let k = format!("BlockDeviceMapping.{}", i + 1);
+            p = p
+                .set(format!("{k}.DeviceName"), dev)
+                .set(format!("{k}.Ebs.VolumeSize"), d.size_gb.to_string())
+                .set(format!("{k}.Ebs.VolumeType"), "gp3")
+                .set(format!("{k}.Ebs.DeleteOnTermination"), "true");
+        }
     }
     // Safe to retry: the ClientToken makes EC2 return the first launch's instance.
     let body = client.call("RunInstances", &p).await?;

@@ -30,6 +30,7 @@ pub use self::preflight::preflight;
 
 mod calls;
 mod instances;
+pub use instances::device_names;
 mod network;
 mod params;
 mod resources;
@@ -228,6 +229,10 @@ fn first_error(what: &str, errors: Vec<ProviderError>) -> Result<(), ProviderErr
 impl Provider for AwsProvider {
     fn name(&self) -> &'static str {
         "aws"
+    }
+
+    fn max_disks(&self) -> u32 {
+        shoal_protocol::MAX_DISKS as u32
     }
 
     fn user_data_limit(&self) -> Option<usize> {

@@ -635,6 +635,7 @@ impl AzureProvider {
                         "storageProfile": {
                             "imageReference": s.image.to_json(),
                             "osDisk": os_disk,
+                            "dataDisks": data_disks(&disk_name(id), node, &s.os_disk_type),
                         },
                         "osProfile": {
                             "computerName": computer_name,
@@ -899,9 +900,37 @@ fn node_sort_key(id: &str) -> (String, u64) {
     (stem.to_string(), num.parse().unwrap_or(0))
 }
 
+/// A node's data disks as `storageProfile.dataDisks`: empty managed disks at LUN 0…N-1
+/// (the plan's `lun:N`), named after the OS disk, deleted with the VM.
+fn data_disks(os_disk: &str, node: &NodeRequest, storage: &str) -> Value {
+    let Some(d) = &node.disks else {
+        return json!([]);
+    };
+    Value::Array(
+        (0..d.count)
+            .map(|lun| {
+                json!({
+                    "lun": lun,
+                    "name": format!("{os_disk}-data{lun}"),
+                    "createOption": "Empty",
+                    "diskSizeGB": d.size_gb,
+                    "managedDisk": {"storageAccountType": storage},
+                    "deleteOption": "Delete",
+                })
+            })
+            .collect(),
+    )
+}
+
 impl Provider for AzureProvider {
     fn name(&self) -> &'static str {
         "azure"
+    }
+
+    // Azure's own limit depends on the VM size (2 to 64 data disks); past it ARM refuses
+    // the VM with its own message.
+    fn max_disks(&self) -> u32 {
+        shoal_protocol::MAX_DISKS as u32
     }
 
     fn user_data_limit(&self) -> Option<usize> {

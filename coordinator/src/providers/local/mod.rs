@@ -20,6 +20,7 @@
 //!   included: they are found by their cgroups), unmounts what is left and removes the
 //!   namespace, so nothing remains.
 
+mod disks;
 pub mod images;
 pub mod init;
 mod preflight;
@@ -479,7 +480,7 @@ impl LocalProvider {
 
     fn details(&self, cluster: &ClusterRef, node: &str) -> BTreeMap<String, String> {
         let dir = self.vm_dir(cluster, node);
-        BTreeMap::from([
+        let mut d = BTreeMap::from([
             ("netns".to_string(), self.vm_ns(cluster, node)),
             (
                 "docker_socket".to_string(),
@@ -493,7 +494,13 @@ impl LocalProvider {
                 "dockerd_log".to_string(),
                 dir.join("dockerd.log").display().to_string(),
             ),
-        ])
+        ]);
+        // Its disks, as every describe sees them: the plan is built from the latest.
+        let ids = disks::ids(&dir);
+        if !ids.is_empty() {
+            d.insert(crate::engine::DISKS_DETAIL.to_string(), ids.join("\n"));
+        }
+        d
     }
 
     async fn create_vm(
@@ -525,13 +532,18 @@ impl LocalProvider {
             // A new VM only: a data root that exists is this VM's own, as it left it.
             store.seed(&dir.join("docker")).await;
         }
+        // The disks before the boot: the agent looks for them at its first convergence.
+        if let Some(spec) = &req.disks {
+            disks::attach(&dir, spec).await?;
+        }
         self.boot(cluster, req.index, &ns, &dir)?;
+        let details = self.details(cluster, node);
         Ok(NodeInfo {
             node_id: node.clone(),
             instance_id: ns.clone(),
             private_ip: Some(addr),
             state: VmState::Running,
-            details: self.details(cluster, node),
+            details,
         })
     }
 
@@ -630,6 +642,10 @@ impl LocalProvider {
                 s(&self.s.image_dir),
                 "--state-dir".into(),
                 s(&dir.join("agent-state")),
+                // The VM's own root for its data disks' mount points (`/hadoopfs/fsN`):
+                // a local VM shares the host's mount namespace (see docs/blueprints.md).
+                "--mount-root".into(),
+                s(&dir.join("root")),
             ],
             // The agents' log level: SHOAL_AGENT_LOG of the coordinator (a tracing
             // filter), info by default.
@@ -807,6 +823,9 @@ impl LocalProvider {
         for root in &roots {
             errors.extend(unmount_all_under(root));
         }
+        // Unmounted first (the agent's mounts are under the VM's directory), then the
+        // loop devices go, then the files.
+        errors.extend(disks::detach_all(&dir).await);
         if nspath.exists() {
             if let Err(e) = ip(&["netns", "del", &ns]).await {
                 errors.push(e.to_string());
@@ -911,6 +930,10 @@ async fn stop_containers(sock: &Path) {
 impl Provider for LocalProvider {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn max_disks(&self) -> u32 {
+        shoal_protocol::MAX_DISKS as u32
     }
 
     fn gateway(&self) -> Option<std::net::IpAddr> {
