@@ -40,8 +40,11 @@ use crate::blueprint::Blueprint;
 use crate::providers::{ClusterRef, ProviderParams};
 
 pub mod conformance;
+pub mod pg;
+mod raw;
 pub mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A cluster's life.
@@ -527,6 +530,14 @@ pub enum StoreError {
         what: &'static str,
         /// Why.
         message: String,
+    },
+    /// The database was made by a newer Shoal.
+    #[error("state store: the database's schema is version {found}, newer than this shoal understands ({supported}): upgrade shoal, or point it at another database")]
+    SchemaTooNew {
+        /// The version found.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
     },
     /// The store's worker is gone (it panicked, or the store was closed).
     #[error("state store: the database worker stopped")]
