@@ -129,6 +129,12 @@ pub enum LocalImages {
 /// `shoal serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where the state is kept: `sqlite` (the default: a file in the state directory)
+    /// or a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE, which several
+    /// coordinators can share (docs/several-coordinators.md). Give the URL in the
+    /// environment rather than here: `ps` shows every process's arguments.
+    #[arg(long, env = crate::store::pg::URL_ENV, hide_env_values = true)]
+    pub store: Option<String>,
     /// Operator API address. On loopback it is plain HTTP; any other address is served
     /// over TLS with the coordinator's CA (<state-dir>/ca.pem).
     #[arg(long, default_value = crate::server::DEFAULT_API_LISTEN)]

@@ -20,7 +20,7 @@ use crate::keys;
 use crate::metadata;
 use crate::providers::qemu::AccelChoice;
 use crate::providers::registry::{Registry, RegistrySettings};
-use crate::store::SqliteStore;
+use crate::store::StoreChoice;
 use crate::tls::{self, Ca};
 
 /// Default operator API address.
@@ -69,6 +69,8 @@ pub struct ServeOptions {
     pub qemu_accel: AccelChoice,
     /// Offer the `sim` test provider (records VMs without making them).
     pub enable_sim: bool,
+    /// Where the state is kept.
+    pub store: StoreChoice,
 }
 
 /// `serve` failures.
@@ -159,7 +161,10 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = Arc::new(SqliteStore::open(&opts.state_dir)?);
+    let store = opts.store.open(&opts.state_dir).await?;
+    if let StoreChoice::Postgres(url) = &opts.store {
+        tracing::info!(database = %url, "state in PostgreSQL");
+    }
     let token = load_or_create_token(&opts.state_dir)?;
     let api_tls_needed = !opts.api_listen.ip().is_loopback();
     let ca = if opts.insecure_http && !api_tls_needed {

@@ -544,6 +544,42 @@ pub enum StoreError {
     Closed,
 }
 
+/// Which store a coordinator keeps its state in (`serve --store`). `Debug` shows no
+/// password.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// SQLite in the state directory (the default).
+    Sqlite,
+    /// A PostgreSQL database, shared by every coordinator pointed at it.
+    Postgres(Box<pg::DbUrl>),
+}
+
+impl StoreChoice {
+    /// `None` or `sqlite`: SQLite; a `postgres://` URL: that database.
+    pub fn parse(s: Option<&str>) -> Result<StoreChoice, StoreError> {
+        match s.map(str::trim) {
+            None | Some("") | Some("sqlite") => Ok(StoreChoice::Sqlite),
+            Some(url) if pg::DbUrl::is_postgres(url) => {
+                Ok(StoreChoice::Postgres(Box::new(pg::DbUrl::parse(url)?)))
+            }
+            Some(_) => Err(StoreError::Invalid(
+                "--store takes `sqlite` or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL (better given in SHOAL_STORE_URL, which ps does not show)".into(),
+            )),
+        }
+    }
+
+    /// Opens the store (SQLite in `state_dir`).
+    pub async fn open(
+        &self,
+        state_dir: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreChoice::Sqlite => std::sync::Arc::new(SqliteStore::open(state_dir)?),
+            StoreChoice::Postgres(url) => std::sync::Arc::new(PgStore::open(url).await?),
+        })
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
