@@ -273,7 +273,12 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(io(format!("writing {}", info_path.display())))?;
     tracing::info!(operator_api = %info.url, metadata_api = %info.metadata_url, "coordinator listening");
 
-    engine.reconcile().await?;
+    // The lease first: what the notices start depends on whether this one leads.
+    let leads = engine.start_leading().await;
+    engine.spawn_notices();
+    if leads {
+        engine.reconcile().await?;
+    }
     engine.spawn_liveness();
 
     // The web console shares the operator listener (and so its TLS) with the API; its

@@ -704,4 +704,43 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// What other coordinators on the same database change, as they commit it. `None`
+    /// for a store that only this process writes (SQLite).
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+
+    /// Takes, or renews, the lease to drive provisioning for `ttl_ms`, for `holder`
+    /// (compare-and-set: only when it is free, expired or already `holder`'s); returns
+    /// the lease as it stands after the call, whoever holds it. `None` for a store
+    /// that only this process uses: it always leads.
+    fn lease<'a>(&'a self, holder: &'a str, ttl_ms: u64) -> StoreFuture<'a, Option<Lease>> {
+        let _ = (holder, ttl_ms);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A change another coordinator committed ([`Store::notices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// This cluster changed.
+    Cluster(String),
+    /// Notices may have been missed (the listener connected again): check every
+    /// cluster.
+    Resync,
+}
+
+/// Who drives provisioning, until when ([`Store::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The coordinator holding it.
+    pub holder: String,
+    /// When it expires unless renewed (the database's clock, milliseconds since the
+    /// epoch).
+    pub expires_ms: u64,
+    /// The database's clock when it was read.
+    pub now_ms: u64,
+    /// Since when `holder` has held it.
+    pub since_ms: u64,
 }

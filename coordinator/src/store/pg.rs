@@ -33,9 +33,9 @@ use tokio_postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, 
 use super::raw::{self, RawCluster, RawNode};
 use super::{
     degraded_reason, now_ms, status_fingerprint, ChangeKind, ChangeRow, ChangeSpec, ClusterEvent,
-    ClusterRow, ClusterState, GenerationRow, History, NewChange, NodeRow, ReportOutcome,
-    SilentNode, Store, StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord, KEPT_GENERATIONS,
-    MAX_EVENTS,
+    ClusterRow, ClusterState, GenerationRow, History, Lease, NewChange, NodeRow, Notice,
+    ReportOutcome, SilentNode, Store, StoreError, StoreFuture, StoreStats, StoredPlan, VmRecord,
+    KEPT_GENERATIONS, MAX_EVENTS,
 };
 
 /// The environment variable `serve` and `doctor` read the database URL from, so the
@@ -49,7 +49,8 @@ const POOL_SIZE: usize = 8;
 const MIGRATION_LOCK: i64 = 0x73_686f_616c;
 
 /// Each migration, in order; the version a database is at is the number applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE clusters (
     name TEXT PRIMARY KEY,
     uid TEXT NOT NULL,
@@ -136,7 +137,24 @@ CREATE TABLE events (
     reason TEXT,
     PRIMARY KEY (cluster, seq)
 );
-"];
+",
+    "
+CREATE TABLE leader (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL
+);
+",
+];
+
+/// The channel every write that another coordinator must hear of is announced on; the
+/// payload is `<instance> <cluster>`.
+const CHANNEL: &str = "shoal_clusters";
+
+/// How often the listener checks its connection is alive (a dropped connection that
+/// sent no FIN would otherwise go unnoticed, and notices with it).
+const LISTEN_CHECK: Duration = Duration::from_secs(5);
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -321,6 +339,9 @@ struct Counters {
 pub struct PgStore {
     pool: Arc<Pool>,
     counters: Arc<Counters>,
+    /// This store's own id in the notices it sends, so it can skip its own.
+    instance: Arc<str>,
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -345,6 +366,9 @@ impl PgStore {
     pub async fn open(url: &DbUrl) -> Result<PgStore, StoreError> {
         let mut client = connect(url).await?;
         migrate(&mut client).await?;
+        let (notices, _) = tokio::sync::broadcast::channel(4096);
+        let instance: Arc<str> = crate::keys::random_hex(8).into();
+        tokio::spawn(listen(url.clone(), notices.clone(), instance.clone()));
         Ok(PgStore {
             pool: Arc::new(Pool {
                 url: url.clone(),
@@ -352,7 +376,20 @@ impl PgStore {
                 permits: Semaphore::new(POOL_SIZE),
             }),
             counters: Arc::new(Counters::default()),
+            instance,
+            notices,
         })
+    }
+
+    /// Announces, at commit, that `cluster` changed.
+    async fn notify(&self, t: &Transaction<'_>, cluster: &str) -> Result<(), StoreError> {
+        t.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{} {cluster}", self.instance)],
+        )
+        .await
+        .map_err(db("announce a change"))?;
+        Ok(())
     }
 
     /// Where this store's database is (without the password).
@@ -379,6 +416,122 @@ impl PgStore {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
+}
+
+/// Listens for other coordinators' notices until the store is dropped, connecting
+/// again (after a pause) whenever the connection drops; after each (re)connection it
+/// sends [`Notice::Resync`], since what was committed meanwhile was not heard.
+async fn listen(url: DbUrl, tx: tokio::sync::broadcast::Sender<Notice>, me: Arc<str>) {
+    loop {
+        if let Err(e) = listen_once(&url, &tx, &me).await {
+            tracing::warn!(database = %url, error = %e, "listening for other coordinators' changes stopped; connecting again");
+        }
+        if tx.receiver_count() == 0 && Arc::strong_count(&me) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once(
+    url: &DbUrl,
+    tx: &tokio::sync::broadcast::Sender<Notice>,
+    me: &Arc<str>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) =
+        url.config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Database {
+                context: "connect the listener",
+                message: format!("{url}: {}", pg_message(&e)),
+            })?;
+    let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The connection delivers notifications only to whoever polls it for messages.
+    let driver = tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if ntx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("the listener's connection failed: {}", pg_message(&e));
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(db("listen"))?;
+        let _ = tx.send(Notice::Resync);
+        let mut check = tokio::time::interval(LISTEN_CHECK);
+        loop {
+            tokio::select! {
+                payload = nrx.recv() => {
+                    let Some(payload) = payload else {
+                        return Err(StoreError::Database {
+                            context: "listen",
+                            message: "the connection closed".into(),
+                        });
+                    };
+                    if let Some((from, cluster)) = payload.split_once(' ') {
+                        if from != &**me {
+                            let _ = tx.send(Notice::Cluster(cluster.to_string()));
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    match tokio::time::timeout(LISTEN_CHECK, client.simple_query("SELECT 1")).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(db("check the listener's connection")(e)),
+                        Err(_) => {
+                            return Err(StoreError::Database {
+                                context: "check the listener's connection",
+                                message: format!("no answer within {}s", LISTEN_CHECK.as_secs()),
+                            })
+                        }
+                    }
+                    if Arc::strong_count(me) == 1 {
+                        // The store is gone: stop listening.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// Reads the lease (who drives provisioning) of the database at `url`, for `doctor`.
+pub async fn current_lease(url: &DbUrl) -> Result<Option<Lease>, StoreError> {
+    let client = connect(url).await?;
+    let row = client
+        .query_opt(
+            "SELECT holder, expires_ms, since_ms,
+                (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
+             FROM leader WHERE id = 1",
+            &[],
+        )
+        .await
+        .map_err(db("read the lease"))?;
+    row.map(|r| lease_of(&r)).transpose()
+}
+
+fn lease_of(r: &Row) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        holder: col(r, "holder")?,
+        expires_ms: col::<i64>(r, "expires_ms")?.max(0) as u64,
+        since_ms: col::<i64>(r, "since_ms")?.max(0) as u64,
+        now_ms: col::<i64>(r, "now_ms")?.max(0) as u64,
+    })
 }
 
 /// Reads what `doctor` shows of the database at `url`, without migrating it.
@@ -742,7 +895,8 @@ impl Store for PgStore {
                     c.reason.as_deref(),
                     c.created_ms as i64,
                 )
-                .await
+                .await?;
+                self.notify(t, &c.name).await
             })
         }))
     }
@@ -817,6 +971,7 @@ impl Store for PgStore {
                         close_change(t, name, id, outcome, now).await?;
                     }
                 }
+                self.notify(t, name).await?;
                 Ok(true)
             })
         }))
@@ -897,6 +1052,7 @@ impl Store for PgStore {
                     .map_err(db("trim past generations"))?;
                 }
                 recount_ready(t, cluster).await?;
+                self.notify(t, cluster).await?;
                 Ok(StoredPlan {
                     plan,
                     json: json.into_bytes().into(),
@@ -998,6 +1154,8 @@ impl Store for PgStore {
                         state = want;
                         moved = Some(want);
                     }
+                    // The driving coordinator waits on reports that another one took.
+                    self.notify(t, cluster).await?;
                     Ok(raw::outcome(state, cgen, ready, nodes, moved, true))
                 })
             })
@@ -1102,6 +1260,7 @@ impl Store for PgStore {
                     state = ClusterState::Degraded;
                     moved = Some(state);
                 }
+                self.notify(t, cluster).await?;
                 Ok(Some(raw::outcome(state, cgen, ready, nodes, moved, true)))
             })
         }))
@@ -1206,6 +1365,7 @@ impl Store for PgStore {
                 .map_err(db("record a change"))?;
                 recount_ready(t, cluster).await?;
                 set_state(t, cluster, ClusterState::Updating, None, now).await?;
+                self.notify(t, cluster).await?;
                 Ok(Some(id as u64))
             })
         }))
@@ -1243,7 +1403,7 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db("mark a node leaving"))?;
-                Ok(())
+                self.notify(t, cluster).await
             })
         }))
     }
@@ -1267,7 +1427,8 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db("remove a node"))?;
-                recount_ready(t, cluster).await
+                recount_ready(t, cluster).await?;
+                self.notify(t, cluster).await
             })
         }))
     }
@@ -1287,6 +1448,7 @@ impl Store for PgStore {
                 close_change(t, cluster, id as i64, outcome, now).await?;
                 let state = raw::parse_state(&col::<String>(&row, "state")?)?;
                 if state != ClusterState::Updating {
+                    self.notify(t, cluster).await?;
                     return Ok(state);
                 }
                 let gen: i64 = col(&row, "generation")?;
@@ -1312,6 +1474,7 @@ impl Store for PgStore {
                     (Ok(()), _) => None,
                 };
                 set_state(t, cluster, to, reason.as_deref(), now).await?;
+                self.notify(t, cluster).await?;
                 Ok(to)
             })
         }))
@@ -1424,6 +1587,41 @@ impl Store for PgStore {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
         }
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        Some(self.notices.subscribe())
+    }
+
+    fn lease<'a>(&'a self, holder: &'a str, ttl_ms: u64) -> StoreFuture<'a, Option<Lease>> {
+        Box::pin(async move {
+            let conn = self.pool.get().await?;
+            // The database's clock, not each coordinator's: their skew cannot make two
+            // of them both see the lease as theirs.
+            conn.execute(
+                "INSERT INTO leader (id, holder, expires_ms, since_ms)
+                 SELECT 1, $1, now_ms + $2, now_ms FROM
+                    (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms) n
+                 ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder,
+                    expires_ms = EXCLUDED.expires_ms,
+                    since_ms = CASE WHEN leader.holder = EXCLUDED.holder THEN leader.since_ms
+                        ELSE EXCLUDED.since_ms END
+                 WHERE leader.holder = EXCLUDED.holder OR leader.expires_ms < EXCLUDED.since_ms",
+                &[&holder, &(ttl_ms as i64)],
+            )
+            .await
+            .map_err(db("take the lease"))?;
+            let row = conn
+                .query_one(
+                    "SELECT holder, expires_ms, since_ms,
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
+                     FROM leader WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(db("read the lease"))?;
+            lease_of(&row).map(Some)
+        })
     }
 }
 
