@@ -177,6 +177,38 @@ fn either_coordinator_serves_the_same_clusters_and_wakes_long_polls_held_on_the_
         "the follower recorded the request"
     );
 
+    // doctor: the database reachable, migrated, and the leader named.
+    let out = Command::new(shoal_e2e::coordinator::bin("shoal"))
+        .args(["doctor", "--json"])
+        .env("SHOAL_STORE_URL", pg.url("share"))
+        .env("SHOAL_STATE_DIR", &a.state_dir)
+        .output()
+        .expect("run shoal doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(PASSWORD), "doctor printed the password");
+    let doctor: Value = serde_json::from_str(&text).expect("doctor --json");
+    let find = |name: &str| -> Value {
+        doctor["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} check: {doctor:#}"))
+    };
+    assert_eq!(find("database")["status"], "ok", "{doctor:#}");
+    assert_eq!(find("database-schema")["status"], "ok", "{doctor:#}");
+    let leader = find("leader");
+    assert_eq!(leader["status"], "ok", "{doctor:#}");
+    let holder = leader["detail"]
+        .as_str()
+        .and_then(|d| d.split_whitespace().next())
+        .expect("leader detail");
+    assert!(
+        a.log_text().contains(holder) && !b.log_text().contains(&format!("instance={holder}")),
+        "doctor names {holder}, which is not the first coordinator"
+    );
+
     let agents = agents(&a.state_dir);
     assert_eq!(agents.len(), 3);
     let (a_md, b_md) = (
@@ -251,9 +283,17 @@ fn leader_killed_at(point: &str) {
         }
     }
     a.kill_at(point, Duration::from_secs(60));
-    let killed = Instant::now();
+    // The leader was dead from the moment it stopped itself at the point (it renewed
+    // nothing after), which the marker it wrote just before records.
+    let stopped = std::fs::metadata(a.state_dir.join(format!("fault-{point}")))
+        .and_then(|m| m.modified())
+        .expect("the fault marker");
     wait_log(&b, "took the lease", TAKEOVER_BOUND);
-    let took_over = killed.elapsed();
+    let took_over = stopped.elapsed().unwrap_or_default();
+    assert!(
+        took_over < TAKEOVER_BOUND,
+        "{point}: the lease was taken {took_over:?} after the leader stopped"
+    );
     // Resumed: the creation reaches its plan, and the follower's agents' reports end it.
     let start = Instant::now();
     let v = loop {

@@ -115,6 +115,10 @@ pub struct DoctorArgs {
     /// default: <state-dir>/vm-image).
     #[arg(long)]
     pub qemu_image: Option<PathBuf>,
+    /// The store to check, as `shoal serve --store` takes it (a PostgreSQL URL: is it
+    /// reachable, migrated, who leads); better given in SHOAL_STORE_URL.
+    #[arg(long, env = crate::store::pg::URL_ENV, hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// How the local provider's VMs get their images (`shoal serve --local-images`).
@@ -469,6 +473,7 @@ async fn run_doctor(
         region: a.region.clone(),
         profile: a.profile.clone(),
         qemu_image: a.qemu_image.clone(),
+        store: a.store.clone(),
     })
     .await;
     if a.json {
