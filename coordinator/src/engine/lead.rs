@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{node_keys, Engine, CREATING};
 use crate::store::{ClusterRow, ClusterState, Notice};
@@ -125,10 +125,32 @@ impl Engine {
             // What was committed between this store's opening and the subscription.
             engine.refresh_all().await;
             loop {
-                match rx.recv().await {
-                    Ok(Notice::Cluster(name)) => engine.refresh(&name).await,
-                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => engine.refresh_all().await,
-                    Err(RecvError::Closed) => return,
+                // Every notice waiting, coalesced: a burst of reports on one cluster (its
+                // agents booting together) costs one re-read of it, not one per report.
+                let mut names = std::collections::BTreeSet::new();
+                let mut all = false;
+                let mut next = rx.recv().await;
+                loop {
+                    match next {
+                        Ok(Notice::Cluster(name)) => {
+                            names.insert(name);
+                        }
+                        Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => all = true,
+                        Err(RecvError::Closed) => return,
+                    }
+                    match rx.try_recv() {
+                        Ok(n) => next = Ok(n),
+                        Err(TryRecvError::Lagged(n)) => next = Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => next = Err(RecvError::Closed),
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+                if all {
+                    engine.refresh_all().await;
+                    continue;
+                }
+                for name in names {
+                    engine.refresh(&name).await;
                 }
             }
         });
