@@ -1412,6 +1412,7 @@ class SeededServe:
     def __enter__(self):
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
+        self.state.mkdir(mode=0o700)
         run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(self.work), "--nodes", str(self.nodes),
              "--first-ip", "10.217.0.10", "--seed-only"], env={**os.environ, **self.env})
         self.port = free_port()
@@ -1688,6 +1689,9 @@ def bench_postgres(rep, args, prefix, octet):
     nodes = 200 if args.quick else 1000
     rounds = 2 if args.quick else 5
     work = OUT / "postgres"
+    # The logs are searched for the takeover: none may be left from an earlier run.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     res = {"failover": [], "restart": [], "status": {"sqlite": [], "postgres": [], "sqlite-liveness": [],
                                                       "postgres-liveness": []}}
     with Postgres(work / "pg") as pg:

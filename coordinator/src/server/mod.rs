@@ -161,6 +161,11 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // SQLite makes it; with PostgreSQL nothing else would before the token is written.
+    std::fs::create_dir_all(&opts.state_dir).map_err(io(format!(
+        "creating the state directory {}",
+        opts.state_dir.display()
+    )))?;
     let store = opts.store.open(&opts.state_dir).await?;
     if let StoreChoice::Postgres(url) = &opts.store {
         tracing::info!(database = %url, "state in PostgreSQL");
