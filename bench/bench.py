@@ -27,7 +27,7 @@ Eleven measurements, each against the approach Shoal replaces or against its tar
                DataNodes live) and a worker with a replica of every block removed:
                HDFS decommissioning first (the blueprint's drain hook) against deleting
                the VM straight away and leaving HDFS to re-replicate
-14. disks      a 2-node cluster's time to AVAILABLE with 0 and with 2 data disks per node
+15. disks      a 2-node cluster's time to AVAILABLE with 0 and with 2 data disks per node
                (loop devices formatted and mounted by the agent), side by side.
                Not in the default set until it has been run once: `--only disks`.
 10. qemu       real VMs (the qemu provider, TCG here): the OS's own boot stages
@@ -783,7 +783,7 @@ def bench_disks(rep, args, prefix, octet):
              "span (it ends when the containers phase begins).", ""]
     lines += table(["cluster of 2 nodes", "to AVAILABLE: median (min–max)",
                     "images phase + disks, per node"], rows)
-    rep.section("14. Data disks: boot with 0 and 2 disks per node (local provider)", lines)
+    rep.section("15. Data disks: boot with 0 and 2 disks per node (local provider)", lines)
 
 
 def bench_hadoop(rep, args, prefix, octet):
@@ -1438,9 +1438,11 @@ class SeededServe:
     seeded by `metadata_bench --seed-only` in `work`; the agents' configurations are in
     `work/agents`. A context manager: the server stops on exit."""
 
-    def __init__(self, binary, work, nodes, prefix, octet, label):
+    def __init__(self, binary, work, nodes, prefix, octet, label, env=None):
         self.binary, self.work, self.nodes, self.prefix, self.octet, self.label = (
             binary, work, nodes, prefix, octet, label)
+        # SHOAL_STORE_URL here seeds and serves from PostgreSQL instead of SQLite.
+        self.env = env or {}
         self.state = work / "state"
         self.port = None
         self.p = None
@@ -1449,8 +1451,9 @@ class SeededServe:
     def __enter__(self):
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
+        self.state.mkdir(mode=0o700)
         run([str(RELEASE / "examples" / "metadata_bench"), "--dir", str(self.work), "--nodes", str(self.nodes),
-             "--first-ip", "10.217.0.10", "--seed-only"])
+             "--first-ip", "10.217.0.10", "--seed-only"], env={**os.environ, **self.env})
         self.port = free_port()
         self.logf = open(self.work / "serve.log", "w")
         self.p = subprocess.Popen(
@@ -1458,7 +1461,8 @@ class SeededServe:
              "--metadata-listen", f"127.0.0.1:{self.port}", "--rate-limit", "0",
              "--max-conns-per-source", "10000", "--local-vpc", f"10.216.{self.octet}.0/24",
              "--local-prefix", self.prefix],
-            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env={**os.environ, "RUST_LOG": "warn"})
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
+            env={**os.environ, "RUST_LOG": "warn", **self.env})
         deadline = time.monotonic() + 30
         while not (self.state / "api.json").exists():
             if self.p.poll() is not None or time.monotonic() > deadline:
@@ -1565,6 +1569,225 @@ def bench_status(rep, args, prefix, octet):
     rep.section("6. Status reports", lines)
 
 
+
+
+# ---------------------------------------------------------------------------------
+# 14. Several coordinators on PostgreSQL
+
+class Postgres:
+    """A throwaway PostgreSQL server of Debian's postgresql (as tests/src/postgres.rs):
+    initdb as the postgres user, a Unix socket in a directory of its own, no TCP."""
+
+    PASSWORD = "bench-pg-secret"
+
+    def __init__(self, work):
+        self.dir = work
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name))
+        if not bins:
+            raise BenchError("PostgreSQL's server binaries are missing (scripts/install-deps installs postgresql)")
+        self.bin = bins[-1].parent
+
+    def __enter__(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        shutil.chown(self.dir, "postgres", "postgres")
+        pw = self.dir / "pw"
+        pw.write_text(self.PASSWORD)
+        shutil.chown(pw, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        run(as_pg + [str(self.bin / "initdb"), "--auth-local=scram-sha-256", "--username=shoal", "--locale=C",
+                     "--encoding=UTF8", "--pwfile", str(pw), "-D", str(self.dir / "data")], cwd=self.dir)
+        pw.unlink()
+        run(as_pg + [str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"),
+                     "-o", f"-c listen_addresses='' -c unix_socket_directories='{self.dir}' -c max_connections=200",
+                     "-w", "-t", "60", "start"], cwd=self.dir)
+        return self
+
+    def __exit__(self, *exc):
+        run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
+             "-m", "fast", "-w", "stop"], check=False, cwd=self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, db):
+        host = str(self.dir).replace("/", "%2F")
+        return f"postgresql://shoal:{self.PASSWORD}@{host}/{db}"
+
+    def create(self, db):
+        run(["psql", "-h", str(self.dir), "-U", "shoal", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+             "-c", f'CREATE DATABASE "{db}"'], env={**os.environ, "PGPASSWORD": self.PASSWORD})
+
+
+def serve_sim(state, log_path, env, prefix, octet):
+    """`shoal serve` with the sim provider on `state`; returns (process, api url)."""
+    api = state / "api.json"
+    api.unlink(missing_ok=True)
+    logf = open(log_path, "a")
+    p = subprocess.Popen(
+        [str(RELEASE / "shoal"), "--state-dir", str(state), "serve", "--api-listen", "127.0.0.1:0",
+         "--metadata-listen", "127.0.0.1:0", "--enable-sim-provider", "--local-vpc", f"10.216.{octet}.0/24",
+         "--local-prefix", prefix],
+        stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env={**os.environ, "RUST_LOG": "info", **env})
+    deadline = time.monotonic() + 30
+    while not api.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise BenchError(f"shoal serve did not start: {Path(log_path).read_text()[-2000:]}")
+        time.sleep(0.02)
+    return p, json.loads(api.read_text())["url"]
+
+
+def shoal_cli(state, url, *args):
+    return run([str(RELEASE / "shoal"), "--state-dir", str(state), *args],
+               env={**os.environ, "SHOAL_COORDINATOR": url})
+
+
+def created_until_plan(state, url, name, timeout=60):
+    """Asks `url` for a 3-node sim cluster; seconds until its plan is published."""
+    t0 = time.monotonic()
+    shoal_cli(state, url, "cluster", "create", name, "--provider", "sim", "--nodes", "3")
+    while time.monotonic() - t0 < timeout:
+        v = json.loads(shoal_cli(state, url, "cluster", "show", name, "--json").stdout)
+        if v.get("generation", 0) >= 1:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise BenchError(f"cluster {name} got no plan within {timeout} s")
+
+
+def wait_api(url, state, timeout=60):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if run([str(RELEASE / "shoal"), "--state-dir", str(state), "cluster", "list"], check=False,
+               env={**os.environ, "SHOAL_COORDINATOR": url}).returncode == 0:
+            return
+        time.sleep(0.02)
+    raise BenchError(f"{url} did not answer")
+
+
+def failover_run(pg, work, prefix, octet, i):
+    """Two coordinators on one database: the leader killed with SIGKILL; seconds until the
+    follower took the lease, and until a creation asked of it then had its plan."""
+    db = f"fail{i}"
+    pg.create(db)
+    env = {"SHOAL_STORE_URL": pg.url(db)}
+    state = work / f"state{i}"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    a, _ = serve_sim(state, work / f"a{i}.log", env, prefix, octet)
+    t0 = time.monotonic()
+    while "leading" not in (work / f"a{i}.log").read_text():
+        if time.monotonic() - t0 > 30:
+            a.kill()
+            raise BenchError("the first coordinator never took the lease")
+        time.sleep(0.02)
+    b, b_url = serve_sim(state, work / f"b{i}.log", env, prefix, octet)
+    try:
+        time.sleep(4)
+        t0 = time.monotonic()
+        a.kill()
+        a.wait()
+        while "took the lease" not in (work / f"b{i}.log").read_text():
+            if time.monotonic() - t0 > 60:
+                raise BenchError("the follower never took the lease")
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        plan = created_until_plan(state, b_url, f"f{i}")
+        return {"lease_s": took, "resumed_s": took + plan}
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+
+
+def restart_run(work, prefix, octet, i):
+    """One coordinator on SQLite, killed with SIGKILL and started again at once (what
+    systemd's Restart= does): seconds until its API answered again, and until a creation
+    asked of it then had its plan."""
+    state = work / f"sqlite{i}"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    a, _ = serve_sim(state, work / f"s{i}.log", {}, prefix, octet)
+    time.sleep(1)
+    t0 = time.monotonic()
+    a.kill()
+    a.wait()
+    a, url = serve_sim(state, work / f"s{i}.log", {}, prefix, octet)
+    try:
+        wait_api(url, state)
+        up = time.monotonic() - t0
+        plan = created_until_plan(state, url, f"r{i}")
+        return {"lease_s": up, "resumed_s": up + plan}
+    finally:
+        a.terminate()
+        a.wait(30)
+
+
+def bench_postgres(rep, args, prefix, octet):
+    runs = 1 if args.quick else min(args.runs, 3)
+    nodes = 200 if args.quick else 1000
+    rounds = 2 if args.quick else 5
+    work = OUT / "postgres"
+    # The logs are searched for the takeover: none may be left from an earlier run.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    res = {"failover": [], "restart": [], "status": {"sqlite": [], "postgres": [], "sqlite-liveness": [],
+                                                      "postgres-liveness": []}}
+    with Postgres(work / "pg") as pg:
+        for r in range(runs):
+            log(f"postgres: failover, run {r + 1}/{runs}")
+            res["failover"].append(failover_run(pg, work, prefix + "p", octet, r))
+            log(f"postgres: SQLite restart, run {r + 1}/{runs}")
+            res["restart"].append(restart_run(work, prefix + "q", octet, r))
+            for store in ("sqlite", "postgres"):
+                for same in (False, True):
+                    label = store + ("-liveness" if same else "")
+                    env = {}
+                    if store == "postgres":
+                        db = f"status{r}{'l' if same else ''}"
+                        pg.create(db)
+                        env = {"SHOAL_STORE_URL": pg.url(db)}
+                    log(f"postgres: {nodes} agents x {rounds} reports ({label}), run {r + 1}/{runs}")
+                    with SeededServe(RELEASE / "shoal", work / f"status-{label}", nodes, prefix + "s", octet,
+                                     label, env) as srv:
+                        res["status"][label].append(srv.load(rounds, same))
+    rep.raw["postgres"] = res
+    rows = [
+        ["two coordinators on PostgreSQL: the leader killed (SIGKILL)",
+         summary([v["lease_s"] for v in res["failover"]], "s", 1),
+         summary([v["resumed_s"] for v in res["failover"]], "s", 1)],
+        ["one coordinator on SQLite: killed (SIGKILL) and started again at once (systemd Restart=)",
+         summary([v["lease_s"] for v in res["restart"]], "s", 1),
+         summary([v["resumed_s"] for v in res["restart"]], "s", 1)],
+    ]
+    lines = [
+        "Failover: two `shoal serve` (release build, sim provider) on one database of a throwaway PostgreSQL "
+        f"{'' if not res['failover'] else ''}server (Unix socket, same machine), sharing a state directory; the "
+        "leader is killed with SIGKILL 4 s after both started; measured until the follower's log says it took the "
+        "lease, and until a 3-node creation asked of it then has its plan published. Beside it, what a user would "
+        "otherwise run: one coordinator on SQLite, killed and started again at once, as systemd's `Restart=` does "
+        "(which needs the machine itself to survive).",
+        "",
+    ]
+    lines += table(["setup", "driving again (lease taken / API answers)", "a creation asked then has its plan"], rows)
+    names = {"sqlite": "SQLite (group commit)", "postgres": "PostgreSQL (one transaction per report)",
+             "sqlite-liveness": "SQLite, liveness reports", "postgres-liveness": "PostgreSQL, liveness reports"}
+    srows = []
+    for label in ("sqlite", "postgres", "sqlite-liveness", "postgres-liveness"):
+        x = res["status"][label]
+        srows.append([names[label], summary([v["per_sec"] for v in x], "reports/s"),
+                      summary([v["p50_ms"] for v in x], "ms", 1), summary([v["p99_ms"] for v in x], "ms", 1),
+                      summary([v["errors"] for v in x], "", 0)])
+    lines += [
+        "",
+        f"Status reports: {nodes} simulated agents (`status_load`) report {rounds} times each, all at once, to one "
+        "`shoal serve` holding a CREATING cluster seeded by `metadata_bench --seed-only` into SQLite or into "
+        "PostgreSQL (same machine, Unix socket, fsync on, default settings). Liveness rows: the same report again. "
+        f"{runs} run(s).",
+        "",
+    ]
+    lines += table(["store", "reports/s", "p50", "p99", f"not delivered (of {nodes * rounds})"], srows)
+    rep.section("14. Several coordinators on PostgreSQL", lines)
 
 
 # ---------------------------------------------------------------------------------
@@ -2728,7 +2951,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
-    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents", "disks"],
+    ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents", "postgres", "disks"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -2737,7 +2960,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale", "agents"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale", "agents", "postgres"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
@@ -2778,8 +3001,10 @@ def main():
             bench_health(rep, args, tag + "h", (octet + 200) % 250 + 1)
         if "agents" in only:
             bench_agents(rep, args, tag + "f", (octet + 220) % 250 + 1)
+        if "postgres" in only:
+            bench_postgres(rep, args, tag + "g", (octet + 230) % 250 + 1)
         if "disks" in only:
-            bench_disks(rep, args, tag + "g", (octet + 240) % 250 + 1)
+            bench_disks(rep, args, tag + "b", (octet + 240) % 250 + 1)
     except (BenchError, KeyboardInterrupt) as e:
         failed = e
     rep.sections.sort(key=lambda s: int(s[0].split(".", 1)[0]))

@@ -19,7 +19,7 @@
 //! prints `waiting <held long-polls> rss_kib <resident set>`. End of stdin stops it.
 //!
 //! With `--seed-only`, it stores the cluster (CREATING, its plan published) in
-//! `DIR/state` and exits without serving: `shoal serve --state-dir DIR/state` then
+//! `DIR/state` (or the PostgreSQL database `SHOAL_STORE_URL` names) and exits without serving: `shoal serve --state-dir DIR/state` then
 //! resumes it and takes its agents' reports (the status-report benchmark).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,7 +34,7 @@ use shoal::engine::planner::{self, PlannedNode};
 use shoal::engine::{Engine, EngineSettings};
 use shoal::providers::registry::Registry;
 use shoal::providers::ProviderParams;
-use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, SqliteStore, Store};
+use shoal::store::{now_ms, ClusterRow, ClusterState, NodeRow, Store, StoreChoice};
 use shoal::{keys, metadata};
 use shoal_protocol::{AgentConfig, Phase};
 
@@ -138,7 +138,11 @@ fn rss_kib() -> u64 {
 async fn run(args: Args) -> anyhow::Result<()> {
     let name = "bench";
     std::fs::create_dir_all(args.dir.join("agents"))?;
-    let store = Arc::new(SqliteStore::open(&args.dir.join("state"))?);
+    // SQLite in DIR/state, or the database SHOAL_STORE_URL names (as `shoal serve`).
+    let store: Arc<dyn Store> =
+        StoreChoice::parse(std::env::var(shoal::store::pg::URL_ENV).ok().as_deref())?
+            .open(&args.dir.join("state"))
+            .await?;
     let blueprint = Blueprint::built_in(&args.blueprint)
         .with_context(|| format!("no built-in blueprint {:?}", args.blueprint))??;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -95,6 +95,12 @@ pub struct TestCoordinator {
     images: PathBuf,
     /// Held while this coordinator lives: its prefix and state directory are its own.
     lock: (std::fs::File, PathBuf),
+    /// The API URL and metadata URL the CLI calls and tests use, read from `api.json`
+    /// when it was started ([`TestCoordinator::pin`]).
+    pinned: Option<(String, String)>,
+    /// It shares another's state directory ([`TestCoordinator::beside`]): its drop
+    /// stops it and leaves the clusters and the directory to that one.
+    shared: bool,
 }
 
 impl TestCoordinator {
@@ -183,7 +189,62 @@ impl TestCoordinator {
             child: None,
             images: image_dir(),
             lock,
+            pinned: None,
+            shared: false,
         }
+    }
+
+    /// Starts a second coordinator on `other`'s state directory (so with its CA,
+    /// operator token, credentials and sim provider records: several coordinators on
+    /// one PostgreSQL database), logging to a file of its own. Both are pinned: the CLI
+    /// calls of each go to its own API, not to whichever wrote `api.json` last.
+    pub fn beside(
+        other: &mut TestCoordinator,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestCoordinator {
+        other.pin();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let lock_path =
+            std::env::temp_dir().join(format!("shoal-e2e-{}-beside{n}.lock", other.prefix));
+        let lock = std::fs::File::create(&lock_path).expect("test lock file");
+        let mut c = TestCoordinator {
+            state_dir: other.state_dir.clone(),
+            prefix: other.prefix.clone(),
+            vpc: other.vpc.clone(),
+            gateway: other.gateway.clone(),
+            qemu_vpc: other.qemu_vpc.clone(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            bare: other.bare,
+            child: None,
+            log: other.state_dir.join(format!("serve-beside{n}.log")),
+            images: other.images.clone(),
+            lock: (lock, lock_path),
+            pinned: None,
+            shared: true,
+        };
+        c.spawn(extra);
+        c.pin();
+        c
+    }
+
+    /// Pins this coordinator's CLI calls to the API it serves now.
+    pub fn pin(&mut self) {
+        let info: Value = serde_json::from_slice(
+            &std::fs::read(self.state_dir.join("api.json")).expect("api.json"),
+        )
+        .expect("api.json is JSON");
+        let url = |k: &str| info[k].as_str().expect("api.json URLs").to_string();
+        self.pinned = Some((url("url"), url("metadata_url")));
+    }
+
+    /// The metadata API base URL of a pinned coordinator.
+    pub fn pinned_metadata_url(&self) -> Option<&str> {
+        self.pinned.as_ref().map(|(_, m)| m.as_str())
     }
 
     /// (Re)starts the server process on the same state, with [`TestCoordinator::env`].
@@ -303,8 +364,11 @@ impl TestCoordinator {
 
     /// Runs the CLI against this coordinator.
     pub fn shoal(&self, args: &[&str]) -> Output {
-        Command::new(bin("shoal"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(bin("shoal"));
+        if let Some((api, _)) = &self.pinned {
+            cmd.env("SHOAL_COORDINATOR", api);
+        }
+        cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .args(args)
             .output()
@@ -631,8 +695,16 @@ impl TestCoordinator {
 
 impl Drop for TestCoordinator {
     fn drop(&mut self) {
+        if self.shared {
+            self.stop("TERM");
+            let _ = std::fs::remove_file(&self.lock.1);
+            return;
+        }
         if self.child.is_none() {
             self.spawn(&[]);
+            if self.pinned.is_some() {
+                self.pin();
+            }
         }
         if let Ok(out) = std::panic::catch_unwind(|| self.shoal(&["cluster", "list", "--json"])) {
             let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -11,6 +11,7 @@ pub mod dockerd;
 pub mod fake_arm;
 pub mod hadoop;
 pub mod moto;
+pub mod postgres;
 pub mod vm;
 
 use std::io::{Read, Write};

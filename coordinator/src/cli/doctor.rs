@@ -100,6 +100,8 @@ pub struct Options {
     pub profile: Option<String>,
     /// The qemu provider's base image (default `<state-dir>/vm-image`).
     pub qemu_image: Option<PathBuf>,
+    /// `--store` (SHOAL_STORE_URL): the database to check, if not SQLite.
+    pub store: Option<String>,
 }
 
 /// Runs every check for the chosen provider: the provider's own preflight, the state
@@ -124,6 +126,7 @@ pub async fn run(opts: &Options) -> Report {
     });
     checks.extend(state_dir_checks(&opts.state_dir));
     checks.push(open_files_check());
+    checks.extend(store_checks(opts.store.as_deref()).await);
     checks.push(coordinator_check(opts).await);
     let ok = checks.iter().all(|c| c.status != Status::Fail);
     Report {
@@ -132,6 +135,118 @@ pub async fn run(opts: &Options) -> Report {
         checks,
         ok,
     }
+}
+
+/// The PostgreSQL store, when one is given: reachable, migrated to the schema this
+/// build writes, and which coordinator leads provisioning.
+async fn store_checks(store: Option<&str>) -> Vec<Check> {
+    use crate::store::{pg, StoreChoice};
+    let url = match StoreChoice::parse(store) {
+        Ok(StoreChoice::Sqlite) => return vec![],
+        Ok(StoreChoice::Postgres(url)) => url,
+        Err(e) => {
+            return vec![check(
+                "database",
+                Status::Fail,
+                e.to_string(),
+                Some(
+                    "give --store postgres://USER:PASSWORD@HOST:PORT/DATABASE (or SHOAL_STORE_URL)"
+                        .into(),
+                ),
+            )]
+        }
+    };
+    let info = match tokio::time::timeout(Duration::from_secs(15), pg::inspect(&url)).await {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => {
+            return vec![check(
+                "database",
+                Status::Fail,
+                e.to_string(),
+                Some("check the URL, the password, and that the server accepts connections from here (pg_hba.conf)".into()),
+            )]
+        }
+        Err(_) => {
+            return vec![check(
+                "database",
+                Status::Fail,
+                format!("{url}: no answer within 15 s"),
+                Some("check the host and port, and the network to it".into()),
+            )]
+        }
+    };
+    let mut out = vec![check(
+        "database",
+        Status::Ok,
+        format!("{url}: PostgreSQL {}", info.server_version),
+        None,
+    )];
+    out.push(match info.schema_version {
+        0 => check(
+            "database-schema",
+            Status::Warn,
+            format!(
+                "not migrated yet (this shoal writes schema {})",
+                pg::SCHEMA_VERSION
+            ),
+            Some("`shoal serve --store` migrates it at its first start".into()),
+        ),
+        v if v > pg::SCHEMA_VERSION => check(
+            "database-schema",
+            Status::Fail,
+            format!(
+                "schema {v}, newer than this shoal understands ({})",
+                pg::SCHEMA_VERSION
+            ),
+            Some("upgrade shoal to the version the other coordinators run".into()),
+        ),
+        v if v < pg::SCHEMA_VERSION => check(
+            "database-schema",
+            Status::Warn,
+            format!(
+                "schema {v}; this shoal migrates it to {} at start",
+                pg::SCHEMA_VERSION
+            ),
+            None,
+        ),
+        v => check("database-schema", Status::Ok, format!("schema {v}"), None),
+    });
+    if info.schema_version >= 2 {
+        out.push(match pg::current_lease(&url).await {
+            Ok(Some(l)) if l.expires_ms > l.now_ms => check(
+                "leader",
+                Status::Ok,
+                format!(
+                    "{} leads provisioning (for {} s now; lease renewed, expires in {:.1} s)",
+                    l.holder,
+                    l.now_ms.saturating_sub(l.since_ms) / 1000,
+                    (l.expires_ms - l.now_ms) as f64 / 1000.0
+                ),
+                None,
+            ),
+            Ok(Some(l)) => check(
+                "leader",
+                Status::Warn,
+                format!(
+                    "no coordinator leads: {}'s lease expired {:.1} s ago",
+                    l.holder,
+                    (l.now_ms - l.expires_ms) as f64 / 1000.0
+                ),
+                Some(
+                    "start `shoal serve --store` (any running one takes the lease within seconds)"
+                        .into(),
+                ),
+            ),
+            Ok(None) => check(
+                "leader",
+                Status::Info,
+                "no coordinator has led yet".to_string(),
+                None,
+            ),
+            Err(e) => check("leader", Status::Warn, e.to_string(), None),
+        });
+    }
+    out
 }
 
 /// Whether the open-file limit here lets `serve` hold as many agent connections as
@@ -516,6 +631,7 @@ mod tests {
             region: None,
             profile: None,
             qemu_image: None,
+            store: None,
         })
         .await;
         assert!(!r.ok);

@@ -115,6 +115,10 @@ pub struct DoctorArgs {
     /// default: <state-dir>/vm-image).
     #[arg(long)]
     pub qemu_image: Option<PathBuf>,
+    /// The store to check, as `shoal serve --store` takes it (a PostgreSQL URL: is it
+    /// reachable, migrated, who leads); better given in SHOAL_STORE_URL.
+    #[arg(long, env = crate::store::pg::URL_ENV, hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 /// How the local provider's VMs get their images (`shoal serve --local-images`).
@@ -129,6 +133,12 @@ pub enum LocalImages {
 /// `shoal serve` options.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where the state is kept: `sqlite` (the default: a file in the state directory)
+    /// or a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE, which several
+    /// coordinators can share (docs/several-coordinators.md). Give the URL in the
+    /// environment rather than here: `ps` shows every process's arguments.
+    #[arg(long, env = crate::store::pg::URL_ENV, hide_env_values = true)]
+    pub store: Option<String>,
     /// Operator API address. On loopback it is plain HTTP; any other address is served
     /// over TLS with the coordinator's CA (<state-dir>/ca.pem).
     #[arg(long, default_value = crate::server::DEFAULT_API_LISTEN)]
@@ -463,6 +473,7 @@ async fn run_doctor(
         region: a.region.clone(),
         profile: a.profile.clone(),
         qemu_image: a.qemu_image.clone(),
+        store: a.store.clone(),
     })
     .await;
     if a.json {

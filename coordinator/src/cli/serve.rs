@@ -7,16 +7,19 @@ use super::error::exit;
 use super::ServeArgs;
 use crate::server::listener::Limits;
 use crate::server::{serve, ServeOptions};
+use crate::store::{StoreChoice, StoreError};
 
-/// The options `shoal serve` runs with.
-pub fn options(state_dir: &Path, a: &ServeArgs) -> ServeOptions {
+/// The options `shoal serve` runs with; an invalid `--store` is an error.
+pub fn options(state_dir: &Path, a: &ServeArgs) -> Result<ServeOptions, StoreError> {
+    let store = StoreChoice::parse(a.store.as_deref())?;
     let agent_bin = a.agent_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("shoal-agent")))
             .unwrap_or_else(|| "shoal-agent".into())
     });
-    ServeOptions {
+    Ok(ServeOptions {
+        store,
         qemu_image: a
             .qemu_image
             .clone()
@@ -48,12 +51,19 @@ pub fn options(state_dir: &Path, a: &ServeArgs) -> ServeOptions {
             ..Limits::default()
         },
         enable_sim: a.enable_sim_provider,
-    }
+    })
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM; exit 1 if it cannot start or fails.
 pub async fn run(state_dir: &Path, a: &ServeArgs) -> u8 {
-    match serve(options(state_dir, a)).await {
+    let opts = match options(state_dir, a) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return exit::USAGE;
+        }
+    };
+    match serve(opts).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("shoal: {e}");

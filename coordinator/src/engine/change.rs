@@ -384,6 +384,9 @@ impl Engine {
 
     /// Drives the change in flight of `name` in the background.
     pub(super) fn spawn_change(self: &Arc<Self>, name: &str) {
+        if !self.leads() {
+            return;
+        }
         let engine = self.clone();
         let n = name.to_string();
         let task = tokio::spawn(async move {

@@ -46,7 +46,8 @@ impl Watched {
         Ok(out)
     }
 
-    fn bump(&self) {
+    /// Counts a change made elsewhere (another coordinator's, told by the store).
+    pub(crate) fn bump(&self) {
         // `send_modify` updates the value even with no receiver (`send` would not).
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -176,6 +177,18 @@ impl Store for Watched {
 
     fn stats(&self) -> StoreStats {
         self.inner.stats()
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::Notice>> {
+        self.inner.notices()
+    }
+
+    fn lease<'a>(
+        &'a self,
+        holder: &'a str,
+        ttl_ms: u64,
+    ) -> StoreFuture<'a, Option<crate::store::Lease>> {
+        self.inner.lease(holder, ttl_ms)
     }
 }
 

@@ -40,6 +40,9 @@ impl Engine {
 
     /// One sweep: marks silent nodes lost, starts due auto-repairs.
     pub async fn sweep(self: &Arc<Self>) -> Result<(), super::EngineError> {
+        if !self.leads() {
+            return Ok(());
+        }
         let lost_after = self.settings.lost_after;
         if self.started.elapsed() >= lost_after {
             let before = now_ms().saturating_sub(lost_after.as_millis() as u64);

@@ -12,6 +12,7 @@
 pub mod change;
 pub mod changes;
 mod error;
+pub mod lead;
 mod liveness;
 pub mod planner;
 pub mod request;
@@ -123,6 +124,18 @@ pub struct Engine {
     /// When this engine started: nobody is marked lost before it has had time to hear
     /// from every agent.
     started: Instant,
+    /// This coordinator's id in the store's lease.
+    instance: String,
+    /// It holds the lease: it drives provisioning ([`lead`]).
+    leading: std::sync::atomic::AtomicBool,
+}
+
+/// `host-pid-random`: tells coordinators apart in the lease and in `doctor`.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), keys::random_hex(3))
 }
 
 fn node_keys(nodes: &[NodeRow]) -> Vec<NodeKey> {
@@ -165,6 +178,10 @@ impl Engine {
             tasks: Mutex::new(HashMap::new()),
             signals: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            instance: instance_id(),
+            // Until `start_leading` asks the store: a store without a lease is led by
+            // its only user.
+            leading: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -398,6 +415,10 @@ impl Engine {
     }
 
     fn spawn_create(self: &Arc<Self>, name: &str) {
+        // A follower records requests; the leader hears of them and drives them.
+        if !self.leads() {
+            return;
+        }
         let engine = self.clone();
         let n = name.to_string();
         let task = tokio::spawn(async move {
@@ -423,10 +444,16 @@ impl Engine {
     /// Fails the cluster if it is still being created after the creation timeout: its
     /// agents never all reported ready. `why` replaces the list of stuck nodes.
     fn spawn_watchdog(self: &Arc<Self>, name: &str, why: Option<&'static str>) {
+        if !self.leads() {
+            return;
+        }
         let engine = self.clone();
         let n = name.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(engine.settings.create_timeout).await;
+            if !engine.leads() {
+                return;
+            }
             let Ok(Some(c)) = engine.store.cluster(&n).await else {
                 return;
             };
@@ -706,6 +733,9 @@ impl Engine {
     }
 
     fn spawn_delete(self: &Arc<Self>, name: &str) {
+        if !self.leads() {
+            return;
+        }
         let engine = self.clone();
         let n = name.to_string();
         // A creation still in flight is aborted, and deletion starts once it has
@@ -761,37 +791,53 @@ impl Engine {
     /// Resumes every cluster in flight: after a restart, creations continue and
     /// deletions finish.
     pub async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
+        if !self.leads() {
+            return Ok(());
+        }
         for c in self.store.clusters().await? {
-            match c.state {
-                ClusterState::Requested | ClusterState::Creating => {
-                    tracing::info!(cluster = %c.name, "resuming creation");
-                    if c.plan.is_some() {
-                        // VMs and plan exist: only the agents' reports are awaited.
-                        // They may all be in already, the crash having come before
-                        // the cluster was marked AVAILABLE.
-                        if self.settle(&c).await? {
-                            continue;
-                        }
-                        self.spawn_watchdog(
-                            &c.name,
-                            Some("not every node was ready in time after a coordinator restart"),
-                        );
-                    } else {
-                        self.spawn_create(&c.name);
-                    }
-                }
-                ClusterState::Deleting => {
-                    tracing::info!(cluster = %c.name, "resuming deletion");
-                    self.spawn_delete(&c.name);
-                }
-                ClusterState::Updating => {
-                    tracing::info!(cluster = %c.name, change = ?c.change, "resuming a change");
-                    self.spawn_change(&c.name);
-                }
-                _ => {}
-            }
+            self.resume(&c, true).await;
         }
         Ok(())
+    }
+
+    /// Resumes `c` if it is in flight; `restarted`: nobody drove it for a while (a
+    /// restart, a takeover), so a creation awaiting only reports gets a watchdog.
+    async fn resume(self: &Arc<Self>, c: &ClusterRow, restarted: bool) {
+        if self.drives(&c.name) {
+            return;
+        }
+        match c.state {
+            ClusterState::Requested | ClusterState::Creating => {
+                tracing::info!(cluster = %c.name, "resuming creation");
+                if c.plan.is_some() {
+                    // VMs and plan exist: only the agents' reports are awaited.
+                    // They may all be in already, the crash having come before
+                    // the cluster was marked AVAILABLE.
+                    match self.settle(c).await {
+                        Ok(true) => {}
+                        Ok(false) if restarted => self.spawn_watchdog(
+                            &c.name,
+                            Some("not every node was ready in time after a coordinator restart"),
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(cluster = %c.name, error = %e, "cannot settle a cluster")
+                        }
+                    }
+                } else {
+                    self.spawn_create(&c.name);
+                }
+            }
+            ClusterState::Deleting => {
+                tracing::info!(cluster = %c.name, "resuming deletion");
+                self.spawn_delete(&c.name);
+            }
+            ClusterState::Updating => {
+                tracing::info!(cluster = %c.name, change = ?c.change, "resuming a change");
+                self.spawn_change(&c.name);
+            }
+            _ => {}
+        }
     }
 
     /// The user-data of one node, as its VM received it.

@@ -70,18 +70,20 @@ impl SimProvider {
         std::fs::create_dir_all(&dir)
             .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
-        let path = dir.join("vms.json");
-        let state = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| err(format!("{} is not a sim state: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SimState::default(),
-            Err(e) => return Err(err(format!("reading {}: {e}", path.display()))),
-        };
+        let state = load(&dir)?;
         Ok(SimProvider {
             dir,
             state: Mutex::new(state),
             url: OnceLock::new(),
         })
+    }
+
+    /// The records as the file holds them now: coordinators sharing a state directory
+    /// (several on one database) share the sim "cloud", as they would a real one.
+    async fn current(&self) -> Result<tokio::sync::MutexGuard<'_, SimState>, ProviderError> {
+        let mut state = self.state.lock().await;
+        *state = load(&self.dir)?;
+        Ok(state)
     }
 
     /// Where the agent configurations of `cluster`'s nodes are written.
@@ -94,6 +96,16 @@ impl SimProvider {
         let path = self.dir.join("vms.json");
         write_file_atomic(&path, &bytes, 0o600)
             .map_err(|e| err(format!("writing {}: {e}", path.display())))
+    }
+}
+
+fn load(dir: &Path) -> Result<SimState, ProviderError> {
+    let path = dir.join("vms.json");
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| err(format!("{} is not a sim state: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SimState::default()),
+        Err(e) => Err(err(format!("reading {}: {e}", path.display()))),
     }
 }
 
@@ -167,7 +179,7 @@ impl Provider for SimProvider {
                     .map_err(|e| err(format!("{}: {e}", req.node_id)))?;
                 configs.push(serde_json::to_vec(&cfg).map_err(|e| err(e.to_string()))?);
             }
-            let mut state = self.state.lock().await;
+            let mut state = self.current().await?;
             let mut out = Vec::with_capacity(nodes.len());
             for (req, cfg) in nodes.iter().zip(configs) {
                 let instance_id =
@@ -218,7 +230,7 @@ impl Provider for SimProvider {
         _params: &'a ProviderParams,
     ) -> BoxFuture<'a, Result<Vec<NodeInfo>, ProviderError>> {
         Box::pin(async move {
-            let state = self.state.lock().await;
+            let state = self.current().await?;
             Ok(state
                 .clusters
                 .get(&cluster.tag())
@@ -234,7 +246,7 @@ impl Provider for SimProvider {
         nodes: &'a [String],
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            let mut state = self.state.lock().await;
+            let mut state = self.current().await?;
             let dir = self.agents_dir(cluster);
             if let Some(c) = state.clusters.get_mut(&cluster.tag()) {
                 for n in nodes {
@@ -252,7 +264,7 @@ impl Provider for SimProvider {
         _params: &'a ProviderParams,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            let mut state = self.state.lock().await;
+            let mut state = self.current().await?;
             state.clusters.remove(&cluster.tag());
             let dir = self.agents_dir(cluster);
             match std::fs::remove_dir_all(&dir) {

@@ -20,7 +20,7 @@ use crate::keys;
 use crate::metadata;
 use crate::providers::qemu::AccelChoice;
 use crate::providers::registry::{Registry, RegistrySettings};
-use crate::store::SqliteStore;
+use crate::store::StoreChoice;
 use crate::tls::{self, Ca};
 
 /// Default operator API address.
@@ -69,6 +69,8 @@ pub struct ServeOptions {
     pub qemu_accel: AccelChoice,
     /// Offer the `sim` test provider (records VMs without making them).
     pub enable_sim: bool,
+    /// Where the state is kept.
+    pub store: StoreChoice,
 }
 
 /// `serve` failures.
@@ -159,7 +161,15 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
     crate::fault::set_state_dir(opts.state_dir.clone());
     // Everything the coordinator writes holds or sits beside secrets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let store = Arc::new(SqliteStore::open(&opts.state_dir)?);
+    // SQLite makes it; with PostgreSQL nothing else would before the token is written.
+    std::fs::create_dir_all(&opts.state_dir).map_err(io(format!(
+        "creating the state directory {}",
+        opts.state_dir.display()
+    )))?;
+    let store = opts.store.open(&opts.state_dir).await?;
+    if let StoreChoice::Postgres(url) = &opts.store {
+        tracing::info!(database = %url, "state in PostgreSQL");
+    }
     let token = load_or_create_token(&opts.state_dir)?;
     let api_tls_needed = !opts.api_listen.ip().is_loopback();
     let ca = if opts.insecure_http && !api_tls_needed {
@@ -268,7 +278,12 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(io(format!("writing {}", info_path.display())))?;
     tracing::info!(operator_api = %info.url, metadata_api = %info.metadata_url, "coordinator listening");
 
-    engine.reconcile().await?;
+    // The lease first: what the notices start depends on whether this one leads.
+    let leads = engine.start_leading().await;
+    engine.spawn_notices();
+    if leads {
+        engine.reconcile().await?;
+    }
     engine.spawn_liveness();
 
     // The web console shares the operator listener (and so its TLS) with the API; its

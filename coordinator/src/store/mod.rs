@@ -40,8 +40,11 @@ use crate::blueprint::Blueprint;
 use crate::providers::{ClusterRef, ProviderParams};
 
 pub mod conformance;
+pub mod pg;
+mod raw;
 pub mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A cluster's life.
@@ -528,9 +531,53 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// The database was made by a newer Shoal.
+    #[error("state store: the database's schema is version {found}, newer than this shoal understands ({supported}): upgrade shoal, or point it at another database")]
+    SchemaTooNew {
+        /// The version found.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
     /// The store's worker is gone (it panicked, or the store was closed).
     #[error("state store: the database worker stopped")]
     Closed,
+}
+
+/// Which store a coordinator keeps its state in (`serve --store`). `Debug` shows no
+/// password.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// SQLite in the state directory (the default).
+    Sqlite,
+    /// A PostgreSQL database, shared by every coordinator pointed at it.
+    Postgres(Box<pg::DbUrl>),
+}
+
+impl StoreChoice {
+    /// `None` or `sqlite`: SQLite; a `postgres://` URL: that database.
+    pub fn parse(s: Option<&str>) -> Result<StoreChoice, StoreError> {
+        match s.map(str::trim) {
+            None | Some("") | Some("sqlite") => Ok(StoreChoice::Sqlite),
+            Some(url) if pg::DbUrl::is_postgres(url) => {
+                Ok(StoreChoice::Postgres(Box::new(pg::DbUrl::parse(url)?)))
+            }
+            Some(_) => Err(StoreError::Invalid(
+                "--store takes `sqlite` or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL (better given in SHOAL_STORE_URL, which ps does not show)".into(),
+            )),
+        }
+    }
+
+    /// Opens the store (SQLite in `state_dir`).
+    pub async fn open(
+        &self,
+        state_dir: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreChoice::Sqlite => std::sync::Arc::new(SqliteStore::open(state_dir)?),
+            StoreChoice::Postgres(url) => std::sync::Arc::new(PgStore::open(url).await?),
+        })
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -657,4 +704,43 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// What other coordinators on the same database change, as they commit it. `None`
+    /// for a store that only this process writes (SQLite).
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+
+    /// Takes, or renews, the lease to drive provisioning for `ttl_ms`, for `holder`
+    /// (compare-and-set: only when it is free, expired or already `holder`'s); returns
+    /// the lease as it stands after the call, whoever holds it. `None` for a store
+    /// that only this process uses: it always leads.
+    fn lease<'a>(&'a self, holder: &'a str, ttl_ms: u64) -> StoreFuture<'a, Option<Lease>> {
+        let _ = (holder, ttl_ms);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A change another coordinator committed ([`Store::notices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// This cluster changed.
+    Cluster(String),
+    /// Notices may have been missed (the listener connected again): check every
+    /// cluster.
+    Resync,
+}
+
+/// Who drives provisioning, until when ([`Store::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The coordinator holding it.
+    pub holder: String,
+    /// When it expires unless renewed (the database's clock, milliseconds since the
+    /// epoch).
+    pub expires_ms: u64,
+    /// The database's clock when it was read.
+    pub now_ms: u64,
+    /// Since when `holder` has held it.
+    pub since_ms: u64,
 }

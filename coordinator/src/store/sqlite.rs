@@ -8,7 +8,6 @@
 //! status reports arriving together share one commit, one fsync (group commit). A call
 //! is answered only after the commit that holds it, so an acknowledged write is durable.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +15,8 @@ use std::sync::{mpsc, Arc};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use shoal_protocol::{NodeStatus, Phase, Plan};
+
+use super::raw::{self, RawCluster, RawNode};
 use tokio::sync::oneshot;
 
 use super::{
@@ -487,18 +488,7 @@ fn counted(conn: &Connection, cluster: &str, node: &str) -> Result<Option<Counte
     .map_err(db("read a node and its cluster's counts"))
 }
 
-/// The state an AVAILABLE or DEGRADED cluster should be in, given its counts.
-fn health(generation: i64, ready: i64, nodes: i64) -> ClusterState {
-    if generation > 0 && ready >= nodes {
-        ClusterState::Available
-    } else {
-        ClusterState::Degraded
-    }
-}
-
-fn parse_state(s: &str) -> Result<ClusterState, StoreError> {
-    ClusterState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("cluster state {s:?}")))
-}
+use raw::{health, parse_state};
 
 fn insert_node(conn: &Connection, cluster: &str, n: &NodeRow) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -622,7 +612,7 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT * FROM clusters WHERE name = ?1",
                     [&name],
-                    RawCluster::read,
+                    raw_cluster,
                 )
                 .optional()
                 .map_err(db("read cluster"))?;
@@ -636,7 +626,7 @@ impl Store for SqliteStore {
                 .prepare("SELECT * FROM clusters ORDER BY name")
                 .map_err(db("list clusters"))?;
             let rows = stmt
-                .query_map([], RawCluster::read)
+                .query_map([], raw_cluster)
                 .map_err(db("list clusters"))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(db("list clusters"))?;
@@ -651,10 +641,11 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT * FROM nodes WHERE cluster = ?1 ORDER BY idx")
                 .map_err(db("list nodes"))?;
             let rows = stmt
-                .query_map([&cluster], node_from_row)
+                .query_map([&cluster], raw_node)
+                .map_err(db("list nodes"))?
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(db("list nodes"))?;
-            rows.collect::<Result<Vec<_>, _>>()
-                .map_err(db("list nodes"))
+            rows.into_iter().map(|r| r.parse(&cluster)).collect()
         })
     }
 
@@ -689,18 +680,9 @@ impl Store for SqliteStore {
             let now = now_ms() as i64;
             set_state(conn, &name, to, reason.as_deref(), now)?;
             if let Some(id) = change {
-                let creating = kind.as_deref() == Some(ChangeKind::Create.as_str());
-                let outcome = match to {
-                    ClusterState::Available if creating => Some(Ok(())),
-                    ClusterState::Failed if creating => {
-                        Some(Err(reason.as_deref().unwrap_or("failed")))
-                    }
-                    ClusterState::Deleting | ClusterState::Deleted => {
-                        Some(Err("the cluster was deleted"))
-                    }
-                    _ => None,
-                };
-                if let Some(outcome) = outcome {
+                if let Some(outcome) =
+                    raw::transition_ends_change(kind.as_deref(), to, reason.as_deref())
+                {
                     close_change(conn, &name, id, outcome, now)?;
                 }
             }
@@ -821,19 +803,16 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut st| st.execute(params![cluster, node, now]))
                 .map_err(db("record liveness"))?;
-                return Ok(ReportOutcome {
-                    state: parse_state(&state)?,
-                    generation: cgen.max(0) as u64,
-                    ready: ready.max(0) as u32,
-                    nodes: nodes.max(0) as u32,
-                    moved: None,
-                    changed: false,
-                });
+                return Ok(raw::outcome(
+                    parse_state(&state)?,
+                    cgen,
+                    ready,
+                    nodes,
+                    None,
+                    false,
+                ));
             }
-            let generation = status.generation as i64;
-            let is_ready = status.phase == Phase::Ready;
-            let was_ready_here = old_phase == Phase::Ready.as_str() && old_gen == generation;
-            let first_ready = is_ready && !was_ready_here;
+            let step = raw::ReportStep::new(&old_phase, old_gen, cgen, &status);
             conn.prepare_cached(
                 "UPDATE nodes SET phase = ?3, status = ?4, generation = ?5, updated_ms = ?6,
                     last_seen_ms = ?6, lost_ms = NULL, status_hash = ?9,
@@ -846,50 +825,38 @@ impl Store for SqliteStore {
                     node,
                     status.phase.as_str(),
                     json,
-                    generation,
+                    step.generation,
                     now,
-                    first_ready,
-                    is_ready,
+                    step.first_ready,
+                    step.is_ready,
                     fingerprint
                 ])
             })
             .map_err(db("record node status"))?;
-            let was_good = old_phase == Phase::Ready.as_str() && old_gen == cgen;
-            let good = is_ready && generation == cgen;
-            if was_good != good {
-                ready += if good { 1 } else { -1 };
+            if step.ready_delta != 0 {
+                ready += step.ready_delta;
                 conn.prepare_cached("UPDATE clusters SET ready_nodes = ?2 WHERE name = ?1")
                     .and_then(|mut st| st.execute(params![cluster, ready]))
                     .map_err(db("count ready nodes"))?;
             }
-            if first_ready {
+            if step.first_ready {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO convergences (cluster, generation, node, converged_ms)
                      VALUES (?1, ?2, ?3, ?4)",
                 )
-                .and_then(|mut st| st.execute(params![cluster, generation, node, now]))
+                .and_then(|mut st| st.execute(params![cluster, step.generation, node, now]))
                 .map_err(db("record a convergence"))?;
             }
             let mut state = parse_state(&state)?;
             let mut moved = None;
-            if matches!(state, ClusterState::Available | ClusterState::Degraded) {
-                let want = health(cgen, ready, nodes);
-                if want != state {
-                    let reason =
-                        (want == ClusterState::Degraded).then(|| degraded_reason(&node, &status));
-                    set_state(conn, &cluster, want, reason.as_deref(), now)?;
-                    state = want;
-                    moved = Some(want);
-                }
+            if let Some(want) = raw::health_moves(state, cgen, ready, nodes) {
+                let reason =
+                    (want == ClusterState::Degraded).then(|| degraded_reason(&node, &status));
+                set_state(conn, &cluster, want, reason.as_deref(), now)?;
+                state = want;
+                moved = Some(want);
             }
-            Ok(ReportOutcome {
-                state,
-                generation: cgen.max(0) as u64,
-                ready: ready.max(0) as u32,
-                nodes: nodes.max(0) as u32,
-                moved,
-                changed: true,
-            })
+            Ok(raw::outcome(state, cgen, ready, nodes, moved, true))
         })
     }
 
@@ -942,27 +909,12 @@ impl Store for SqliteStore {
             if phase == Phase::Lost.as_str() || !silent {
                 return Ok(None);
             }
-            let mut st: NodeStatus = match status {
-                Some(s) => serde_json::from_str(&s)
-                    .map_err(|_| StoreError::Corrupt(format!("status of {cluster}/{node}")))?,
-                None => NodeStatus {
-                    phase: Phase::Lost,
-                    generation: gen.max(0) as u64,
-                    timings: vec![],
-                    error: None,
-                    containers: vec![],
-                    agent_version: String::new(),
-                    boot: None,
-                    peer_drains: vec![],
-                    recipes: vec![],
-                    disks: vec![],
-                },
-            };
-            st.phase = Phase::Lost;
-            st.error = Some(shoal_protocol::NodeFailure {
-                reason: shoal_protocol::reason::AGENT_SILENT.to_string(),
-                message,
-            });
+            let st = raw::lost_status(
+                status.as_deref(),
+                gen,
+                &message,
+                &format!("{cluster}/{node}"),
+            )?;
             let now = now_ms() as i64;
             conn.execute(
                 "UPDATE nodes SET phase = 'lost', status = ?3, lost_ms = ?4, updated_ms = ?4,
@@ -992,14 +944,7 @@ impl Store for SqliteStore {
                 state = ClusterState::Degraded;
                 moved = Some(state);
             }
-            Ok(Some(ReportOutcome {
-                state,
-                generation: cgen.max(0) as u64,
-                ready: ready.max(0) as u32,
-                nodes: nodes.max(0) as u32,
-                moved,
-                changed: true,
-            }))
+            Ok(Some(raw::outcome(state, cgen, ready, nodes, moved, true)))
         })
     }
 
@@ -1061,12 +1006,7 @@ impl Store for SqliteStore {
             .map_err(db("record a change"))?;
             let mut next = next_index;
             for n in &change.add {
-                if i64::from(n.index) < next_index {
-                    return Err(StoreError::Invalid(format!(
-                        "node {} has index {}, below the cluster's next index {next_index}",
-                        n.id, n.index
-                    )));
-                }
+                raw::check_new_index(n, next_index)?;
                 insert_node(conn, &cluster, n)?;
                 next = next.max(i64::from(n.index) + 1);
             }
@@ -1208,15 +1148,9 @@ impl Store for SqliteStore {
                            AND NOT (phase = 'ready' AND generation = ?2)
                          ORDER BY idx LIMIT 5",
                         params![cluster, gen],
-                        |r| {
-                            Ok(format!(
-                                "{} ({})",
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?
-                            ))
-                        },
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
-                    Some(format!("not every node is ready: {}", names.join(", ")))
+                    Some(raw::not_ready_reason(&names))
                 }
                 (None, _) => None,
             };
@@ -1348,115 +1282,42 @@ fn get_u64(r: &Row<'_>, col: &str) -> rusqlite::Result<u64> {
     r.get::<_, i64>(col).map(|v| v.max(0) as u64)
 }
 
-fn corrupt(col: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(0, col.to_string(), rusqlite::types::Type::Text)
+/// A cluster row as SQLite holds it.
+fn raw_cluster(r: &Row<'_>) -> rusqlite::Result<RawCluster> {
+    Ok(RawCluster {
+        name: r.get("name")?,
+        uid: r.get("uid")?,
+        provider: r.get("provider")?,
+        state: r.get("state")?,
+        reason: r.get("reason")?,
+        key: r.get("key")?,
+        generation: get_u64(r, "generation")?,
+        plan: r.get("plan")?,
+        blueprint: r.get("blueprint")?,
+        params: r.get("params")?,
+        metadata_url: r.get("metadata_url")?,
+        node_count: r.get("node_count")?,
+        overlay: r.get("overlay")?,
+        vni: r.get("vni")?,
+        domain: r.get("domain")?,
+        created_ms: get_u64(r, "created_ms")?,
+        updated_ms: get_u64(r, "updated_ms")?,
+        available_ms: r.get::<_, Option<i64>>("available_ms")?.map(|v| v as u64),
+        ready_nodes: r.get("ready_nodes")?,
+        next_index: r.get("next_index")?,
+        auto_repair_secs: r
+            .get::<_, Option<i64>>("auto_repair_secs")?
+            .map(|v| v.max(0) as u64),
+        change: r.get::<_, Option<i64>>("change_id")?.map(|v| v as u64),
+    })
 }
 
-/// A cluster row as SQLite holds it: its JSON columns are parsed outside the row
-/// callback, so a corrupt one is reported by name.
-struct RawCluster {
-    name: String,
-    uid: String,
-    provider: String,
-    state: String,
-    reason: Option<String>,
-    key: String,
-    generation: u64,
-    plan: Option<String>,
-    blueprint: String,
-    params: String,
-    metadata_url: String,
-    node_count: u32,
-    overlay: String,
-    vni: u32,
-    domain: String,
-    created_ms: u64,
-    updated_ms: u64,
-    available_ms: Option<u64>,
-    ready_nodes: u32,
-    next_index: u32,
-    auto_repair_secs: Option<u64>,
-    change: Option<u64>,
-}
-
-impl RawCluster {
-    fn read(r: &Row<'_>) -> rusqlite::Result<RawCluster> {
-        Ok(RawCluster {
-            name: r.get("name")?,
-            uid: r.get("uid")?,
-            provider: r.get("provider")?,
-            state: r.get("state")?,
-            reason: r.get("reason")?,
-            key: r.get("key")?,
-            generation: get_u64(r, "generation")?,
-            plan: r.get("plan")?,
-            blueprint: r.get("blueprint")?,
-            params: r.get("params")?,
-            metadata_url: r.get("metadata_url")?,
-            node_count: r.get("node_count")?,
-            overlay: r.get("overlay")?,
-            vni: r.get("vni")?,
-            domain: r.get("domain")?,
-            created_ms: get_u64(r, "created_ms")?,
-            updated_ms: get_u64(r, "updated_ms")?,
-            available_ms: r.get::<_, Option<i64>>("available_ms")?.map(|v| v as u64),
-            ready_nodes: r.get("ready_nodes")?,
-            next_index: r.get("next_index")?,
-            auto_repair_secs: r
-                .get::<_, Option<i64>>("auto_repair_secs")?
-                .map(|v| v.max(0) as u64),
-            change: r.get::<_, Option<i64>>("change_id")?.map(|v| v as u64),
-        })
-    }
-
-    fn parse(self) -> Result<ClusterRow, StoreError> {
-        let bad = |what: &str| StoreError::Corrupt(format!("{what} of cluster {}", self.name));
-        let plan = match &self.plan {
-            Some(json) => {
-                let plan: Plan = serde_json::from_str(json).map_err(|_| bad("the plan"))?;
-                Some(StoredPlan {
-                    plan,
-                    json: json.clone().into_bytes().into(),
-                })
-            }
-            None => None,
-        };
-        Ok(ClusterRow {
-            state: ClusterState::parse(&self.state).ok_or_else(|| bad("the state"))?,
-            blueprint: serde_json::from_str(&self.blueprint).map_err(|_| bad("the blueprint"))?,
-            params: serde_json::from_str(&self.params).map_err(|_| bad("the parameters"))?,
-            overlay: self.overlay.parse().map_err(|_| bad("the overlay"))?,
-            plan,
-            name: self.name,
-            uid: self.uid,
-            provider: self.provider,
-            reason: self.reason,
-            key: self.key,
-            generation: self.generation,
-            metadata_url: self.metadata_url,
-            node_count: self.node_count,
-            vni: self.vni,
-            domain: self.domain,
-            created_ms: self.created_ms,
-            updated_ms: self.updated_ms,
-            available_ms: self.available_ms,
-            ready_nodes: self.ready_nodes,
-            next_index: self.next_index,
-            auto_repair_secs: self.auto_repair_secs,
-            change: self.change,
-        })
-    }
-}
-
-fn node_from_row(r: &Row<'_>) -> rusqlite::Result<NodeRow> {
-    let phase: String = r.get("phase")?;
-    let ip: Option<String> = r.get("private_ip")?;
-    let details: String = r.get("details")?;
-    let status: Option<String> = r.get("status")?;
+/// A node row as SQLite holds it.
+fn raw_node(r: &Row<'_>) -> rusqlite::Result<RawNode> {
     let opt_ms = |col: &str| -> rusqlite::Result<Option<u64>> {
         Ok(r.get::<_, Option<i64>>(col)?.map(|v| v.max(0) as u64))
     };
-    Ok(NodeRow {
+    Ok(RawNode {
         id: r.get("id")?,
         index: r.get("idx")?,
         group: r.get("grp")?,
@@ -1468,17 +1329,10 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<NodeRow> {
         last_seen_ms: opt_ms("last_seen_ms")?,
         lost_ms: opt_ms("lost_ms")?,
         instance_id: r.get("instance_id")?,
-        private_ip: match ip {
-            Some(s) => Some(s.parse().map_err(|_| corrupt("private_ip"))?),
-            None => None,
-        },
-        details: serde_json::from_str::<BTreeMap<String, String>>(&details)
-            .map_err(|_| corrupt("details"))?,
-        phase: Phase::parse(&phase).ok_or_else(|| corrupt("phase"))?,
-        status: match status {
-            Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt("status"))?),
-            None => None,
-        },
+        private_ip: r.get("private_ip")?,
+        details: r.get("details")?,
+        phase: r.get("phase")?,
+        status: r.get("status")?,
         requested_ms: r.get::<_, Option<i64>>("requested_ms")?.map(|v| v as u64),
         running_ms: r.get::<_, Option<i64>>("running_ms")?.map(|v| v as u64),
         updated_ms: get_u64(r, "updated_ms")?,
