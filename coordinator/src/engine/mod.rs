@@ -894,7 +894,7 @@ fn layout(c: &ClusterRow, nodes: &[NodeRow]) -> Vec<PlannedNode> {
             },
             leaving: n.leaving,
             instance_id: n.instance_id.clone(),
-            disk_ids: match n.details.get(DISKS_DETAIL) {
+            disk_ids: match n.details.get(crate::providers::DISKS_DETAIL) {
                 Some(d) => d
                     .split('\n')
                     .filter(|l| !l.is_empty())
@@ -917,10 +917,6 @@ fn layout(c: &ClusterRow, nodes: &[NodeRow]) -> Vec<PlannedNode> {
         })
         .collect()
 }
-
-/// The node detail in which a provider lists the ids of a node's data disks, one a
-/// line (see [`shoal_protocol::DiskPlan::id`]).
-pub const DISKS_DETAIL: &str = "disk_ids";
 
 impl StatusSink for Engine {
     fn report<'a>(

@@ -70,6 +70,10 @@ pub struct ProviderParams {
     pub extra: BTreeMap<String, String>,
 }
 
+/// The node detail in which a provider lists the ids of a node's data disks, one a
+/// line (see [`shoal_protocol::DiskPlan::id`]); the engine puts them in the plan.
+pub const DISKS_DETAIL: &str = "disk_ids";
+
 /// One VM to create.
 #[derive(Debug, Clone)]
 pub struct NodeRequest {
@@ -86,7 +90,7 @@ pub struct NodeRequest {
     pub user_data: Vec<u8>,
     /// The data disks to attach (the node's group's), if any; a provider that attaches
     /// them lists their ids in the node's `disk_ids` detail
-    /// ([`crate::engine::DISKS_DETAIL`]).
+    /// ([`DISKS_DETAIL`]).
     pub disks: Option<crate::blueprint::DiskSpec>,
 }
 

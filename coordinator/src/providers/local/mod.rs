@@ -498,7 +498,7 @@ impl LocalProvider {
         // Its disks, as every describe sees them: the plan is built from the latest.
         let ids = disks::ids(&dir);
         if !ids.is_empty() {
-            d.insert(crate::engine::DISKS_DETAIL.to_string(), ids.join("\n"));
+            d.insert(super::DISKS_DETAIL.to_string(), ids.join("\n"));
         }
         d
     }
