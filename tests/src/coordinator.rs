@@ -364,14 +364,25 @@ impl TestCoordinator {
 
     /// Runs the CLI against this coordinator.
     pub fn shoal(&self, args: &[&str]) -> Output {
+        self.cli(args).output().expect("run shoal")
+    }
+
+    fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("shoal"));
         if let Some((api, _)) = &self.pinned {
             cmd.env("SHOAL_COORDINATOR", api);
         }
-        cmd.arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(args)
-            .output()
+        cmd.arg("--state-dir").arg(&self.state_dir).args(args);
+        cmd
+    }
+
+    /// Runs the CLI in the background, its output discarded: when a crash point comes
+    /// right after a request is recorded, the coordinator may stop before it answers.
+    pub fn shoal_in_background(&self, args: &[&str]) -> std::process::Child {
+        self.cli(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
             .expect("run shoal")
     }
 

@@ -16,11 +16,10 @@
 //! `agent_and_dockerd_restarts_converge_back` kills an agent mid-setup (SIGKILL, then
 //! restarted) and restarts a VM's dockerd.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_e2e::coordinator::{bin, TestCoordinator};
+use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
 use shoal_e2e::vm::{nodes, processes, vm_dir};
 
@@ -115,19 +114,6 @@ fn delete_without_a_trace(c: &TestCoordinator, name: &str) {
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
-/// Runs the CLI in the background: when the crash point comes right after the request
-/// is recorded, the coordinator may stop before it answers.
-fn cli_in_background(c: &TestCoordinator, args: &[&str]) -> std::process::Child {
-    Command::new(bin("shoal"))
-        .arg("--state-dir")
-        .arg(&c.state_dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("shoal")
-}
-
 /// Kill -9 at `point` of a creation, restart: AVAILABLE, each node made once.
 fn crash_during_creation(point: &str) {
     crash_during_creation_and_wait(point, Duration::ZERO);
@@ -139,10 +125,8 @@ fn crash_during_creation_and_wait(point: &str, down: Duration) {
     let mut c = coordinator_stopping_at(point);
     let name = format!("k{}", point.replace('-', ""));
     let name = &name[..name.len().min(12)];
-    let mut cli = cli_in_background(
-        &c,
-        &["cluster", "create", name, "--nodes", &NODES.to_string()],
-    );
+    let mut cli =
+        c.shoal_in_background(&["cluster", "create", name, "--nodes", &NODES.to_string()]);
     c.kill_at(point, BOOT);
     let _ = cli.wait();
     std::thread::sleep(down);
@@ -201,7 +185,7 @@ fn crash_during_deletion(point: &str) {
     let mut c = coordinator_stopping_at(point);
     let name = "kdel";
     c.shoal_ok(&["cluster", "create", name, "--nodes", "2", "--wait"]);
-    let mut cli = cli_in_background(&c, &["cluster", "delete", name]);
+    let mut cli = c.shoal_in_background(&["cluster", "delete", name]);
     c.kill_at(point, BOOT);
     let _ = cli.wait();
     c.spawn(&[]);
@@ -247,7 +231,7 @@ fn coordinator_down_30s_before_the_plan() {
     require_privileges(TOOLS);
     // VMs and agents run; the agents poll for a plan nobody serves.
     let mut c = coordinator_stopping_at("vms-created");
-    let mut cli = cli_in_background(&c, &["cluster", "create", "dbefore", "--nodes", "3"]);
+    let mut cli = c.shoal_in_background(&["cluster", "create", "dbefore", "--nodes", "3"]);
     c.kill_at("vms-created", BOOT);
     let _ = cli.wait();
     down_while_nodes_boot(&mut c, "dbefore", Duration::from_secs(30));
@@ -325,7 +309,7 @@ fn crash_during_scale(point: &str, from: usize, to: usize) {
         "--wait",
     ]);
     let workers = (to - 1).to_string();
-    let mut cli = cli_in_background(&c, &["cluster", "scale", name, "--nodes", &workers]);
+    let mut cli = c.shoal_in_background(&["cluster", "scale", name, "--nodes", &workers]);
     c.kill_at(point, BOOT);
     let _ = cli.wait();
     c.spawn(&[]);

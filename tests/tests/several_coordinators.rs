@@ -265,7 +265,8 @@ fn leader_killed_at(point: &str) {
     let pg = Postgres::start();
     let db = format!("kill_{}", point.replace('-', "_"));
     let (mut a, b) = pair(&pg, &db, &[("SHOAL_FAULT_STOP_AT", point)]);
-    a.shoal_ok(&[
+    // In the background: at `recorded` the leader may stop before it answers.
+    let mut cli = a.shoal_in_background(&[
         "cluster",
         "create",
         "f",
@@ -283,6 +284,8 @@ fn leader_killed_at(point: &str) {
         }
     }
     a.kill_at(point, Duration::from_secs(60));
+    // Its answer came, or its connection died with the leader.
+    let _ = cli.wait();
     // The leader was dead from the moment it stopped itself at the point (it renewed
     // nothing after), which the marker it wrote just before records.
     let stopped = std::fs::metadata(a.state_dir.join(format!("fault-{point}")))
