@@ -265,8 +265,7 @@ fn leader_killed_at(point: &str) {
     let pg = Postgres::start();
     let db = format!("kill_{}", point.replace('-', "_"));
     let (mut a, b) = pair(&pg, &db, &[("SHOAL_FAULT_STOP_AT", point)]);
-    // In the background: at `recorded` the leader may stop before it answers.
-    let mut cli = a.shoal_in_background(&[
+    let create = [
         "cluster",
         "create",
         "f",
@@ -274,7 +273,15 @@ fn leader_killed_at(point: &str) {
         "sim",
         "--nodes",
         "3",
-    ]);
+    ];
+    // At `recorded` the leader may stop before it answers: the CLI runs in the
+    // background. At the later points the creation has been answered.
+    let cli = if point == "recorded" {
+        Some(a.shoal_in_background(&create))
+    } else {
+        a.shoal_ok(&create);
+        None
+    };
     if point == "all-ready" {
         // Reports to the leader: its settling after the last one stops it.
         a.wait_plan("f", Duration::from_secs(60));
@@ -285,7 +292,9 @@ fn leader_killed_at(point: &str) {
     }
     a.kill_at(point, Duration::from_secs(60));
     // Its answer came, or its connection died with the leader.
-    let _ = cli.wait();
+    if let Some(mut cli) = cli {
+        let _ = cli.wait();
+    }
     // The leader was dead from the moment it stopped itself at the point (it renewed
     // nothing after), which the marker it wrote just before records.
     let stopped = std::fs::metadata(a.state_dir.join(format!("fault-{point}")))
