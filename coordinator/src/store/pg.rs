@@ -514,16 +514,16 @@ async fn listen_once(
 pub async fn current_lease(url: &DbUrl) -> Result<Option<Lease>, StoreError> {
     let client = connect(url).await?;
     let row = client
-        .query_opt(
-            "SELECT holder, expires_ms, since_ms,
-                (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
-             FROM leader WHERE id = 1",
-            &[],
-        )
+        .query_opt(READ_LEASE, &[])
         .await
         .map_err(db("read the lease"))?;
     row.map(|r| lease_of(&r)).transpose()
 }
+
+/// The lease row with the database's clock, as [`lease_of`] reads it.
+const READ_LEASE: &str = "SELECT holder, expires_ms, since_ms,
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
+     FROM leader WHERE id = 1";
 
 fn lease_of(r: &Row) -> Result<Lease, StoreError> {
     Ok(Lease {
@@ -1612,12 +1612,7 @@ impl Store for PgStore {
             .await
             .map_err(db("take the lease"))?;
             let row = conn
-                .query_one(
-                    "SELECT holder, expires_ms, since_ms,
-                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms
-                     FROM leader WHERE id = 1",
-                    &[],
-                )
+                .query_one(READ_LEASE, &[])
                 .await
                 .map_err(db("read the lease"))?;
             lease_of(&row).map(Some)
