@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
+use shoal_e2e::vm::nodes;
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -22,10 +23,6 @@ const TOOLS: &[&str] = &[
     "blkid",
     "mkfs.ext4",
 ];
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
 
 fn disks(n: &Value) -> Vec<Value> {
     n["disks"].as_array().cloned().unwrap_or_default()

@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
+use shoal_e2e::vm::nodes;
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker"];
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
 
 /// A blueprint of one group on every node running the demo agent container, with
 /// `recipes` (a TOML array) in `dir`.
