@@ -492,7 +492,7 @@ fn long_poll_wait(until: Option<Instant>) -> u64 {
 
 /// How early a long-poll may end before `quiet_at` and still count as quiet (the
 /// coordinator's timer and this one's need not agree to the millisecond).
-const QUIET_SLACK: Duration = Duration::from_secs(1);
+pub(crate) const QUIET_SLACK: Duration = Duration::from_secs(1);
 
 /// How long to hold a long-poll that should end at `quiet_at`: the time left rounded up
 /// to whole seconds (rounded down, every report would come up to a second early: 25 %

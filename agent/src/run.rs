@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use shoal_protocol::{
     reason, AgentConfig, ContainerStatus, NodeFailure, NodeStatus, Phase, PhaseTiming, Plan,
@@ -26,7 +27,7 @@ use shoal_protocol::{
 };
 use tokio::sync::mpsc;
 
-use crate::client::{FetchError, Fetched, MetadataClient};
+use crate::client::{FetchError, Fetched, MetadataClient, QUIET_SLACK};
 use crate::peer_drain::PeerDrains;
 use crate::recipes::Recipes;
 use crate::{
@@ -960,6 +961,11 @@ pub async fn run(opts: RunOptions) -> i32 {
     let mut after = 0u64;
     let mut failures = 0u32;
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // The long-poll outlives the loop's other wake-ups (a Docker event, a netlink
+    // notification, a probe's result): dropping it would close its connection, and the
+    // next poll or report would cost a new one and its TLS handshake. A new poll starts
+    // only once the last one has ended.
+    let mut poll: Option<BoxFuture<'static, Result<Fetched, FetchError>>> = None;
 
     loop {
         let limit = agent.deadline;
@@ -981,6 +987,15 @@ pub async fn run(opts: RunOptions) -> i32 {
         // late, the coordinator retried), the report goes out anyway a little later, and
         // the poll is dropped: it holds no state, `after` says where it was.
         let liveness_at = agent.liveness_at(current.as_ref());
+        let held = match poll.take() {
+            Some(p) => p,
+            None => {
+                let client = agent.client.clone();
+                let quiet_at = liveness_at.map(|t| t.into_std());
+                Box::pin(async move { client.wait_for_plan(after, limit, quiet_at).await })
+            }
+        };
+        let poll_ref = poll.insert(held);
         let liveness_sleep = async {
             match liveness_at {
                 Some(t) => {
@@ -998,7 +1013,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         };
         let mut reconverge = false;
         tokio::select! {
-            fetched = agent.client.wait_for_plan(after, limit, liveness_at.map(|t| t.into_std())) => match fetched {
+            fetched = poll_ref => match fetched.inspect(|_| poll = None) {
                 Err(e @ FetchError::Unreachable { .. }) => {
                     tracing::error!("{e}");
                     eprintln!("shoal-agent: {e}");
@@ -1009,7 +1024,12 @@ pub async fn run(opts: RunOptions) -> i32 {
                     eprintln!("shoal-agent: {e}");
                     return exit::REFUSED;
                 }
-                Ok(Fetched::Quiet) => agent.send_liveness().await,
+                // The poll was asked to end when the report was due; another report
+                // since (a fault, the late-poll fallback below) may have put it off.
+                Ok(Fetched::Quiet) if liveness_at.is_some_and(|t| t <= tokio::time::Instant::now() + QUIET_SLACK) => {
+                    agent.send_liveness().await
+                }
+                Ok(Fetched::Quiet) => {}
                 Ok(Fetched::Invalid { generation, error }) => {
                     tracing::error!(generation, %error, "the plan is invalid; nothing was changed");
                     after = generation.max(after);
@@ -1118,6 +1138,8 @@ pub async fn run(opts: RunOptions) -> i32 {
                 Err(_) => boot_open = false,
             },
             () = liveness_sleep => {
+                tracing::info!("the long-poll did not end when the liveness report was due: dropping it");
+                poll = None;
                 agent.send_liveness().await;
             }
             Some(signal) = live_rx.recv() => {

@@ -183,7 +183,7 @@ fn metric_sum(c: &TestCoordinator, name: &str, labels: &str) -> f64 {
 #[test]
 #[ignore = "needs root, dockerd, iproute2"]
 fn resident_agents_send_liveness_reports_on_the_connection_they_keep() {
-    let (c, _) = available_cluster("kc", "2");
+    let (c, v) = available_cluster("kc", "2");
     // Let the boot's reports and first polls settle.
     std::thread::sleep(Duration::from_secs(2));
     let conns = metric(&c, "shoal_metadata_connections_total");
@@ -191,15 +191,33 @@ fn resident_agents_send_liveness_reports_on_the_connection_they_keep() {
     std::thread::sleep(Duration::from_secs(8));
     let new_conns = metric(&c, "shoal_metadata_connections_total") - conns;
     let new_reports = metric_sum(&c, "shoal_metadata_requests_total", "route=\"status\"") - reports;
-    eprintln!("in 8 s: {new_reports} status reports, {new_conns} new connections");
+    // What the agents say of the polls they gave up on (a cause of new connections).
+    let dropped: Vec<String> = shoal_e2e::vm::nodes(&v)
+        .iter()
+        .filter_map(|n| std::fs::read_to_string(n["agent_log"].as_str()?).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter(|l| l.contains("long-poll did not end"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    eprintln!(
+        "in 8 s: {new_reports} status reports, {new_conns} new connections, {} polls dropped",
+        dropped.len()
+    );
     // A report a second from each of the two agents: at least half of them on a loaded
     // machine. Dropping the long-poll to report (as agents did) made each one a new TLS
     // connection; now a poll ends when the report is due and the report reuses its
-    // connection. One new connection is allowed for a poll that ran late.
+    // connection. A few new ones are allowed: hyper's pool, asked for a connection
+    // before the poll's has gone back to it (a busy machine), opens another (CI here
+    // saw 2 for 16 reports; 3 for 79 under a busy loop per core). Three reports in four
+    // must reuse one.
     assert!(new_reports >= 8.0, "{new_reports} liveness reports in 8 s");
     assert!(
-        new_conns <= 1.0,
-        "{new_conns} new connections for {new_reports} liveness reports: agents do not keep theirs"
+        new_conns <= new_reports / 4.0,
+        "{new_conns} new connections for {new_reports} liveness reports: agents do not keep \
+         theirs; polls dropped: {dropped:#?}"
     );
     c.shoal_ok(&["cluster", "delete", "kc", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
