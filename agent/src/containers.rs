@@ -30,12 +30,14 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use serde::Serialize;
-use shoal_protocol::{reason, ContainerPlan, ContainerStatus, NetworkMode, NodePlan, Plan};
+use shoal_protocol::{
+    reason, ContainerPlan, ContainerStatus, DiskReport, NetworkMode, NodePlan, Plan,
+};
 
 use crate::docker::{self, is_not_found, ErrorKind};
 
@@ -442,6 +444,82 @@ async fn remove(docker: &Docker, name: &str, stop_secs: i32) -> Result<(), Conta
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(engine_error("remove", name, e)),
     }
+}
+
+/// Restarts the node's running containers that bind-mount its data disks
+/// (`data_disks`) but do not see them: at a VM's boot the engine starts them again
+/// (their restart policy) before the agent mounts the disks, and each then holds the
+/// empty directory under a mount point, not the disk. A new start binds the disk. What
+/// a container sees is read from its mount table (`/proc/PID/mountinfo`: the device at
+/// `DIR/N` against disk N's). A container not running is left to [`converge`], whose
+/// start binds the disks too. Returns the containers restarted.
+pub async fn restart_disk_users(
+    docker: &Docker,
+    plan: &Plan,
+    node_id: &str,
+    disks: &[DiskReport],
+) -> Result<Vec<String>, ContainerError> {
+    let node = node_of(plan, node_id)?;
+    let mut restarted = Vec::new();
+    for c in &node.containers {
+        let Some(dir) = c.data_disks.as_deref() else {
+            continue;
+        };
+        let name = c.docker_name();
+        let Some(state) = inspect(docker, name).await?.and_then(|i| i.state) else {
+            continue;
+        };
+        if state.running != Some(true) {
+            continue;
+        }
+        let mounts = state
+            .pid
+            .filter(|p| *p > 0)
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/mountinfo")).ok())
+            .unwrap_or_default();
+        let stale: Vec<String> = disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("{}/{}", dir.trim_end_matches('/'), i + 1), d))
+            .filter(|(target, d)| !sees_device(&mounts, target, &d.device))
+            .map(|(target, _)| target)
+            .collect();
+        if stale.is_empty() {
+            continue;
+        }
+        tracing::info!(container = %name, ?stale, "restarting it: it was started before its node's data disks were mounted");
+        let opts = RestartContainerOptionsBuilder::default()
+            .t(REPLACE_STOP_SECS)
+            .build();
+        docker
+            .restart_container(name, Some(opts))
+            .await
+            .map_err(|e| engine_error("restart", name, e))?;
+        restarted.push(name.to_string());
+    }
+    Ok(restarted)
+}
+
+/// Whether a mount table (`/proc/PID/mountinfo`) has `device`'s file system mounted at
+/// `target` (the topmost mount there).
+fn sees_device(mountinfo: &str, target: &str, device: &str) -> bool {
+    let Ok(st) = nix::sys::stat::stat(device) else {
+        return false;
+    };
+    let want = format!(
+        "{}:{}",
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev)
+    );
+    mountinfo
+        .lines()
+        .rev()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&target)).then(|| f.get(2).copied())?
+        })
+        .next()
+        .is_some_and(|dev| dev == want)
 }
 
 async fn create_and_start(
@@ -913,6 +991,22 @@ mod tests {
     use shoal_protocol::{NetworkPlan, RegistryAuth, SCHEMA_VERSION};
 
     use super::*;
+
+    #[test]
+    fn a_container_sees_a_disk_only_if_its_device_is_the_topmost_mount_there() {
+        // /dev/null stands in for the disk: a device node whose numbers are 1:3.
+        let mountinfo = "\
+            22 1 0:21 / / rw - overlay overlay rw\n\
+            30 22 254:1 /vm/root/hadoopfs/fs1 /data/1 rw - ext4 /dev/vda rw\n\
+            31 22 254:1 /vm/root/hadoopfs/fs2 /data/2 rw - ext4 /dev/vda rw\n\
+            32 31 1:3 / /data/2 rw - ext4 /dev/loop3 rw\n";
+        // The empty mount point of the VM's own disk (a start before the mount).
+        assert!(!sees_device(mountinfo, "/data/1", "/dev/null"));
+        // The disk, mounted over it.
+        assert!(sees_device(mountinfo, "/data/2", "/dev/null"));
+        assert!(!sees_device(mountinfo, "/data/3", "/dev/null"));
+        assert!(!sees_device(mountinfo, "/data/2", "/nonexistent/device"));
+    }
 
     fn container(name: &str, ip: &str) -> ContainerPlan {
         ContainerPlan {

@@ -63,9 +63,19 @@ pub fn volumes(root: &Path, count: usize, dir: &str) -> Vec<VolumePlan> {
         .collect()
 }
 
-/// Finds, formats when blank, and mounts every disk of `node`; returns what is mounted,
-/// in order. On an error, what this call mounted is unmounted again.
-pub async fn converge(node: &NodePlan, root: &Path) -> Result<Vec<DiskReport>, DiskError> {
+/// What [`converge`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounted {
+    /// Every disk, in order, as mounted now.
+    pub disks: Vec<DiskReport>,
+    /// How many of them this call mounted (the rest were mounted already: an agent
+    /// restarted, a convergence after the first).
+    pub mounted_now: usize,
+}
+
+/// Finds, formats when blank, and mounts every disk of `node`; says what is mounted, in
+/// order. On an error, what this call mounted is unmounted again.
+pub async fn converge(node: &NodePlan, root: &Path) -> Result<Mounted, DiskError> {
     let mut reports = Vec::with_capacity(node.disks.len());
     let mut mounted_now: Vec<PathBuf> = Vec::new();
     for (i, d) in node.disks.iter().enumerate() {
@@ -79,7 +89,10 @@ pub async fn converge(node: &NodePlan, root: &Path) -> Result<Vec<DiskReport>, D
             }
         }
     }
-    Ok(reports)
+    Ok(Mounted {
+        disks: reports,
+        mounted_now: mounted_now.len(),
+    })
 }
 
 async fn one(

@@ -511,8 +511,17 @@ impl Agent {
             let mounted = disks::converge(node, &self.opts.mount_root)
                 .await
                 .map_err(|e| Failure::new(reason::DISK_FAILED, e.to_string()))?;
-            let count = mounted.len();
-            self.disks = mounted;
+            let count = mounted.disks.len();
+            if mounted.mounted_now > 0 {
+                // A boot: what the engine restarted on its own may hold the empty
+                // mount points.
+                let restarted =
+                    containers::restart_disk_users(&docker, &plan, &node_id, &mounted.disks)
+                        .await
+                        .map_err(|e| Failure::new(e.reason(), e.to_string()))?;
+                changed |= !restarted.is_empty();
+            }
+            self.disks = mounted.disks;
             let root = self.opts.mount_root.clone();
             if let Some(n) = plan.to_mut().nodes.iter_mut().find(|n| n.id == node_id) {
                 for c in &mut n.containers {

@@ -138,6 +138,8 @@ async fn a_blank_disk_is_formatted_once_and_a_filesystem_is_kept() {
 
     let n = node(&[blank.clone(), used.clone()]);
     let first = disks::converge(&n, &rig.root()).await.expect("converge");
+    assert_eq!(first.mounted_now, 2);
+    let first = first.disks;
     assert_eq!(first.len(), 2);
     assert!(first[0].formatted && !first[1].formatted, "{first:?}");
     assert_eq!(first[0].mount, mount_of(&rig.root(), 1));
@@ -161,6 +163,8 @@ async fn a_blank_disk_is_formatted_once_and_a_filesystem_is_kept() {
     let again = disks::converge(&n, &rig.root())
         .await
         .expect("converge again");
+    assert_eq!(again.mounted_now, 0, "mounted already");
+    let again = again.disks;
     assert!(again.iter().all(|d| !d.formatted), "{again:?}");
     assert_eq!(rig.mounts().len(), 2, "{:?}", rig.mounts());
     // Unmounted (a reboot) and converged again: mounted, still not formatted.
@@ -170,6 +174,8 @@ async fn a_blank_disk_is_formatted_once_and_a_filesystem_is_kept() {
     let rebooted = disks::converge(&n, &rig.root())
         .await
         .expect("after a reboot");
+    assert_eq!(rebooted.mounted_now, 2, "mounted again");
+    let rebooted = rebooted.disks;
     assert!(rebooted.iter().all(|d| !d.formatted), "{rebooted:?}");
     assert_eq!(
         std::fs::read_to_string(Path::new(&rebooted[0].mount).join("ours")).expect("kept"),

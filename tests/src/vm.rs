@@ -134,3 +134,55 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The loop devices whose backing file is under `dir`, as `/dev/loopN: FILE` (from
+/// `/sys/block/loop*/loop/backing_file`).
+pub fn loop_devices_under(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if file.starts_with(dir) {
+                out.push(format!("/dev/{name}: {}", file.trim_end()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits up to 10 s for every loop device backed under `dir` to be detached (a lazily
+/// unmounted device is released by the kernel a moment after the delete): those left.
+pub fn loop_devices_left_under(dir: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = loop_devices_under(dir);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the cluster entered `state` after `since_ms` (its record of states).
+pub fn entered_since(v: &Value, state: &str, since_ms: u64) -> bool {
+    v["events"].as_array().is_some_and(|es| {
+        es.iter()
+            .any(|e| e["state"] == state && e["at_ms"].as_u64().is_some_and(|t| t >= since_ms))
+    })
+}
+
+/// Milliseconds since the epoch (the clock of the cluster's record).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

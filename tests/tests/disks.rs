@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::nodes;
+use shoal_e2e::vm::{entered_since, nodes, now_ms};
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -26,19 +26,6 @@ const TOOLS: &[&str] = &[
 
 fn disks(n: &Value) -> Vec<Value> {
     n["disks"].as_array().cloned().unwrap_or_default()
-}
-
-/// The loop devices whose backing file is under `dir`.
-fn loops_under(dir: &str) -> Vec<String> {
-    let out = Command::new("losetup")
-        .args(["-a"])
-        .output()
-        .expect("losetup -a");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(dir))
-        .map(String::from)
-        .collect()
 }
 
 fn sh(cmd: &str) -> String {
@@ -207,20 +194,99 @@ data_disks = "/data"
         "1"
     );
 
+    // A reboot: every mount under the VM's directory undone and every process gone, as
+    // on a VM. The agent of the new boot mounts the same disks again, formats nothing,
+    // and the file is there, in the container too.
+    let pid = std::fs::read_to_string(vm.join("agent.pid")).expect("agent.pid");
+    assert_eq!(
+        sh(&format!("findmnt -n --mountpoint {} | wc -l", m0.display())),
+        "1"
+    );
+    let since = now_ms();
+    c.shoal_ok(&["cluster", "reboot", "dk", "--node", "node-0"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = c.show("dk");
+        let n = &nodes(&v)[0];
+        let again = disks(n);
+        let booted = std::fs::read_to_string(vm.join("agent.pid"))
+            .is_ok_and(|p| !p.trim().is_empty() && p != pid);
+        // DEGRADED while node-0 booted, AVAILABLE once its new agent was ready.
+        if booted
+            && entered_since(&v, "DEGRADED", since)
+            && v["state"] == "AVAILABLE"
+            && n["phase"] == "ready"
+            && again.len() == 2
+            && again.iter().all(|d| d.get("formatted").is_none())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-0 not ready with its disks after the reboot: {n:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        sh(&format!(
+            "findmnt -n -o SOURCE --mountpoint {} | wc -l",
+            m0.display()
+        )),
+        "1",
+        "mounted again by the new boot"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m0.join("file")).expect("file kept across the reboot"),
+        "kept\n"
+    );
+    // The engine started the container again at its boot, before the agent mounted the
+    // disks: it held the empty mount points (the VM's own file system, also ext4 here),
+    // so the agent restarted it. Its mount table must show each disk's own device at
+    // /data/N, and the file must be there.
+    let read = c.docker(
+        n0,
+        &[
+            "exec",
+            "box-node-0",
+            "sh",
+            "-c",
+            "cat /data/2/file && cat /proc/self/mountinfo",
+        ],
+    );
+    let seen = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(
+        read.status.success() && seen.starts_with("kept\n"),
+        "in the container after the reboot: {seen}{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let v = c.show("dk");
+    for (i, d) in disks(&nodes(&v)[0]).iter().enumerate() {
+        let device = d["device"].as_str().expect("device");
+        let want = sh(&format!("lsblk -dno MAJ:MIN {device}"));
+        let target = format!("/data/{}", i + 1);
+        let got = seen
+            .lines()
+            .rev()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(4) == Some(&target.as_str())).then(|| f.get(2).map(|s| s.to_string()))?
+            })
+            .next();
+        assert_eq!(
+            got.as_deref(),
+            Some(want.as_str()),
+            "{target} in the container is not {device}: {seen}"
+        );
+    }
+
     let state = c.state_dir.display().to_string();
-    assert_eq!(loops_under(&state).len(), 4, "{:?}", loops_under(&state));
+    let attached = shoal_e2e::vm::loop_devices_under(&state);
+    assert_eq!(attached.len(), 4, "{attached:?}");
     c.shoal_ok(&["cluster", "delete", "dk", "--wait"]);
     assert_eq!(c.leftovers(true), Vec::<String>::new());
     // Detached (a lazily unmounted device is released by the kernel a moment later).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !loops_under(&state).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "loop devices left: {:?}",
-            loops_under(&state)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let left = shoal_e2e::vm::loop_devices_left_under(&state);
+    assert!(left.is_empty(), "loop devices left: {left:?}");
     for d in devices {
         assert!(
             !sh(&format!("losetup -n -O BACK-FILE {d} 2>/dev/null")).contains(&state),

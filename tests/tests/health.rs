@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::{nodes, vm_dir, wait_until};
+use shoal_e2e::vm::{entered_since, nodes, now_ms, vm_dir, wait_until};
 
 const TOOLS: &[&str] = &["ip", "nsenter", "dockerd", "docker", "bridge"];
 const BOOT: Duration = Duration::from_secs(240);
@@ -339,21 +339,6 @@ fn new_pid(node: &Value, file: &str, old: i32, limit: Duration) -> (i32, Duratio
         (pid != old && !stat.contains(") Z ")).then_some(pid)
     });
     (pid, t.elapsed())
-}
-
-/// Whether the cluster entered `state` after `since_ms` (its record of states).
-fn entered_since(v: &Value, state: &str, since_ms: u64) -> bool {
-    v["events"].as_array().is_some_and(|es| {
-        es.iter()
-            .any(|e| e["state"] == state && e["at_ms"].as_u64().is_some_and(|t| t >= since_ms))
-    })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Each container of a node as `name hostname address state`, sorted.
