@@ -11,6 +11,7 @@ use serde_json::Value;
 use shoal_e2e::coordinator::{hadoop_image_dir, TestCoordinator};
 use shoal_e2e::hadoop::{exec, get_json, md5, namenode_state, wait_until, TOOLS};
 use shoal_e2e::require_privileges;
+use shoal_e2e::vm::{entered_since, now_ms};
 
 fn nodes(v: &Value) -> Vec<Value> {
     v["nodes"].as_array().cloned().unwrap_or_default()
@@ -100,6 +101,62 @@ fn hadoop_cluster_serves_hdfs_and_spark_across_three_vms() {
         "shoal-hadoop hdfs dfs -stat '%r %b' /check.bin",
     );
     assert_eq!(stat.trim(), "2 3000000", "replication and size");
+
+    // --- the DataNodes keep their blocks on their node's data disks ---------------------
+    assert_eq!(
+        ns[0]["disks"].as_array().map_or(0, Vec::len),
+        0,
+        "the master has none"
+    );
+    for n in &ns[1..] {
+        let id = n["id"].as_str().expect("id");
+        let mounts: Vec<&str> = n["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["mount"].as_str())
+            .collect();
+        // Under the VM's own root on the local provider (docs/blueprints.md).
+        assert!(
+            mounts.len() == 2
+                && mounts[0].ends_with("/root/hadoopfs/fs1")
+                && mounts[1].ends_with("/root/hadoopfs/fs2"),
+            "{id}: {n:#}"
+        );
+        let dn = format!("datanode-{id}");
+        let conf = exec(
+            &c,
+            n,
+            &dn,
+            "grep dfs.datanode.data.dir /run/shoal-hadoop/conf/hdfs-site.xml",
+        );
+        assert!(
+            conf.contains("<value>file:///hadoopfs/1/dn,file:///hadoopfs/2/dn</value>"),
+            "{id}: {conf}"
+        );
+        // In the container, both are ext4 mounts (the node's disks, not its overlay
+        // file system), and the file's one block (replication 2: on both DataNodes) is
+        // on one of them; nothing is kept in the default directory.
+        let seen = exec(
+            &c,
+            n,
+            &dn,
+            "awk '$2 ~ /^[/]hadoopfs[/]/ { print $2, $3 }' /proc/self/mounts | sort; \
+             find /hadoopfs/1/dn /hadoopfs/2/dn -name 'blk_*' ! -name '*.meta' | wc -l; \
+             ls -A /data/dn 2>/dev/null | wc -l",
+        );
+        let lines: Vec<&str> = seen.lines().collect();
+        assert_eq!(
+            lines[..2],
+            ["/hadoopfs/1 ext4", "/hadoopfs/2 ext4"],
+            "{id}: {seen}"
+        );
+        assert_eq!(
+            lines[2..],
+            ["1", "0"],
+            "{id}: block files on the disks, files in /data/dn: {seen}"
+        );
+    }
 
     // --- a Spark job over an HDFS file, its tasks on both workers --------------------------
     let words = "alpha beta beta gamma gamma gamma";
@@ -234,8 +291,74 @@ fn hadoop_cluster_serves_hdfs_and_spark_across_three_vms() {
     assert_eq!(md5(&again), md5(&put));
     assert_eq!(c.show("hdp")["state"], "AVAILABLE");
 
+    // --- a worker rebooted: its DataNode is back on its own disks, the blocks kept -------
+    // Docker starts the DataNode again before the agent mounts the disks; it refuses the
+    // empty mount points, and the agent restarts it once the disks are mounted.
+    let since = now_ms();
+    c.shoal_ok(&["cluster", "reboot", "hdp", "--node", "node-2"]);
+    wait_until(
+        "hdp AVAILABLE after node-2's reboot",
+        Duration::from_secs(180),
+        || {
+            let v = c.show("hdp");
+            let (state, _) = namenode_state(&master_ip);
+            let ok = entered_since(&v, "DEGRADED", since)
+                && v["state"] == "AVAILABLE"
+                && state["NumLiveDataNodes"] == 2;
+            (!ok).then(|| format!("{} {state}", v["state"]))
+        },
+    );
+    let v = c.show("hdp");
+    let n2 = &nodes(&v)[2];
+    // For the record: what the DataNode and the agent did at that boot.
+    let log =
+        std::fs::read_to_string(n2["agent_log"].as_str().expect("agent_log")).unwrap_or_default();
+    let dn_log = c.docker(n2, &["logs", "datanode-node-2"]);
+    eprintln!(
+        "after node-2's reboot: the agent restarted {} container(s) holding empty mount points; the DataNode refused {} unmounted disk director(ies)",
+        log.matches("restarting it: it was started before").count(),
+        String::from_utf8_lossy(&dn_log.stderr).matches("its disk is not mounted yet").count()
+    );
+    let seen = exec(
+        &c,
+        n2,
+        "datanode-node-2",
+        "cat /proc/self/mountinfo; find /hadoopfs/1/dn /hadoopfs/2/dn -name 'blk_*' ! -name '*.meta' | wc -l",
+    );
+    for (i, d) in n2["disks"].as_array().into_iter().flatten().enumerate() {
+        let device = d["device"].as_str().expect("device");
+        let out = std::process::Command::new("lsblk")
+            .args(["-dno", "MAJ:MIN", device])
+            .output()
+            .expect("lsblk");
+        let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let target = format!("/hadoopfs/{}", i + 1);
+        let got = seen
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some(target.as_str()))
+            .and_then(|l| l.split(' ').nth(2));
+        assert_eq!(got, Some(want.as_str()), "{target} is not {device}: {seen}");
+    }
+    assert!(
+        seen.lines()
+            .last()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            >= Some(1),
+        "node-2's blocks on its disks after the reboot: {seen}"
+    );
+    let back = exec(
+        &c,
+        n2,
+        "datanode-node-2",
+        "shoal-hadoop hdfs dfs -cat /check.bin | md5sum",
+    );
+    assert_eq!(md5(&back), md5(&put));
+
     // --- delete leaves nothing ---------------------------------------------------------------
     c.shoal_ok(&["cluster", "delete", "hdp", "--wait"]);
     let left = c.leftovers(true);
     assert!(left.is_empty(), "left behind: {left:#?}");
+    let loops = shoal_e2e::vm::loop_devices_left_under(&c.state_dir.display().to_string());
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
 }

@@ -93,6 +93,13 @@ fn hadoop_cluster_gains_two_workers_and_decommissions_one_without_losing_a_block
     let ns2 = nodes(&v2);
     let ids: Vec<&str> = ns2.iter().filter_map(|n| n["id"].as_str()).collect();
     assert_eq!(ids, ["node-0", "node-1", "node-2", "node-3"]);
+    // Each new worker came with its own two data disks: two loop devices a worker.
+    for n in &ns2[1..] {
+        assert_eq!(n["disks"].as_array().map_or(0, Vec::len), 2, "{n:#}");
+    }
+    let state = c.state_dir.display().to_string();
+    let attached = shoal_e2e::vm::loop_devices_under(&state);
+    assert_eq!(attached.len(), 6, "{attached:#?}");
     assert_eq!(
         master(&v2),
         master_before,
@@ -158,6 +165,11 @@ fn hadoop_cluster_gains_two_workers_and_decommissions_one_without_losing_a_block
     let ns3 = nodes(&v3);
     let ids: Vec<&str> = ns3.iter().filter_map(|n| n["id"].as_str()).collect();
     assert_eq!(ids, ["node-0", "node-2", "node-3"]);
+    // node-1's disks went with its VM.
+    let node1_dir = shoal_e2e::vm::vm_dir(&ns2[1]).display().to_string();
+    let left = shoal_e2e::vm::loop_devices_left_under(&node1_dir);
+    assert!(left.is_empty(), "node-1's loop devices left: {left:?}");
+    assert_eq!(shoal_e2e::vm::loop_devices_under(&state).len(), 4);
     let states: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(states.first(), Some(&"In Service"), "{seen:?}");
     let decommissioned = states
@@ -259,4 +271,6 @@ fn hadoop_cluster_gains_two_workers_and_decommissions_one_without_losing_a_block
     c.shoal_ok(&["cluster", "delete", "hs", "--wait"]);
     let left = c.leftovers(true);
     assert!(left.is_empty(), "left behind: {left:#?}");
+    let loops = shoal_e2e::vm::loop_devices_left_under(&state);
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
 }
