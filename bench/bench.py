@@ -28,8 +28,7 @@ Eleven measurements, each against the approach Shoal replaces or against its tar
                HDFS decommissioning first (the blueprint's drain hook) against deleting
                the VM straight away and leaving HDFS to re-replicate
 15. disks      a 2-node cluster's time to AVAILABLE with 0 and with 2 data disks per node
-               (loop devices formatted and mounted by the agent), side by side.
-               Not in the default set until it has been run once: `--only disks`.
+               (loop devices formatted and mounted by the agent), side by side
 10. qemu       real VMs (the qemu provider, TCG here): the OS's own boot stages
                (kernel, systemd, cloud-init, Docker) of 1 and 2 VMs beside the agent's,
                and what Shoal adds on top of the OS (Docker ready -> node ready).
@@ -2960,7 +2959,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     OUT.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale", "agents", "postgres"])
+    only = set(args.only or ["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "health", "hadoop-scale", "agents", "postgres", "disks"])
     if "footprint" in only:
         only.add("agent")
     tag = f"sb{os.getpid() % 1000}"
