@@ -1022,55 +1022,59 @@ pub async fn run(opts: RunOptions) -> i32 {
         };
         let mut reconverge = false;
         tokio::select! {
-            fetched = poll_ref => match fetched.inspect(|_| poll = None) {
-                Err(e @ FetchError::Unreachable { .. }) => {
-                    tracing::error!("{e}");
-                    eprintln!("shoal-agent: {e}");
-                    return exit::UNREACHABLE;
-                }
-                Err(e @ (FetchError::Refused { .. } | FetchError::Redirected { .. })) => {
-                    tracing::error!("{e}");
-                    eprintln!("shoal-agent: {e}");
-                    return exit::REFUSED;
-                }
-                // The poll was asked to end when the report was due; another report
-                // since (a fault, the late-poll fallback below) may have put it off.
-                Ok(Fetched::Quiet) if liveness_at.is_some_and(|t| t <= tokio::time::Instant::now() + QUIET_SLACK) => {
-                    agent.send_liveness().await
-                }
-                Ok(Fetched::Quiet) => {}
-                Ok(Fetched::Invalid { generation, error }) => {
-                    tracing::error!(generation, %error, "the plan is invalid; nothing was changed");
-                    after = generation.max(after);
-                    let f = NodeFailure { reason: reason::PLAN_INVALID.into(), message: error.to_string() };
-                    agent.report(Phase::Failed, generation, Some(f), vec![]).await;
-                    if agent.opts.once {
-                        return exit::PLAN_INVALID;
+            fetched = poll_ref => {
+                // The poll has ended, whatever it says: the next pass starts another.
+                poll = None;
+                match fetched {
+                    Err(e @ FetchError::Unreachable { .. }) => {
+                        tracing::error!("{e}");
+                        eprintln!("shoal-agent: {e}");
+                        return exit::UNREACHABLE;
                     }
-                }
-                Ok(Fetched::Plan(plan)) => {
-                    tracing::info!(generation = plan.generation, "plan received");
-                    after = plan.generation;
-                    // From the first plan on, the agent keeps trying for ever.
-                    agent.deadline = None;
-                    // A node that has converged applies a new plan quietly: it reports
-                    // its outcome only.
-                    if agent.converged.is_none() {
-                        agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
+                    Err(e @ (FetchError::Refused { .. } | FetchError::Redirected { .. })) => {
+                        tracing::error!("{e}");
+                        eprintln!("shoal-agent: {e}");
+                        return exit::REFUSED;
                     }
-                    if !watching && !agent.opts.once {
-                        watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());
-                        if let Err(e) = netwatch::spawn(net_tx.clone()) {
-                            tracing::warn!(error = %e, "cannot watch netlink: overlay faults are found only at the next convergence");
+                    // The poll was asked to end when the report was due; another report
+                    // since (a fault, the late-poll fallback below) may have put it off.
+                    Ok(Fetched::Quiet) if liveness_at.is_some_and(|t| t <= tokio::time::Instant::now() + QUIET_SLACK) => {
+                        agent.send_liveness().await
+                    }
+                    Ok(Fetched::Quiet) => {}
+                    Ok(Fetched::Invalid { generation, error }) => {
+                        tracing::error!(generation, %error, "the plan is invalid; nothing was changed");
+                        after = generation.max(after);
+                        let f = NodeFailure { reason: reason::PLAN_INVALID.into(), message: error.to_string() };
+                        agent.report(Phase::Failed, generation, Some(f), vec![]).await;
+                        if agent.opts.once {
+                            return exit::PLAN_INVALID;
                         }
-                        watching = true;
                     }
-                    agent.plan = Some(plan.clone());
-                    current = Some(plan);
-                    failures = 0;
-                    reconverge = true;
+                    Ok(Fetched::Plan(plan)) => {
+                        tracing::info!(generation = plan.generation, "plan received");
+                        after = plan.generation;
+                        // From the first plan on, the agent keeps trying for ever.
+                        agent.deadline = None;
+                        // A node that has converged applies a new plan quietly: it reports
+                        // its outcome only.
+                        if agent.converged.is_none() {
+                            agent.report(Phase::PlanReceived, plan.generation, None, vec![]).await;
+                        }
+                        if !watching && !agent.opts.once {
+                            watch_docker(agent.opts.docker_host.clone(), plan.cluster.clone(), ev_tx.clone());
+                            if let Err(e) = netwatch::spawn(net_tx.clone()) {
+                                tracing::warn!(error = %e, "cannot watch netlink: overlay faults are found only at the next convergence");
+                            }
+                            watching = true;
+                        }
+                        agent.plan = Some(plan.clone());
+                        current = Some(plan);
+                        failures = 0;
+                        reconverge = true;
+                    }
                 }
-            },
+            }
             Some(signal) = ev_rx.recv(), if current.is_some() => {
                 let mut signals = vec![signal];
                 if !matches!(signals[0], DockerSignal::Down(_)) {
