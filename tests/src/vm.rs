@@ -149,7 +149,8 @@ pub fn loop_devices_under(dir: &str) -> Vec<String> {
             continue;
         }
         if let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if file.starts_with(dir) {
+            // Under `dir` itself, not a sibling whose name starts the same.
+            if file.starts_with(&format!("{}/", dir.trim_end_matches('/'))) {
                 out.push(format!("/dev/{name}: {}", file.trim_end()));
             }
         }
