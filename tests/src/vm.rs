@@ -187,3 +187,23 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The device numbers (`MAJ:MIN`) of the file system mounted topmost at `target` in a
+/// mount table (`/proc/PID/mountinfo`, a container's as `cat` prints it).
+pub fn device_at(mountinfo: &str, target: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(target))
+        .and_then(|l| l.split(' ').nth(2))
+        .map(String::from)
+}
+
+/// A block device's numbers, `MAJ:MIN` (`lsblk`), to compare with [`device_at`].
+pub fn device_numbers(device: &str) -> String {
+    let out = Command::new("lsblk")
+        .args(["-dno", "MAJ:MIN", device])
+        .output()
+        .expect("lsblk");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

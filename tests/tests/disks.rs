@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_e2e::coordinator::TestCoordinator;
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::{entered_since, nodes, now_ms};
+use shoal_e2e::vm::{device_at, device_numbers, entered_since, nodes, now_ms};
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -262,16 +262,9 @@ data_disks = "/data"
     let v = c.show("dk");
     for (i, d) in disks(&nodes(&v)[0]).iter().enumerate() {
         let device = d["device"].as_str().expect("device");
-        let want = sh(&format!("lsblk -dno MAJ:MIN {device}"));
+        let want = device_numbers(device);
         let target = format!("/data/{}", i + 1);
-        let got = seen
-            .lines()
-            .rev()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                (f.get(4) == Some(&target.as_str())).then(|| f.get(2).map(|s| s.to_string()))?
-            })
-            .next();
+        let got = device_at(&seen, &target);
         assert_eq!(
             got.as_deref(),
             Some(want.as_str()),

@@ -11,11 +11,7 @@ use serde_json::Value;
 use shoal_e2e::coordinator::{hadoop_image_dir, TestCoordinator};
 use shoal_e2e::hadoop::{exec, get_json, md5, namenode_state, wait_until, TOOLS};
 use shoal_e2e::require_privileges;
-use shoal_e2e::vm::{entered_since, now_ms};
-
-fn nodes(v: &Value) -> Vec<Value> {
-    v["nodes"].as_array().cloned().unwrap_or_default()
-}
+use shoal_e2e::vm::{device_at, device_numbers, entered_since, nodes, now_ms};
 
 #[test]
 #[ignore = "needs root, dockerd, iproute2, debootstrap and a JDK (the hadoop image)"]
@@ -327,18 +323,14 @@ fn hadoop_cluster_serves_hdfs_and_spark_across_three_vms() {
     );
     for (i, d) in n2["disks"].as_array().into_iter().flatten().enumerate() {
         let device = d["device"].as_str().expect("device");
-        let out = std::process::Command::new("lsblk")
-            .args(["-dno", "MAJ:MIN", device])
-            .output()
-            .expect("lsblk");
-        let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let want = device_numbers(device);
         let target = format!("/hadoopfs/{}", i + 1);
-        let got = seen
-            .lines()
-            .rev()
-            .find(|l| l.split(' ').nth(4) == Some(target.as_str()))
-            .and_then(|l| l.split(' ').nth(2));
-        assert_eq!(got, Some(want.as_str()), "{target} is not {device}: {seen}");
+        let got = device_at(&seen, &target);
+        assert_eq!(
+            got.as_deref(),
+            Some(want.as_str()),
+            "{target} is not {device}: {seen}"
+        );
     }
     assert!(
         seen.lines()

@@ -192,7 +192,7 @@ fn resident_agents_send_liveness_reports_on_the_connection_they_keep() {
     let new_conns = metric(&c, "shoal_metadata_connections_total") - conns;
     let new_reports = metric_sum(&c, "shoal_metadata_requests_total", "route=\"status\"") - reports;
     // What the agents say of the polls they gave up on (a cause of new connections).
-    let dropped: Vec<String> = shoal_e2e::vm::nodes(&v)
+    let dropped: Vec<String> = nodes(&v)
         .iter()
         .filter_map(|n| std::fs::read_to_string(n["agent_log"].as_str()?).ok())
         .flat_map(|log| {
