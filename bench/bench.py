@@ -1344,12 +1344,14 @@ def bench_metadata(rep, args):
         md.stop()
         md1.stop()
 
-    # 10,000 held long-polls, served as `shoal serve` serves them (axum::serve), and by
-    # hyper's HTTP/1 server with half-closed connections allowed.
+    # 10,000 held long-polls, served as `shoal serve` serves them (its own HTTP/1
+    # driver, server/h1.rs), as it served them before (axum::serve), and by hyper's
+    # HTTP/1 server with half-closed connections allowed.
     # Each connection is a file descriptor here and in the server.
     n_polls = min(10000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 500)
     polls = {}
-    for variant, extra in (("axum::serve", ()), ("half_close", ("--half-close",))):
+    for variant, extra in (("shoal", ()), ("axum::serve", ("--server", "axum")),
+                           ("half_close", ("--server", "half-close"))):
         log(f"metadata: {n_polls} long-polls ({variant})")
         polls[variant] = hold_long_polls(n_polls, extra)
     rep.raw["metadata"] = {"wrk": res, "plan_bytes": size, "longpoll": polls}
@@ -1375,7 +1377,8 @@ def bench_metadata(rep, args):
     lines += ["", f"Coordinator throughput: **{ratio * 100:.0f}%** of nginx's (target ≥ 80%); "
               f"on one worker thread {ratio1 * 100:.0f}%.", ""]
     body = []
-    for variant, label in (("axum::serve", "`axum::serve` (as `shoal serve`)"),
+    for variant, label in (("shoal", "`shoal serve`'s metadata listener (server/h1.rs)"),
+                           ("axum::serve", "`axum::serve` (hyper; as `shoal serve` before)"),
                            ("half_close", "hyper HTTP/1, `half_close(true)`")):
         p = polls[variant]
         grow = p["rss1_kib"] - p["rss0_kib"]

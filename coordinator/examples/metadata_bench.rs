@@ -66,14 +66,24 @@ struct Args {
     /// Worker threads of the runtime (default: one per core, as `shoal serve`).
     #[arg(long)]
     workers: Option<usize>,
-    /// Serve with hyper's HTTP/1 connection directly, with half-closed connections
-    /// allowed: hyper then stops reading a connection while its request is in flight,
-    /// and so does not hold a second read buffer for each held long-poll.
-    #[arg(long)]
-    half_close: bool,
+    /// What drives the connections: `shoal` (the metadata listener of `shoal serve`,
+    /// `server::listener::serve_metadata`, without TLS and without limits), `axum`
+    /// (`axum::serve`, hyper's HTTP/1 server, as `shoal serve` served metadata before),
+    /// or `half-close` (hyper's HTTP/1 connection with half-closed connections allowed:
+    /// hyper then stops reading a connection while its request is in flight, and so
+    /// does not hold a second read buffer for each held long-poll).
+    #[arg(long, value_enum, default_value_t = Server::Shoal)]
+    server: Server,
     /// Store the cluster with its plan published, then exit without serving.
     #[arg(long)]
     seed_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Server {
+    Shoal,
+    Axum,
+    HalfClose,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -257,10 +267,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let app = metadata::router(md.clone());
-    let server = if args.half_close {
-        tokio::spawn(serve_half_close(listener, app))
-    } else {
-        tokio::spawn(async move { axum::serve(listener, app).await })
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let server = match args.server {
+        Server::HalfClose => tokio::spawn(serve_half_close(listener, app)),
+        Server::Axum => tokio::spawn(async move { axum::serve(listener, app).await }),
+        Server::Shoal => {
+            let limits = shoal::server::listener::Limits {
+                rate_per_sec: 0.0,
+                max_conns: 1 << 20,
+                max_conns_per_source: 1 << 20,
+                ..Default::default()
+            };
+            tokio::spawn(shoal::server::listener::serve_metadata(
+                listener,
+                None,
+                app,
+                limits,
+                stopped,
+                Default::default(),
+            ))
+        }
     };
     println!("listening {addr}");
 

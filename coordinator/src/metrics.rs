@@ -138,7 +138,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The counter the metadata listener adds each connection it serves to
-    /// ([`crate::server::listener::serve_counted`]).
+    /// ([`crate::server::listener::serve_metadata`]).
     pub fn metadata_connections(&self) -> Arc<AtomicU64> {
         self.metadata_connections.clone()
     }

@@ -106,12 +106,13 @@ async fn fixture(limits: Limits, metadata_tls: bool) -> Fixture {
             ..limits.clone()
         },
     );
-    tokio::spawn(listener::serve(
+    tokio::spawn(listener::serve_metadata(
         md_l,
         metadata_tls.then(|| tls.clone()),
         md_app,
         limits.clone(),
         stop_rx.clone(),
+        Default::default(),
     ));
     tokio::spawn(listener::serve(api_l, Some(tls), api_app, limits, stop_rx));
     Fixture {

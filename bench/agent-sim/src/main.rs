@@ -19,6 +19,11 @@
 //!   standard input ends, every agent has stopped, or `--seconds` pass.
 //! - `--mode reports`: every agent sends `--rounds` reports back to back, all agents
 //!   starting together (the status-report throughput benchmark).
+//! - `--mode rate`: every agent opens its connection with one report, then all of them
+//!   together send `--rate` reports a second for `--seconds`, each agent on its own
+//!   schedule (every agents/rate seconds, the agents' starts spread evenly over it) on
+//!   the connection it keeps, as resident agents send liveness reports: the figures
+//!   count only those reports (sustained reports/s and their latency).
 //!
 //! Reads commands on standard input, one per line: `stats` prints the figures so far
 //! as one JSON line. At the end it prints them once more. Figures: agents, how many
@@ -53,6 +58,8 @@ enum Mode {
     Boot,
     /// Send `--rounds` reports per agent, back to back, all agents at once.
     Reports,
+    /// Send `--rate` reports a second in all, spread over the agents, for `--seconds`.
+    Rate,
 }
 
 /// Simulated Shoal agents against a real coordinator.
@@ -75,6 +82,9 @@ struct Args {
     /// Reports per agent (`--mode reports`).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Reports per second in all (`--mode rate`).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
     /// Give agent i the i-th address of this range as its source address (loopback:
     /// any of 127.0.0.0/8 works without configuration).
     #[arg(long)]
@@ -110,6 +120,9 @@ struct Figures {
     /// Plan bytes received, as sent (gzipped or not).
     plan_bytes: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Where the measured window began (`--mode rate`: after the connections opened);
+    /// the run's start otherwise.
+    window: Mutex<Option<Instant>>,
 }
 
 impl Figures {
@@ -126,8 +139,23 @@ impl Figures {
         }
     }
 
+    /// Forgets the reports so far: the measured window starts now.
+    fn restart_window(&self) {
+        if let Ok(mut r) = self.report_ms.lock() {
+            r.clear();
+        }
+        self.reports.store(0, Ordering::Relaxed);
+        if let Ok(mut e) = self.errors.lock() {
+            e.clear();
+        }
+        if let Ok(mut w) = self.window.lock() {
+            *w = Some(Instant::now());
+        }
+    }
+
     fn json(&self, started: Instant) -> serde_json::Value {
-        let seconds = started.elapsed().as_secs_f64();
+        let since = self.window.lock().ok().and_then(|w| *w).unwrap_or(started);
+        let seconds = since.elapsed().as_secs_f64();
         let mut reports = self.report_ms.lock().map(|r| r.clone()).unwrap_or_default();
         reports.sort_by(f64::total_cmp);
         let delivery: serde_json::Map<String, serde_json::Value> = self
@@ -516,6 +544,23 @@ impl Agent {
         }
     }
 
+    /// One report every `period`, the first `offset` after `start`, until `until`.
+    async fn at_rate(
+        self,
+        start: tokio::time::Instant,
+        offset: Duration,
+        period: Duration,
+        until: tokio::time::Instant,
+    ) {
+        let status = status(Phase::Ready, 1, vec![]);
+        let mut next = start + offset;
+        while next < until {
+            tokio::time::sleep_until(next).await;
+            self.report(&status).await;
+            next += period;
+        }
+    }
+
     /// `rounds` reports back to back.
     async fn reports(self, rounds: u32) {
         for round in 0..rounds {
@@ -623,13 +668,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let n = agents.len() as u64;
     let mut tasks = tokio::task::JoinSet::new();
     let start = Arc::new(tokio::sync::Barrier::new(agents.len()));
+    let opened = Arc::new(tokio::sync::Barrier::new(agents.len()));
+    anyhow::ensure!(
+        args.mode != Mode::Rate || (args.rate > 0.0 && args.seconds.is_some()),
+        "--mode rate needs --rate above 0 and --seconds"
+    );
+    // --mode rate: each agent reports every `period`, agent i `period * i / n` into it.
+    let period = Duration::from_secs_f64(n as f64 / args.rate.max(1e-9));
+    let window = Duration::from_secs(args.seconds.unwrap_or(0));
     for (i, agent) in agents.into_iter().enumerate() {
         let delay = Duration::from_millis(args.ramp_ms * i as u64 / n.max(1));
         let mode = args.mode;
         let rounds = args.rounds;
         let start = start.clone();
+        let opened = opened.clone();
+        let offset = period.mul_f64(i as f64 / n.max(1) as f64);
         tasks.spawn(async move {
             match mode {
+                Mode::Rate => {
+                    // The connection first (its TLS handshake is not what is measured).
+                    agent.report(&status(Phase::Ready, 1, vec![])).await;
+                    if start.wait().await.is_leader() {
+                        agent.figures.restart_window();
+                    }
+                    opened.wait().await;
+                    let t0 = tokio::time::Instant::now();
+                    agent.at_rate(t0, offset, period, t0 + window).await;
+                }
                 Mode::Boot => {
                     tokio::time::sleep(delay).await;
                     agent.boot().await;
@@ -659,6 +724,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let all_done = async { while tasks.join_next().await.is_some() {} };
     match args.mode {
+        // Their schedule ends them (the connections take some time to open first).
+        Mode::Rate => all_done.await,
         // Reports end by themselves.
         Mode::Reports => {
             tokio::select! {

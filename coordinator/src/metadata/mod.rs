@@ -107,6 +107,14 @@ async fn get_plan(
     };
     let after = q.after.unwrap_or(0);
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    // What the answer needs of the request's headers, taken now: a held long-poll
+    // keeps nothing else of them (each held poll is one of thousands).
+    let gzip_ok = accepts_gzip(&headers);
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    drop(headers);
     let mut rx = entry.plan.subscribe();
     let newer = |p: &Option<PlanDoc>| p.as_ref().is_some_and(|d| d.generation > after);
     let doc = if newer(&rx.borrow()) || wait.is_zero() {
@@ -125,15 +133,12 @@ async fn get_plan(
             // client holds this generation.
             let plain = format!("\"g{}\"", d.generation);
             let zipped = format!("\"g{}.gz\"", d.generation);
-            let unchanged = headers
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .any(|t| t == plain || t == zipped || t == "*")
-                });
-            let gzip = d.gzip.clone().filter(|_| accepts_gzip(&headers));
+            let unchanged = if_none_match.as_deref().is_some_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .any(|t| t == plain || t == zipped || t == "*")
+            });
+            let gzip = d.gzip.clone().filter(|_| gzip_ok);
             let etag = if gzip.is_some() { zipped } else { plain };
             let mut resp = if unchanged {
                 StatusCode::NOT_MODIFIED.into_response()

@@ -283,19 +283,51 @@ pub async fn serve(
     limits: Limits,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    serve_counted(listener, tls, router, limits, stop, Arc::default()).await
+    serve_with(
+        listener,
+        tls,
+        router,
+        limits,
+        stop,
+        Arc::default(),
+        Driver::Hyper,
+    )
+    .await
 }
 
-/// [`serve`], counting in `served` the connections it serves: accepted within the
-/// limits and, with TLS, through the handshake (a handshake costs far more than a
-/// request on a kept connection; this is how an operator sees their rate).
-pub async fn serve_counted(
+/// Serves the metadata router: [`serve`], with every connection driven by
+/// [`super::h1`] (no per-connection buffers while a long-poll is held), counting in
+/// `served` the connections it serves: accepted within the limits and, with TLS,
+/// through the handshake (a handshake costs far more than a request on a kept
+/// connection; this is how an operator sees their rate).
+pub async fn serve_metadata(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    served: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    serve_with(listener, tls, router, limits, stop, served, Driver::Lean).await
+}
+
+/// Which HTTP/1 implementation drives a listener's connections.
+#[derive(Debug, Clone, Copy)]
+enum Driver {
+    /// hyper's server (the operator API: event streams, the console).
+    Hyper,
+    /// [`super::h1`] (the metadata API: thousands of held long-polls).
+    Lean,
+}
+
+async fn serve_with(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
     served: Arc<AtomicU64>,
+    driver: Driver,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let limits = Arc::new(limits);
@@ -334,7 +366,7 @@ pub async fn serve_counted(
                     match tokio::time::timeout(limits.handshake_timeout, acc.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             served.fetch_add(1, Ordering::Relaxed);
-                            serve_conn(stream, peer, router, &limits).await
+                            drive(driver, stream, peer, router, &limits).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(source = %peer, error = %e, "TLS handshake failed")
@@ -344,7 +376,7 @@ pub async fn serve_counted(
                 }
                 None => {
                     served.fetch_add(1, Ordering::Relaxed);
-                    serve_conn(tcp, peer, router, &limits).await
+                    drive(driver, tcp, peer, router, &limits).await
                 }
             }
         });
@@ -352,6 +384,25 @@ pub async fn serve_counted(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+async fn drive<I>(driver: Driver, io: I, peer: SocketAddr, router: Router, limits: &Limits)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match driver {
+        // Boxed: hyper's connection state is large, and every metadata connection's
+        // task would be as large as the larger of the two.
+        Driver::Hyper => Box::pin(serve_conn(io, peer, router, limits)).await,
+        Driver::Lean => {
+            let conn = super::h1::ConnLimits {
+                head_timeout: limits.header_read_timeout,
+                max_head_bytes: limits.max_header_bytes,
+                body_timeout: limits.other_timeout,
+            };
+            super::h1::serve_conn(io, peer, router, conn).await
+        }
+    }
 }
 
 async fn serve_conn<I>(io: I, peer: SocketAddr, router: Router, limits: &Limits)

@@ -1,6 +1,7 @@
 //! `shoal serve`: opens the store, sets up the providers, resumes clusters in flight,
 //! and runs the operator API (loopback) and the metadata API (facing the VMs).
 
+pub mod h1;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -324,7 +325,7 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
         },
         stop_rx.clone(),
     );
-    let md_srv = listener::serve_counted(
+    let md_srv = listener::serve_metadata(
         md_listener,
         metadata_tls,
         md_app,

@@ -97,7 +97,7 @@ pub fn status(phase: Phase, generation: u64) -> NodeStatus {
     }
 }
 
-fn plan(cluster: &str) -> Plan {
+pub fn plan(cluster: &str) -> Plan {
     Plan {
         schema: shoal_protocol::SCHEMA_VERSION,
         cluster: cluster.into(),

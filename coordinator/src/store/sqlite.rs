@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS convergences (
     converged_ms INTEGER NOT NULL,
     PRIMARY KEY (cluster, generation, node)
 );
+CREATE TABLE IF NOT EXISTS plans (
+    cluster TEXT PRIMARY KEY REFERENCES clusters(name) ON DELETE CASCADE,
+    plan TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
@@ -124,8 +128,12 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("nodes", "status_hash", "INTEGER"),
 ];
 
-/// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+/// The schema version this code writes (`PRAGMA user_version`). 3: plans live in a
+/// table of their own. In the cluster's row, a plan (350 KiB for 1,000 nodes) sat
+/// before the columns every status report reads and writes (`node_count`,
+/// `ready_nodes`), and SQLite walks a row's overflow pages to reach the columns after
+/// a large value: each report read, and each ready count rewrote, the whole plan.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a database of an older coordinator up to [`SCHEMA_VERSION`]: the columns
 /// it lacks, the indexes, and the values the new columns derive from the old ones.
@@ -151,7 +159,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
          CREATE INDEX IF NOT EXISTS nodes_lost ON nodes(lost_ms) WHERE lost_ms IS NOT NULL;",
     )
     .map_err(db("create indexes"))?;
-    if version < SCHEMA_VERSION {
+    if version < 2 {
         // Rows written before the counters existed: derive them once.
         conn.execute_batch(
             "UPDATE nodes SET generation = COALESCE(json_extract(status, '$.generation'), 0)
@@ -162,6 +170,16 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                      AND phase = 'ready' AND nodes.generation = clusters.generation);",
         )
         .map_err(db("derive the new columns"))?;
+    }
+    if version < 3 {
+        conn.execute_batch(
+            "INSERT OR REPLACE INTO plans (cluster, plan)
+                 SELECT name, plan FROM clusters WHERE plan IS NOT NULL;
+             UPDATE clusters SET plan = NULL WHERE plan IS NOT NULL;",
+        )
+        .map_err(db("move the plans to their table"))?;
+    }
+    if version < SCHEMA_VERSION {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db("write the schema version"))?;
     }
@@ -490,6 +508,17 @@ fn counted(conn: &Connection, cluster: &str, node: &str) -> Result<Option<Counte
 
 use raw::{health, parse_state};
 
+/// Stores `cluster`'s current plan (its own table: see [`SCHEMA_VERSION`]).
+fn store_plan(conn: &Connection, cluster: &str, json: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO plans (cluster, plan) VALUES (?1, ?2)
+         ON CONFLICT (cluster) DO UPDATE SET plan = excluded.plan",
+    )
+    .and_then(|mut st| st.execute(params![cluster, json]))
+    .map_err(db("store plan"))?;
+    Ok(())
+}
+
 fn insert_node(conn: &Connection, cluster: &str, n: &NodeRow) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO nodes (cluster, id, idx, grp, token, incarnation, leaving, phase,
@@ -550,12 +579,12 @@ impl Store for SqliteStore {
                 .unwrap_or(0)
                 .max(c.next_index);
             conn.execute(
-                "INSERT INTO clusters (name, uid, provider, state, reason, key, generation, plan,
+                "INSERT INTO clusters (name, uid, provider, state, reason, key, generation,
                     blueprint, params, metadata_url, node_count, overlay, vni, domain,
                     created_ms, updated_ms, available_ms, ready_nodes, next_index,
                     auto_repair_secs, change_id, change_seq, event_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, 0, ?19, ?20, 1, 1, 0)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17, 0, ?18, ?19, 1, 1, 0)",
                 params![
                     c.name,
                     c.uid,
@@ -564,7 +593,6 @@ impl Store for SqliteStore {
                     c.reason,
                     c.key,
                     c.generation as i64,
-                    plan,
                     to_json("the blueprint", &c.blueprint)?,
                     to_json("the provider parameters", &c.params)?,
                     c.metadata_url,
@@ -580,6 +608,9 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(db("insert cluster"))?;
+            if let Some(plan) = &plan {
+                store_plan(conn, &c.name, plan)?;
+            }
             for n in &nodes {
                 insert_node(conn, &c.name, n)?;
             }
@@ -610,7 +641,8 @@ impl Store for SqliteStore {
         self.call(false, move |conn| {
             let raw = conn
                 .query_row(
-                    "SELECT * FROM clusters WHERE name = ?1",
+                    "SELECT c.*, p.plan AS stored_plan FROM clusters c
+                     LEFT JOIN plans p ON p.cluster = c.name WHERE c.name = ?1",
                     [&name],
                     raw_cluster,
                 )
@@ -623,7 +655,10 @@ impl Store for SqliteStore {
     fn clusters(&self) -> StoreFuture<'_, Vec<ClusterRow>> {
         self.call(false, |conn| {
             let mut stmt = conn
-                .prepare("SELECT * FROM clusters ORDER BY name")
+                .prepare(
+                    "SELECT c.*, p.plan AS stored_plan FROM clusters c
+                     LEFT JOIN plans p ON p.cluster = c.name ORDER BY c.name",
+                )
                 .map_err(db("list clusters"))?;
             let rows = stmt
                 .query_map([], raw_cluster)
@@ -736,10 +771,11 @@ impl Store for SqliteStore {
             let json = to_json("the plan", &plan)?;
             let now = now_ms() as i64;
             conn.execute(
-                "UPDATE clusters SET generation = ?2, plan = ?3, updated_ms = ?4 WHERE name = ?1",
-                params![cluster, generation, json, now],
+                "UPDATE clusters SET generation = ?2, updated_ms = ?3 WHERE name = ?1",
+                params![cluster, generation, now],
             )
             .map_err(db("store plan"))?;
+            store_plan(conn, &cluster, &json)?;
             conn.execute(
                 "INSERT OR REPLACE INTO generations (cluster, generation, published_ms, change_id)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -1292,7 +1328,7 @@ fn raw_cluster(r: &Row<'_>) -> rusqlite::Result<RawCluster> {
         reason: r.get("reason")?,
         key: r.get("key")?,
         generation: get_u64(r, "generation")?,
-        plan: r.get("plan")?,
+        plan: r.get("stored_plan")?,
         blueprint: r.get("blueprint")?,
         params: r.get("params")?,
         metadata_url: r.get("metadata_url")?,
@@ -1386,6 +1422,46 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_schema_2_has_its_plans_moved_to_their_table() {
+        let dir = conformance::scratch_dir("schema2");
+        let published = {
+            let s = SqliteStore::open(&dir).expect("open");
+            s.insert_cluster(&conformance::cluster("demo"), &[conformance::node(0)])
+                .await
+                .expect("insert");
+            s.publish_plan("demo", conformance::plan("demo"))
+                .await
+                .expect("publish")
+        };
+        // Back to how schema 2 kept it: the plan in the cluster's row.
+        {
+            let conn = Connection::open(dir.join(DB_FILE)).expect("raw open");
+            conn.execute_batch(
+                "UPDATE clusters SET plan = (SELECT plan FROM plans WHERE cluster = name);
+                 DELETE FROM plans; PRAGMA user_version = 2;",
+            )
+            .expect("downgrade");
+        }
+        let s = SqliteStore::open(&dir).expect("reopen");
+        let c = s.cluster("demo").await.expect("read").expect("there");
+        let plan = c.plan.expect("the plan survived the move");
+        assert_eq!(plan.json, published.json);
+        assert_eq!(plan.generation(), published.generation());
+        drop(s);
+        let conn = Connection::open(dir.join(DB_FILE)).expect("raw open");
+        let (in_rows, in_table, version): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM clusters WHERE plan IS NOT NULL),
+                        (SELECT COUNT(*) FROM plans), (SELECT user_version FROM pragma_user_version)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("count");
+        assert_eq!((in_rows, in_table, version), (0, 1, SCHEMA_VERSION));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
