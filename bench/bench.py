@@ -1977,6 +1977,18 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_s
         out["burst"] = {k: burst[k] for k in ("reports", "reports_per_sec", "report_ms", "errors", "seconds")}
         out["cpu_us_per_report_burst"] = (c1 - c0) / max(burst["reports"], 1) * 1e6
         out["rss_after_burst_mib"] = proc_rss_kib(pid) / 1024
+        # Sustained reports: the agents of one cluster (1,000) send 5,000 reports a
+        # second in all for 20 s, each on the connection it keeps (opened first), while
+        # every agent of the boot simulator still holds its long-poll.
+        log(f"agents: {RATE_REPORTS}/s sustained for {RATE_SECONDS} s")
+        c0 = proc_cpu_seconds(pid)
+        rate_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(agents / clusters[0]), "--mode", "rate",
+                        "--rate", str(RATE_REPORTS), "--seconds", str(RATE_SECONDS),
+                        "--sources", burst_sources(sources)]).stdout
+        c1 = proc_cpu_seconds(pid)
+        rate = json.loads(rate_out.strip().splitlines()[-1])
+        out["rate"] = {k: rate[k] for k in ("agents", "reports", "reports_per_sec", "report_ms", "errors", "seconds")}
+        out["cpu_us_per_report_rate"] = (c1 - c0) / max(rate["reports"], 1) * 1e6
         out["lost_total"] = metric(coord, "shoal_nodes_lost_total")
         db = sum(f.stat().st_size for f in coord.state.glob("shoal.db*"))
         out["db_mib"] = db / (1 << 20)
@@ -1992,6 +2004,10 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_s
     return out
 
 
+RATE_REPORTS = 5000
+RATE_SECONDS = 20
+
+
 def burst_sources(sources):
     """Another /16 of loopback for the burst's clients (the boot simulator's agents keep
     theirs)."""
@@ -2004,7 +2020,8 @@ def bench_agents(rep, args, prefix, octet):
     base = 40 + octet % 100
     res = {}
     runs = [(s, s, (), ()) for s in sizes]
-    if not args.quick:
+    compare = not args.quick and not args.agents_sizes_only
+    if compare:
         # 1,000 agents asking for plans as they are (the agent before it asked for gzip).
         runs.insert(1, ("1000, plans not gzipped", 1000, (), ("--no-gzip",)))
         # The same 10,000 agents with liveness reports every 30 s (lost after 120 s).
@@ -2016,7 +2033,7 @@ def bench_agents(rep, args, prefix, octet):
         # Kept as each run ends: a later run that breaks loses nothing before it.
         (OUT / "agents-partial.json").write_text(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     old = None
-    if not args.quick:
+    if compare:
         # What 10,000 agents met before this change: at most 4,096 connections.
         log("agents: 10000 simulated agents, --max-conns 4096 (the former default)")
         old = fleet_run_refused(10000, f"{prefix}o", octet, f"127.{base + 6}.0.0/16")
@@ -2061,9 +2078,13 @@ def bench_agents(rep, args, prefix, octet):
         row("burst of reports (5 per agent, new connections, polls held): reports/s",
             lambda r: f"{r['burst']['reports_per_sec']:.0f}/s"),
         row("burst: p50 / p99 / max", lambda r: f"{ms(r['burst']['report_ms'], 'p50')} / {ms(r['burst']['report_ms'], 'p99')} / {ms(r['burst']['report_ms'], 'max')}"),
+        row(f"sustained: {RATE_REPORTS:,} reports/s asked for {RATE_SECONDS} s (one cluster's agents, kept connections, polls held): reports/s",
+            lambda r: f"{r['rate']['reports_per_sec']:,.0f}/s ({r['rate']['agents']:,} agents)"),
+        row("sustained: p50 / p99 / max", lambda r: f"{ms(r['rate']['report_ms'], 'p50')} / {ms(r['rate']['report_ms'], 'p99')} / {ms(r['rate']['report_ms'], 'max')}"),
+        row("CPU time per report, sustained", lambda r: f"{r['cpu_us_per_report_rate']:.0f} µs"),
         row("scale requests over the API's 20 s deadline (408), of one per cluster",
             lambda r: f"{r.get('scale_timeouts', 0)}"),
-        row("errors (boot; steady; burst)", lambda r: f"{sum(r['boot_errors'].values())}; {sum(r['steady_errors'].values())}; {sum(r['burst']['errors'].values())}"),
+        row("errors (boot; steady; burst; sustained)", lambda r: f"{sum(r['boot_errors'].values())}; {sum(r['steady_errors'].values())}; {sum(r['burst']['errors'].values())}; {sum(r['rate']['errors'].values())}"),
         row("database (shoal.db, -wal, -shm)", lambda r: f"{r['db_mib']:.1f} MiB"),
         row("delete every cluster", lambda r: f"{r['delete_s']:.1f} s"),
     ]
@@ -2953,6 +2974,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one iteration of each, small sizes (CI)")
     ap.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    ap.add_argument("--agents-sizes-only", action="store_true",
+                    help="agents: only 1,000 and 10,000 agents at the default liveness, without the "
+                         "comparison runs (plans not gzipped, reports every 30 s, the former connection cap)")
     ap.add_argument("--only", action="append", choices=["cluster", "agent", "readiness", "metadata", "footprint", "status", "console", "scale", "hadoop", "qemu", "health", "hadoop-scale", "agents", "postgres", "disks"],
                     help="run only these benchmarks (repeatable)")
     args = ap.parse_args()
