@@ -1982,7 +1982,9 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_s
         # every agent of the boot simulator still holds its long-poll.
         log(f"agents: {RATE_REPORTS}/s sustained for {RATE_SECONDS} s")
         c0 = proc_cpu_seconds(pid)
-        rate_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(agents / clusters[0]), "--mode", "rate",
+        # One directory per cluster, named <cluster>-<uid>.
+        first = sorted(agents.glob(f"{clusters[0]}-*"))[0]
+        rate_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(first), "--mode", "rate",
                         "--rate", str(RATE_REPORTS), "--seconds", str(RATE_SECONDS),
                         "--sources", burst_sources(sources)]).stdout
         c1 = proc_cpu_seconds(pid)

@@ -325,6 +325,10 @@ pub async fn serve(mut opts: ServeOptions) -> Result<(), ServeError> {
         },
         stop_rx.clone(),
     );
+    tokio::spawn(listener::release_after_bursts(
+        engine.metrics().metadata_connections(),
+        stop_rx.clone(),
+    ));
     let md_srv = listener::serve_metadata(
         md_listener,
         metadata_tls,
