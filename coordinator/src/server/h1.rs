@@ -80,8 +80,9 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A connection's task is as large as this future's largest state, for as long as
-    // the connection lives: the states only passed through (writing an answer, reading
-    // a body, refusing) are boxed, so that size is what a held request needs.
+    // the connection lives: writing an answer is boxed (its state is only passed
+    // through), and a held request's state (the router's future and the watch) is the
+    // largest, about 2.3 KiB.
     //
     // Bytes read and not yet used: empty (no allocation) between requests unless a
     // client pipelines.

@@ -321,8 +321,8 @@ const BURST_CONNECTIONS: u64 = 256;
 /// connections is over (fewer than 10 new ones in the last [`BURST_CHECK`], at least
 /// [`BURST_CONNECTIONS`] since the last release). A fleet booting at once makes
 /// thousands of TLS handshakes and plan writes together; their buffers are freed when
-/// they end, but glibc's allocator keeps the pages (10,000 agents: 373 MiB resident
-/// after their boot, 247 MiB once released; docs/benchmarks.md). A steady fleet makes
+/// they end, but glibc's allocator keeps the pages (10,000 agents: 369 MiB resident
+/// after their boot, 277 MiB once released; docs/benchmarks.md). A steady fleet makes
 /// no new connections, so this never runs there (it briefly locks each allocator
 /// arena).
 pub async fn release_after_bursts(served: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
