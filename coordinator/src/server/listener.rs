@@ -325,12 +325,29 @@ const BURST_CONNECTIONS: u64 = 256;
 /// after their boot, 277 MiB once released; docs/benchmarks.md). A steady fleet makes
 /// no new connections, so this never runs there (it briefly locks each allocator
 /// arena).
-pub async fn release_after_bursts(served: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+pub async fn release_after_bursts(served: Arc<AtomicU64>, stop: watch::Receiver<bool>) {
+    after_bursts(served, stop, BURST_CHECK, || async {
+        let _ = tokio::task::spawn_blocking(release_free_memory).await;
+    })
+    .await
+}
+
+/// Runs `release` once each burst of new connections counted in `served` is over,
+/// looking `every` so often.
+async fn after_bursts<F, Fut>(
+    served: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+    every: Duration,
+    mut release: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut released_at = served.load(Ordering::Relaxed);
     let mut last = released_at;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(BURST_CHECK) => {}
+            () = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = served.load(Ordering::Relaxed);
@@ -338,7 +355,7 @@ pub async fn release_after_bursts(served: Arc<AtomicU64>, mut stop: watch::Recei
         last = now;
         if quiet && now.saturating_sub(released_at) >= BURST_CONNECTIONS {
             released_at = now;
-            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+            release().await;
         }
     }
 }
@@ -517,6 +534,34 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert!(l.check_at("192.0.2.1".parse().expect("ip"), later).is_ok());
         assert!(l.buckets.lock().expect("lock").len() < 10);
+    }
+
+    #[tokio::test]
+    async fn the_heap_is_released_once_after_a_burst_and_never_in_a_steady_fleet() {
+        let every = Duration::from_millis(100);
+        let served = Arc::new(AtomicU64::new(0));
+        let releases = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(after_bursts(served.clone(), stop, every, {
+            let releases = releases.clone();
+            move || {
+                releases.fetch_add(1, Ordering::SeqCst);
+                async {}
+            }
+        }));
+        // A steady fleet: no new connections, no release.
+        tokio::time::sleep(every * 4).await;
+        assert_eq!(releases.load(Ordering::SeqCst), 0);
+        // A boot storm (3,000 connections), then quiet: released once.
+        served.fetch_add(3000, Ordering::SeqCst);
+        tokio::time::sleep(every * 5).await;
+        assert_eq!(releases.load(Ordering::SeqCst), 1);
+        // Steady again, with a few reconnections: no more.
+        served.fetch_add(100, Ordering::SeqCst);
+        tokio::time::sleep(every * 5).await;
+        assert_eq!(releases.load(Ordering::SeqCst), 1);
+        stop_tx.send_replace(true);
+        task.await.expect("ends when stopped");
     }
 
     #[test]
