@@ -1969,28 +1969,20 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_s
         # A burst of reports while every agent still holds its long-poll: each agent's
         # configuration once more, 5 reports each, all at once.
         log("agents: a burst of 5 reports per agent")
-        c0 = proc_cpu_seconds(pid)
-        burst_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(agents), "--mode", "reports",
-                         "--rounds", "5", "--sources", burst_sources(sources)]).stdout
-        c1 = proc_cpu_seconds(pid)
-        burst = json.loads(burst_out.strip().splitlines()[-1])
-        out["burst"] = {k: burst[k] for k in ("reports", "reports_per_sec", "report_ms", "errors", "seconds")}
-        out["cpu_us_per_report_burst"] = (c1 - c0) / max(burst["reports"], 1) * 1e6
+        out["burst"], out["cpu_us_per_report_burst"] = reporting_sim(
+            pid, agents, sources, "--mode", "reports", "--rounds", "5")
         out["rss_after_burst_mib"] = proc_rss_kib(pid) / 1024
         # Sustained reports: the agents of one cluster (1,000) send 5,000 reports a
         # second in all for 20 s, each on the connection it keeps (opened first), while
         # every agent of the boot simulator still holds its long-poll.
-        log(f"agents: {RATE_REPORTS}/s sustained for {RATE_SECONDS} s")
-        c0 = proc_cpu_seconds(pid)
+        # At most 5 a second per agent: each agent has its own source address, and the
+        # per-source rate limit is 20/s (the quick run's 200 agents ask 1,000/s).
+        out["rate_asked"] = min(RATE_REPORTS, 5 * n)
+        log(f"agents: {out['rate_asked']}/s sustained for {RATE_SECONDS} s")
         # One directory per cluster, named <cluster>-<uid>.
         first = sorted(agents.glob(f"{clusters[0]}-*"))[0]
-        rate_out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(first), "--mode", "rate",
-                        "--rate", str(RATE_REPORTS), "--seconds", str(RATE_SECONDS),
-                        "--sources", burst_sources(sources)]).stdout
-        c1 = proc_cpu_seconds(pid)
-        rate = json.loads(rate_out.strip().splitlines()[-1])
-        out["rate"] = {k: rate[k] for k in ("agents", "reports", "reports_per_sec", "report_ms", "errors", "seconds")}
-        out["cpu_us_per_report_rate"] = (c1 - c0) / max(rate["reports"], 1) * 1e6
+        out["rate"], out["cpu_us_per_report_rate"] = reporting_sim(
+            pid, first, sources, "--mode", "rate", "--rate", str(out["rate_asked"]), "--seconds", str(RATE_SECONDS))
         out["lost_total"] = metric(coord, "shoal_nodes_lost_total")
         db = sum(f.stat().st_size for f in coord.state.glob("shoal.db*"))
         out["db_mib"] = db / (1 << 20)
@@ -2008,6 +2000,19 @@ def fleet_run(size, per_cluster, prefix, octet, sources, extra_serve=(), extra_s
 
 RATE_REPORTS = 5000
 RATE_SECONDS = 20
+
+
+def reporting_sim(pid, agents_dir, sources, *mode):
+    """A second shoal-agent-sim (`mode`: `--mode reports` or `--mode rate` and its
+    arguments) over `agents_dir`, from its own loopback range, while the boot simulator
+    runs: its final figures, and the coordinator's (`pid`) CPU time per report."""
+    c0 = proc_cpu_seconds(pid)
+    out = run([str(RELEASE / "shoal-agent-sim"), "--agents", str(agents_dir), *mode,
+               "--sources", burst_sources(sources)]).stdout
+    c1 = proc_cpu_seconds(pid)
+    figures = json.loads(out.strip().splitlines()[-1])
+    kept = {k: figures[k] for k in ("agents", "reports", "reports_per_sec", "report_ms", "errors", "seconds")}
+    return kept, (c1 - c0) / max(figures["reports"], 1) * 1e6
 
 
 def burst_sources(sources):
@@ -2080,8 +2085,8 @@ def bench_agents(rep, args, prefix, octet):
         row("burst of reports (5 per agent, new connections, polls held): reports/s",
             lambda r: f"{r['burst']['reports_per_sec']:.0f}/s"),
         row("burst: p50 / p99 / max", lambda r: f"{ms(r['burst']['report_ms'], 'p50')} / {ms(r['burst']['report_ms'], 'p99')} / {ms(r['burst']['report_ms'], 'max')}"),
-        row(f"sustained: {RATE_REPORTS:,} reports/s asked for {RATE_SECONDS} s (one cluster's agents, kept connections, polls held): reports/s",
-            lambda r: f"{r['rate']['reports_per_sec']:,.0f}/s ({r['rate']['agents']:,} agents)"),
+        row(f"sustained for {RATE_SECONDS} s (one cluster's agents, kept connections, polls held): reports/s asked, got",
+            lambda r: f"{r['rate_asked']:,}/s, {r['rate']['reports_per_sec']:,.0f}/s ({r['rate']['agents']:,} agents)"),
         row("sustained: p50 / p99 / max", lambda r: f"{ms(r['rate']['report_ms'], 'p50')} / {ms(r['rate']['report_ms'], 'p99')} / {ms(r['rate']['report_ms'], 'max')}"),
         row("CPU time per report, sustained", lambda r: f"{r['cpu_us_per_report_rate']:.0f} µs"),
         row("scale requests over the API's 20 s deadline (408), of one per cluster",
